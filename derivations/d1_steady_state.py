@@ -99,6 +99,11 @@ steady_gain_stable = 2 / (1 + sp.sqrt(1 + 4 / lam))
 
 assert_identity(sp.radsimp(steady_gain_from_prior - steady_gain), "K_inf = (-lambda + sqrt(lambda^2 + 4 lambda)) / 2")
 assert_identity(sp.radsimp(steady_gain_stable - steady_gain), "stable form 2 / (1 + sqrt(1 + 4/lambda))")
+# The library's form: every term positive, so no cancellation for any lambda, in float32 or float64.
+steady_gain_robust = 2 * sp.sqrt(lam) / (sp.sqrt(lam) + sp.sqrt(lam + 4))
+beta_robust = 4 / (sp.sqrt(lam) + sp.sqrt(lam + 4)) ** 2
+assert_identity(sp.radsimp(steady_gain_robust - steady_gain), "robust form 2 sqrt(lambda) / (sqrt(lambda) + sqrt(lambda + 4))")
+assert_identity(sp.radsimp(beta_robust - (1 - steady_gain)), "1 - K_inf = 4 / (sqrt(lambda) + sqrt(lambda + 4))^2")
 # K_inf is the positive root of K^2 + lambda K - lambda = 0.
 gain_quadratic = k**2 + lam * k - lam
 assert_identity(sp.expand(gain_quadratic.subs(k, steady_gain)), "K^2 + lambda K - lambda = 0")
@@ -275,6 +280,8 @@ export_latex("SteadyPriorVariance", prior_variance_steady)
 export_latex("RejectedRoot", rejected_root)
 export_latex("SteadyGain", steady_gain)
 export_latex("SteadyGainStable", steady_gain_stable)
+export_latex("SteadyGainRobust", steady_gain_robust)
+export_latex("BetaOfNoiseRatioRobust", beta_robust)
 export_latex("BetaOfNoiseRatio", beta_of_noise_ratio)
 export_latex("NoiseRatioOfBeta", noise_ratio_of_beta)
 export_latex("SteadyPosteriorVariance", r"K_\infty r = (1 - \beta)\, r")

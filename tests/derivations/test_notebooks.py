@@ -1,0 +1,64 @@
+"""The derivation notebooks run, assert their identities, export oracles and LaTeX, and their rendered
+copies in derivations/executed/ are up to date."""
+
+import runpy
+
+import pytest
+import sympy as sp
+
+from derivations import common
+from derivations.__main__ import main as derivations_main
+from derivations.notebooks import notebook_sources, stale_notebooks
+
+SOURCES = notebook_sources()
+
+
+def test_all_six_derivations_are_present():
+    stems = [s.stem.split("_")[0] for s in SOURCES]
+    assert stems == ["d1", "d2", "d3", "d4", "d5", "d6"]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.stem)
+def test_notebook_runs_and_exports(source):
+    # runpy executes the notebook afresh (assertions included), independent of import caching.
+    namespace = runpy.run_path(str(source), run_name=f"notebook_{source.stem}")
+    oracles = [name for name, value in namespace.items() if name.endswith("_oracle") and callable(value)]
+    assert oracles, f"{source.name} exports no oracle"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.stem)
+def test_notebook_source_is_jupytext_percent(source):
+    text = source.read_text()
+    assert "format_name: percent" in text and "# %% [markdown]" in text
+
+
+def test_make_derivations_writes_latex(tmp_path):
+    assert derivations_main(["--latex-dir", str(tmp_path)]) == 0
+    tex = (tmp_path / "derivations.tex").read_text()
+    for macro in ["SteadyGain", "AdamGain", "AdamProcessNoise", "SteadyPriorVariance"]:
+        assert rf"\newcommand{{\KO{macro}}}" in tex
+    assert len(common.LATEX_MACROS) >= 20
+
+
+def test_executed_notebooks_are_fresh():
+    problems = stale_notebooks()
+    assert not problems, "; ".join(problems) + " -- run `make derivations` and commit derivations/executed/"
+
+
+def test_assert_identity_rejects_a_false_identity():
+    x = sp.Symbol("x", positive=True)
+    common.assert_identity(sp.sqrt(x**2) - x, "sqrt(x^2) = x for x > 0")
+    with pytest.raises(AssertionError, match="identity failed: wrong"):
+        common.assert_identity(sp.sqrt(x**2) - 2 * x, "wrong")
+
+
+def test_assert_numerically_equal_rejects_a_small_discrepancy():
+    x = sp.Symbol("x")
+    common.assert_numerically_equal(sp.sin(x) ** 2 + sp.cos(x) ** 2, sp.Integer(1), {x: common.uniform(-9, 9)}, "pythagoras")
+    with pytest.raises(AssertionError, match="numeric check failed"):
+        common.assert_numerically_equal(x * (1 + 1e-8), x, {x: common.uniform(1, 2)}, "off by 1e-8", rtol=1e-10)
+
+
+def test_export_latex_rejects_bad_macro_names():
+    with pytest.raises(ValueError, match="letters only"):
+        common.export_latex("Bad_Name1", sp.Integer(1))
