@@ -1,0 +1,100 @@
+# kalman-optim: one entry point for set-up, tests, derivations and (later) experiments and the paper.
+#
+#   make reproduce        set up .venv if missing, then rebuild everything that is out of date
+#   make test             set up .venv if missing, then run the test-suite
+#
+# Switches:
+#   PYTHON=python3        use an existing interpreter (e.g. a GPU machine's system torch, no network):
+#                         no venv is created and nothing is installed; missing packages are named.
+#   TORCH_PIN=...         the torch requirement installed into .venv (default: the CPU build torch==2.13.0).
+#   PROFILE=smoke|full    experiment profile (used once the experiments exist).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?=
+BOOTSTRAP_PYTHON ?= python3
+VENV ?= .venv
+TORCH_PIN ?= torch==2.13.0
+PROFILE ?= smoke
+
+ifeq ($(strip $(PYTHON)),)
+  PY := $(VENV)/bin/python
+  SETUP := $(VENV)/.installed
+else
+  PY := $(PYTHON)
+  SETUP := check-python
+endif
+
+# The derivations and tests import `derivations` and `kalman_optim` from the checkout in every mode.
+export PYTHONPATH := $(CURDIR)
+
+DERIVATION_SOURCES := $(sort $(wildcard derivations/d[0-9]_*.py))
+DERIVATION_TOOLS := derivations/common.py derivations/notebooks.py derivations/__main__.py
+DERIVATION_LATEX := paper/generated/derivations.tex
+
+.PHONY: help install check-python test derivations experiments figures paper bench reproduce clean
+
+help:
+	@echo "make reproduce   set up (if needed) and rebuild what is out of date"
+	@echo "make test        set up (if needed) and run the tests"
+	@echo "make derivations run the sympy derivations, write paper/generated/ and derivations/executed/"
+	@echo "make install     create .venv with pinned dependencies ($(TORCH_PIN))"
+	@echo "Switches: PYTHON=python3 (use an existing interpreter, no venv), TORCH_PIN=..., PROFILE=$(PROFILE)"
+
+install: $(SETUP)
+
+# Created once; re-run only when the declared dependencies change.
+$(VENV)/.installed: pyproject.toml requirements.txt
+	@if [ ! -x "$(VENV)/bin/python" ]; then \
+	  echo "==> creating $(VENV) with $(BOOTSTRAP_PYTHON)"; \
+	  if ! $(BOOTSTRAP_PYTHON) -m venv "$(VENV)"; then \
+	    rm -rf "$(VENV)"; \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "==> installing python3-venv with apt-get"; \
+	      apt-get update -qq && apt-get install -y -qq python3-venv && $(BOOTSTRAP_PYTHON) -m venv "$(VENV)"; \
+	    else \
+	      echo "error: '$(BOOTSTRAP_PYTHON) -m venv' failed; install python3-venv (apt-get install python3-venv)" >&2; exit 1; \
+	    fi; \
+	  fi; \
+	fi
+	@echo "==> installing kalman-optim with pinned dependencies and $(TORCH_PIN) into $(VENV)"
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q "$(TORCH_PIN)" -c requirements.txt -e ".[dev]"
+	@touch $@
+
+# With PYTHON=..., install nothing: say what is missing instead.
+check-python:
+	@$(PY) -c "import importlib.util as u, sys; \
+	missing = [m for m in ('torch', 'sympy', 'numpy', 'jupytext', 'nbformat', 'nbclient', 'ipykernel', 'pytest', 'hypothesis') if u.find_spec(m) is None]; \
+	missing and sys.exit('error: $(PY) lacks: ' + ' '.join(missing) + '. Install them (pip install -c requirements.txt ...) or drop PYTHON= to use .venv'); \
+	import torch; print('==> using $(PY) with torch', torch.__version__)"
+
+test: | $(SETUP)
+	@rc=0; $(PY) -m pytest || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing to run is not a failure"; rc=0; fi; \
+	exit $$rc
+
+# Runs every notebook (failing on the first failed assertion), writes the LaTeX the paper includes and
+# re-renders the executed notebooks that readers open without running anything.
+$(DERIVATION_LATEX): $(DERIVATION_SOURCES) $(DERIVATION_TOOLS) | $(SETUP)
+	$(PY) -m derivations --latex-dir paper/generated --notebooks
+
+derivations: $(DERIVATION_LATEX)
+
+experiments figures paper bench:
+	@echo "make $@: not implemented yet (see the open issues: experiments #5, paper #6, benchmark #4)." >&2
+	@exit 2
+
+reproduce: derivations
+	@echo
+	@echo "make reproduce: what was done"
+	@echo "  set-up       $(if $(filter check-python,$(SETUP)),using $(PY),$(VENV) with pinned dependencies)"
+	@echo "  derivations  $(words $(DERIVATION_SOURCES)) notebooks executed, every assertion holds;"
+	@echo "               LaTeX in paper/generated/, rendered notebooks in derivations/executed/"
+	@echo "  NOT built    experiments, figures, paper: these stages do not exist yet (issues #5, #6)."
+	@echo "               No paper was produced."
+
+clean:
+	rm -rf paper/generated paper/build .pytest_cache .hypothesis
