@@ -1,5 +1,6 @@
 """kalman_optim: Adam and LAMB with Kalman filters in place of their moving averages."""
 
+from kalman_optim.kalman_adam import KalmanAdam
 from kalman_optim.closed_forms import (
     adam_gain,
     adam_process_noise,
@@ -12,6 +13,7 @@ from kalman_optim.closed_forms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "KalmanAdam",
     "adam_gain",
     "adam_process_noise",
     "beta_to_noise_ratio",

@@ -74,3 +74,68 @@ def check_step(value, name: str = "step"):
     if not _all(integral) or not _all(x >= 1):
         raise ValueError(f"{name} must be an integer >= 1, got {_describe(value)}")
     return x
+
+
+NOISE_MODES = ("adam", "constant", "adaptive")
+
+
+def _real(value, name: str) -> float:
+    """A real hyper-parameter as a float (a one-element tensor is accepted, e.g. a tensor lr)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise TypeError(f"{name} must be a real number or a one-element real tensor, got a tensor of shape {tuple(value.shape)}")
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def validate_optimizer_hyperparameters(group: dict) -> None:
+    """Raise ValueError/TypeError naming the first invalid hyper-parameter of a param group."""
+    lr = _real(group["lr"], "lr")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"Invalid learning rate: lr must be finite and >= 0, got {lr}")
+    eps = _real(group["eps"], "eps")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"Invalid epsilon value: eps must be finite and >= 0, got {eps}")
+    weight_decay = _real(group["weight_decay"], "weight_decay")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"Invalid weight_decay value: weight_decay must be finite and >= 0, got {weight_decay}")
+    noise = group["noise"]
+    if noise not in NOISE_MODES:
+        raise ValueError(f"Invalid noise mode: noise must be one of {NOISE_MODES}, got {noise!r}")
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: betas must be a pair (beta1, beta2), got {betas!r}")
+    for index, beta in enumerate(betas):
+        b = _real(beta, f"betas[{index}]")
+        if noise == "adam" and not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: betas[{index}] must be in [0, 1), got {b}")
+        if noise != "adam" and not 0.0 < b < 1.0:
+            raise ValueError(
+                f"Invalid beta parameter at index {index}: with noise={noise!r}, betas[{index}] must be in the open "
+                f"interval (0, 1) (it sets the noise ratio (1 - beta)^2 / beta), got {b}"
+            )
+    prior = group["prior_variance"]
+    if prior is not None:
+        if noise == "adam":
+            raise ValueError(
+                "Invalid prior_variance: noise='adam' fixes the prior (diffuse); prior_variance applies to "
+                "noise='constant' or 'adaptive'"
+            )
+        p = _real(prior, "prior_variance")
+        if not (math.isfinite(p) and p >= 0):
+            raise ValueError(f"Invalid prior_variance: must be None (diffuse) or finite and >= 0 (P_0 / r), got {p}")
+    scale = _real(group["adaptation_scale"], "adaptation_scale")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"Invalid adaptation_scale: must be finite and > 0, got {scale}")
+    noise_beta = _real(group["noise_beta"], "noise_beta")
+    if not 0.0 < noise_beta < 1.0:
+        raise ValueError(f"Invalid noise_beta: must be in the open interval (0, 1), got {noise_beta}")
+    beta_range = group["beta_range"]
+    if (
+        not isinstance(beta_range, (tuple, list))
+        or len(beta_range) != 2
+        or not 0.0 < _real(beta_range[0], "beta_range[0]") < _real(beta_range[1], "beta_range[1]") < 1.0
+    ):
+        raise ValueError(f"Invalid beta_range: must be a pair (low, high) with 0 < low < high < 1, got {beta_range!r}")

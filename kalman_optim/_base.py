@@ -1,0 +1,223 @@
+"""The shell shared by KalmanAdam and KalmanLAMB: validation, state, skipping, posterior read-out.
+
+A step runs in two phases so that a step that raises changes nothing: first every group and gradient
+is checked (hyper-parameters, sparse or complex gradients, non-finite values when asked to skip), then
+state is created and the update applied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from kalman_optim._validation import validate_optimizer_hyperparameters
+from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
+from kalman_optim.schedules import moment_coefficients, normal_quantile
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+ADAPTIVE_STATE_KEYS = ("prev_grad", "prev_diff", "diff_sq_avg", "diff_lag_avg")
+
+#: Defaults of every option, also used by __setstate__ for checkpoints that predate an option.
+COMMON_DEFAULTS: dict[str, Any] = dict(
+    noise="adam",
+    prior_variance=None,
+    variance_adaptation=False,
+    adaptation_scale=1.0,
+    noise_beta=0.99,
+    beta_range=(0.5, 0.999),
+    maximize=False,
+    foreach=None,
+    skip_nonfinite=False,
+    nonfinite_skips=0,
+)
+
+
+def _state_dtype(param: Tensor) -> torch.dtype:
+    """Filter state is kept in float32 for half-precision parameters (the gain can be ~1e-3)."""
+    return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
+
+
+def adaptive_config(group: dict) -> AdaptiveNoiseConfig:
+    low, high = group["beta_range"]
+    return AdaptiveNoiseConfig(
+        noise_beta=float(group["noise_beta"]), beta_min=float(low), beta_max=float(high), prior_beta=float(group["betas"][0])
+    )
+
+
+class KalmanOptimizerBase(Optimizer):
+    """Common machinery; subclasses implement `_update_group`."""
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in COMMON_DEFAULTS.items():
+                group.setdefault(key, value)
+            for key, value in self._extra_defaults().items():
+                group.setdefault(key, value)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+
+    def _extra_defaults(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def nonfinite_skips(self) -> int:
+        """Number of steps skipped because a gradient was not finite (with skip_nonfinite=True)."""
+        return max((int(g.get("nonfinite_skips", 0)) for g in self.param_groups), default=0)
+
+    # ----------------------------------------------------------------------------------------- step
+    def _collect(self) -> list[tuple[dict, list[Tensor]]]:
+        """Phase 1: validate everything; return each group's parameters that have a gradient."""
+        plan = []
+        for group in self.param_groups:
+            validate_optimizer_hyperparameters(group)
+            params = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                if torch.is_complex(p):
+                    raise TypeError(
+                        f"{type(self).__name__} does not support complex parameters (the filter is defined for real "
+                        "gradients); optimize torch.view_as_real(p) instead"
+                    )
+                if not torch.is_floating_point(p):
+                    raise TypeError(f"{type(self).__name__} needs floating-point parameters, got {p.dtype}")
+                params.append(p)
+            plan.append((group, params))
+        return plan
+
+    def _has_nonfinite_gradient(self, plan) -> bool:
+        flags = [torch.isfinite(p.grad).all() for group, params in plan if group["skip_nonfinite"] for p in params]
+        return bool(flags) and not bool(torch.stack(flags).all())
+
+    def _init_state(self, group: dict, p: Tensor) -> dict:
+        state = self.state[p]
+        if len(state) == 0:
+            dtype = _state_dtype(p)
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        if group["noise"] == "adaptive" and "prev_grad" not in state:
+            for key in ADAPTIVE_STATE_KEYS:
+                state[key] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
+        return state
+
+    def _use_foreach(self, group: dict, params: list[Tensor]) -> bool:
+        if group["foreach"] is not None:
+            return bool(group["foreach"])
+        # As measured on CPU (shared/REFERENCES.md), the plain loop beats foreach there; on CUDA foreach wins.
+        return bool(params) and all(p.is_cuda for p in params)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plan = self._collect()
+        if self._has_nonfinite_gradient(plan):
+            for group in self.param_groups:
+                group["nonfinite_skips"] = int(group.get("nonfinite_skips", 0)) + 1
+            return loss
+        for group, params in plan:
+            if params:
+                self._update_group(group, params)
+        return loss
+
+    def _gather(self, group: dict, params: list[Tensor]):
+        """State lists for the functional API, with float32 working copies of half-precision tensors."""
+        work_params, grads, states = [], [], []
+        for p in params:
+            state = self._init_state(group, p)
+            state["step"] += 1
+            states.append(state)
+            if p.dtype in LOW_PRECISION:
+                work_params.append(p.detach().float())
+                grads.append(p.grad.float())
+            else:
+                work_params.append(p)
+                grads.append(p.grad)
+        steps = [int(s["step"].item()) for s in states]
+        return work_params, grads, states, steps
+
+    @staticmethod
+    def _write_back(params: list[Tensor], work_params: list[Tensor]) -> None:
+        for p, w in zip(params, work_params):
+            if w is not p:
+                p.copy_(w)
+
+    def _update_group(self, group: dict, params: list[Tensor]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------ posterior read-out
+    def _group_of(self, p: Tensor) -> dict:
+        for group in self.param_groups:
+            if any(p is q for q in group["params"]):
+                return group
+        raise ValueError("parameter is not managed by this optimizer")
+
+    @torch.no_grad()
+    def gradient_posterior(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        """Filtered gradient estimate and its posterior variance for parameter `p` (float32 or p's dtype).
+
+        mean = the first moment's posterior mean (Adam's bias-corrected m_hat in mode "adam");
+        variance = k_t r_hat (D2/D3): k_t is the filter's normalized posterior variance, one scalar per
+        tensor in modes "adam"/"constant", per coordinate in "adaptive"; r_hat is the observation-noise
+        estimate: max(v_hat - m_hat^2, 0) / c from the moments (zero extra memory), or -Cov(d_t, d_{t-1})
+        in mode "adaptive" (D4). For maximize=True the estimate is of p.grad itself (sign restored).
+        """
+        group = self._group_of(p)
+        state = self.state.get(p, {})
+        if not state:
+            raise ValueError("no filter state for this parameter yet: call step() with a gradient first")
+        step = int(state["step"].item())
+        beta1, beta2 = (float(b) for b in group["betas"])
+        noise, prior = group["noise"], group["prior_variance"]
+        second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior)
+        if noise == "adaptive":
+            mean = state["exp_avg"].clone()
+            gain, r_hat = adaptive_noise_estimates(state["diff_sq_avg"], state["diff_lag_avg"], step, adaptive_config(group))
+            variance = gain * r_hat
+        else:
+            first = moment_coefficients(noise, beta1, step, prior)
+            mean = state["exp_avg"] / first.correction
+            r_hat = observation_noise_from_moments(mean, state["exp_avg_sq"] / second.correction, beta1, beta2)
+            variance = first.gain * r_hat
+        if group["maximize"]:
+            mean = mean.neg_()
+        return mean, variance
+
+    def confidence_interval(self, p: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
+        """Two-sided `level` interval for the true (noise-free) gradient: mean -/+ z sqrt(variance) (D3)."""
+        z = normal_quantile(level)
+        mean, variance = self.gradient_posterior(p)
+        half_width = variance.sqrt().mul_(z)
+        return mean - half_width, mean + half_width
+
+
+def group_scalars(group: dict) -> dict[str, Any]:
+    """Plain-float hyper-parameters of a group for the functional API (tensor lr/betas become floats)."""
+    beta1, beta2 = (float(b) for b in group["betas"])
+    prior = group["prior_variance"]
+    return dict(
+        noise=group["noise"],
+        beta1=beta1,
+        beta2=beta2,
+        lr=float(group["lr"]),
+        weight_decay=float(group["weight_decay"]),
+        eps=float(group["eps"]),
+        maximize=bool(group["maximize"]),
+        prior_gain=None if prior is None else float(prior),
+        variance_adaptation=bool(group["variance_adaptation"]),
+        adaptation_scale=float(group["adaptation_scale"]),
+        adaptive_config=adaptive_config(group) if group["noise"] == "adaptive" else None,
+    )
+

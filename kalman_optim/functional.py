@@ -1,0 +1,269 @@
+r"""The per-step math of KalmanAdam, as functions a test can call directly.
+
+Two paths compute the same update: `_single_tensor_kalman_adam` (the plain reference, one tensor at a
+time) and `_multi_tensor_kalman_adam` (torch._foreach_* over all tensors with the same step count).
+Both update `params` and the state tensors in place, like torch.optim's functional API.
+
+Update (D2/D1 of derivations/): for each coordinate, with g the gradient (negated if maximizing),
+    m <- m + k1 (g - m)                       first-moment filter (Adam's EWMA in mode "adam")
+    v <- (1 - k2) v + k2 g^2                  second-moment filter
+    p <- p (1 - lr wd) - lr * gamma * m_hat / (sqrt(v_hat) + eps)
+where m_hat, v_hat are the posterior means, gamma = 1 or the variance-adaptation factor of D3,
+gamma = m_hat^2 / (m_hat^2 + kappa P) with P = k1 r_hat the posterior variance of m_hat.
+In mode "adaptive" the gain k1 is per coordinate, from the noise ratio estimated on gradient
+differences (D4): Var(g_t - g_{t-1}) = q + 2r, Cov(d_t, d_{t-1}) = -r.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
+from kalman_optim.schedules import moment_coefficients, state_noise_bias
+
+__all__ = ["AdaptiveNoiseConfig", "adaptive_noise_estimates", "kalman_adam", "observation_noise_from_moments"]
+
+
+@dataclass(frozen=True)
+class AdaptiveNoiseConfig:
+    """Settings of the per-coordinate noise estimator (mode "adaptive", D4).
+
+    noise_beta: EWMA coefficient of the difference statistics; beta_min, beta_max: the range the
+    per-coordinate EWMA coefficient (hence the gain 1 - beta) is clipped to; prior_beta: the coefficient
+    assumed before the statistics carry information (the user's beta1).
+    """
+
+    noise_beta: float
+    beta_min: float
+    beta_max: float
+    prior_beta: float
+
+    @property
+    def noise_ratio_bounds(self) -> tuple[float, float]:
+        return float(beta_to_noise_ratio(self.beta_max)), float(beta_to_noise_ratio(self.beta_min))
+
+
+def adaptive_noise_estimates(
+    diff_sq_avg: Tensor, diff_lag_avg: Tensor, step: int, config: AdaptiveNoiseConfig
+) -> tuple[Tensor, Tensor]:
+    """Per-coordinate Kalman gain k_t and observation-noise estimate r_hat at `step` (D4), no mutation.
+
+    With c0 = EWMA of d_t^2 over step - 1 samples and c1 = EWMA of d_t d_{t-1} over step - 2 samples
+    (both bias-corrected): r_hat = max(-c1, 0), q_hat = max(c0 + 2 c1, 0), lambda_hat = q_hat / r_hat
+    clipped to the beta range. lambda_hat is blended with the prior ratio lambda(prior_beta) by the
+    statistics' weight w = 1 - noise_beta^(step - 2), so the first steps behave like mode "constant".
+    The gain is the constant-noise filter's closed form from a diffuse prior at that ratio (D1).
+    """
+    lam_prior = float(beta_to_noise_ratio(config.prior_beta))
+    lam_min, lam_max = config.noise_ratio_bounds
+    dtype = diff_sq_avg.dtype
+    n_sq, n_lag = step - 1, step - 2
+    if n_lag <= 0:
+        # No lag statistics yet: the prior ratio; with one difference, Var(d) = q + 2r gives r.
+        gain = torch.full_like(diff_sq_avg, float(constant_noise_gain(config.prior_beta, step)))
+        if n_sq <= 0:
+            return gain, torch.zeros_like(diff_sq_avg)
+        return gain, diff_sq_avg / ((1 - config.noise_beta**n_sq) * (2 + lam_prior))
+    c0 = diff_sq_avg / (1 - config.noise_beta**n_sq)
+    c1 = diff_lag_avg / (1 - config.noise_beta**n_lag)
+    r_hat = c1.neg().clamp_min_(0)
+    q_hat = (c0 + 2 * c1).clamp_min_(0)
+    ratio = (q_hat / r_hat.clamp_min(torch.finfo(dtype).tiny)).clamp_(lam_min, lam_max)
+    weight = 1 - config.noise_beta**n_lag
+    ratio.mul_(weight).add_((1 - weight) * lam_prior)
+    # beta(lambda) = 4 / (sqrt(lambda) + sqrt(lambda + 4))^2 (D1, cancellation-free)
+    beta = 4 / (ratio.sqrt() + (ratio + 4).sqrt()).square()
+    # k_t = (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) (D1, diffuse prior)
+    log_beta = beta.log()
+    gain = (1 - beta) * (1 + torch.exp((2 * step - 1) * log_beta)) / torch.expm1(2 * step * log_beta).neg()
+    return gain, r_hat
+
+
+def observation_noise_from_moments(mean: Tensor, second_moment: Tensor, beta1: float, beta2: float) -> Tensor:
+    """Zero-memory estimate of r from the posterior means of g and g^2 (D3): max(v - m^2, 0) / c."""
+    return (second_moment - mean.square()).clamp_min_(0).div_(state_noise_bias(beta1, beta2))
+
+
+def _variance_adapted(exp_avg: Tensor, mean: Tensor, variance: Tensor, scale: float) -> Tensor:
+    """exp_avg * m^2 / (m^2 + scale * P): uncertain coordinates move less (D3)."""
+    mean_sq = mean.square()
+    denominator = (mean_sq + scale * variance).clamp_min_(torch.finfo(mean.dtype).tiny)
+    return exp_avg * mean_sq / denominator
+
+
+def kalman_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    adaptive_states: dict[str, list[Tensor]] | None = None,
+    *,
+    noise: str,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    decoupled_weight_decay: bool = True,
+    maximize: bool = False,
+    prior_gain: float | None = None,
+    variance_adaptation: bool = False,
+    adaptation_scale: float = 1.0,
+    adaptive_config: AdaptiveNoiseConfig | None = None,
+    foreach: bool = False,
+) -> None:
+    """One KalmanAdam step on lists of tensors; `steps[i]` is tensor i's step count after this step (>= 1).
+
+    `adaptive_states` (mode "adaptive" only) holds lists "prev_grad", "prev_diff", "diff_sq_avg",
+    "diff_lag_avg". All tensors of one index share shape, device and dtype (float32 or float64).
+    """
+    if noise == "adaptive" and (adaptive_states is None or adaptive_config is None):
+        raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
+    fn = _multi_tensor_kalman_adam if foreach else _single_tensor_kalman_adam
+    fn(
+        params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states,
+        noise=noise, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps,
+        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, prior_gain=prior_gain,
+        variance_adaptation=variance_adaptation, adaptation_scale=adaptation_scale,
+        adaptive_config=adaptive_config,
+    )
+
+
+def _single_tensor_kalman_adam(
+    params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states, *, noise, beta1, beta2, lr, weight_decay,
+    eps, decoupled_weight_decay, maximize, prior_gain, variance_adaptation, adaptation_scale, adaptive_config,
+):
+    for i, param in enumerate(params):
+        grad = grads[i] if not maximize else -grads[i]
+        exp_avg, exp_avg_sq, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
+
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+
+        second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+        if noise == "adaptive":
+            gain, r_hat = _single_tensor_adaptive_update(grad, {k: v[i] for k, v in adaptive_states.items()}, step, adaptive_config)
+            exp_avg.lerp_(grad, gain)
+            correction1 = 1.0
+        else:
+            first = moment_coefficients(noise, beta1, step, prior_gain)
+            exp_avg.lerp_(grad, first.weight)
+            correction1 = first.correction
+        exp_avg_sq.mul_(second.decay).addcmul_(grad, grad, value=second.weight)
+
+        step_size = lr / correction1
+        correction2_sqrt = second.correction**0.5
+        denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(eps)
+
+        direction = exp_avg
+        if variance_adaptation:
+            mean = exp_avg / correction1
+            if noise != "adaptive":
+                r_hat = observation_noise_from_moments(mean, exp_avg_sq / second.correction, beta1, beta2)
+                gain = first.gain
+            direction = _variance_adapted(exp_avg, mean, gain * r_hat, adaptation_scale)
+        param.addcdiv_(direction, denom, value=-step_size)
+
+
+def _single_tensor_adaptive_update(grad, state, step, config):
+    """Update the difference statistics with this gradient and return (gain, r_hat) (D4)."""
+    if step >= 2:
+        diff = grad - state["prev_grad"]
+        state["diff_sq_avg"].mul_(config.noise_beta).addcmul_(diff, diff, value=1 - config.noise_beta)
+        if step >= 3:
+            state["diff_lag_avg"].mul_(config.noise_beta).addcmul_(diff, state["prev_diff"], value=1 - config.noise_beta)
+        state["prev_diff"].copy_(diff)
+    state["prev_grad"].copy_(grad)
+    return adaptive_noise_estimates(state["diff_sq_avg"], state["diff_lag_avg"], step, config)
+
+
+def _group_by_step(steps: list[int], params: list[Tensor]) -> dict[tuple, list[int]]:
+    """Indices of tensors sharing (device, dtype, step): each bucket is one set of foreach calls."""
+    buckets: dict[tuple, list[int]] = defaultdict(list)
+    for i, (param, step) in enumerate(zip(params, steps)):
+        buckets[(param.device, param.dtype, step)].append(i)
+    return buckets
+
+
+def _multi_tensor_kalman_adam(
+    params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states, *, noise, beta1, beta2, lr, weight_decay,
+    eps, decoupled_weight_decay, maximize, prior_gain, variance_adaptation, adaptation_scale, adaptive_config,
+):
+    for (_, _, step), index in _group_by_step(steps, params).items():
+        b_params = [params[i] for i in index]
+        b_grads = [grads[i] for i in index]
+        b_avgs = [exp_avgs[i] for i in index]
+        b_sqs = [exp_avg_sqs[i] for i in index]
+
+        if maximize:
+            b_grads = torch._foreach_neg(b_grads)
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                torch._foreach_mul_(b_params, 1 - lr * weight_decay)
+            else:
+                b_grads = torch._foreach_add(b_grads, b_params, alpha=weight_decay)
+
+        second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+        if noise == "adaptive":
+            b_state = {k: [v[i] for i in index] for k, v in adaptive_states.items()}
+            gains, r_hats = _multi_tensor_adaptive_update(b_grads, b_state, step, adaptive_config)
+            torch._foreach_lerp_(b_avgs, b_grads, gains)
+            correction1 = 1.0
+        else:
+            first = moment_coefficients(noise, beta1, step, prior_gain)
+            torch._foreach_lerp_(b_avgs, b_grads, first.weight)
+            correction1 = first.correction
+        torch._foreach_mul_(b_sqs, second.decay)
+        torch._foreach_addcmul_(b_sqs, b_grads, b_grads, second.weight)
+
+        step_size = -(lr / correction1)
+        denom = torch._foreach_sqrt(b_sqs)
+        torch._foreach_div_(denom, second.correction**0.5)
+        torch._foreach_add_(denom, eps)
+
+        directions = b_avgs
+        if variance_adaptation:
+            means = torch._foreach_div(b_avgs, correction1)
+            means_sq = torch._foreach_mul(means, means)
+            if noise != "adaptive":
+                # r_hat = max(v_hat - m_hat^2, 0) / c (D3), then P = k_t r_hat
+                r_hats = torch._foreach_div(b_sqs, second.correction)
+                torch._foreach_sub_(r_hats, means_sq)
+                torch._foreach_clamp_min_(r_hats, 0.0)
+                torch._foreach_div_(r_hats, state_noise_bias(beta1, beta2))
+                variances = torch._foreach_mul(r_hats, first.gain)
+            else:
+                variances = torch._foreach_mul(r_hats, gains)
+            torch._foreach_mul_(variances, adaptation_scale)
+            torch._foreach_add_(variances, means_sq)
+            torch._foreach_clamp_min_(variances, torch.finfo(b_params[0].dtype).tiny)
+            directions = torch._foreach_mul(b_avgs, means_sq)
+            torch._foreach_div_(directions, variances)
+        torch._foreach_addcdiv_(b_params, directions, denom, step_size)
+
+
+def _multi_tensor_adaptive_update(grads, state, step, config):
+    """Foreach version of `_single_tensor_adaptive_update`."""
+    if step >= 2:
+        diffs = torch._foreach_sub(grads, state["prev_grad"])
+        torch._foreach_mul_(state["diff_sq_avg"], config.noise_beta)
+        torch._foreach_addcmul_(state["diff_sq_avg"], diffs, diffs, 1 - config.noise_beta)
+        if step >= 3:
+            torch._foreach_mul_(state["diff_lag_avg"], config.noise_beta)
+            torch._foreach_addcmul_(state["diff_lag_avg"], diffs, state["prev_diff"], 1 - config.noise_beta)
+        torch._foreach_copy_(state["prev_diff"], diffs)
+    torch._foreach_copy_(state["prev_grad"], grads)
+    # The estimator is a handful of elementwise ops per tensor; one fused expression per tensor
+    # keeps it readable and costs the same memory traffic as a chain of foreach calls.
+    estimates = [
+        adaptive_noise_estimates(sq, lag, step, config) for sq, lag in zip(state["diff_sq_avg"], state["diff_lag_avg"])
+    ]
+    return [gain for gain, _ in estimates], [r for _, r in estimates]

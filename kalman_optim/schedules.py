@@ -1,0 +1,63 @@
+"""Per-step scalars of the moment filters: one set per tensor and step, never per element.
+
+A moment estimate is stored as a tensor `s` whose posterior mean is `s / correction`, updated as
+`s <- decay * s + weight * x` (x = g for the first moment, g^2 for the second). The normalized
+posterior variance of the mean (P_t / r, D1) is `gain`.
+
+- noise="adam" (D2): Adam's raw EWMA, weight = 1 - beta, decay = beta, correction = 1 - beta^t; the
+  posterior-mean gain is (1 - beta) / (1 - beta^t). Floats are computed as torch.optim.Adam does, so
+  the update is bit-for-bit Adam's.
+- noise="constant" (D1): the filter with the constant ratio lambda(beta), state = posterior mean
+  (correction = 1), weight = gain = the Riccati gain k_t from the chosen prior (closed form).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from kalman_optim.closed_forms import constant_noise_gain
+
+
+class MomentCoefficients(NamedTuple):
+    weight: float  # coefficient of the new observation
+    decay: float  # coefficient of the stored estimate
+    correction: float  # posterior mean = stored / correction
+    gain: float  # Kalman gain of the posterior mean = normalized posterior variance P_t / r
+
+
+def adam_coefficients(beta: float, step: int) -> MomentCoefficients:
+    """Adam's EWMA with bias correction (D2: the Kalman filter with q_t / r from a diffuse prior)."""
+    correction = 1 - beta**step
+    return MomentCoefficients(weight=1 - beta, decay=beta, correction=correction, gain=(1 - beta) / correction)
+
+
+def constant_coefficients(beta: float, step: int, prior_gain: float | None) -> MomentCoefficients:
+    """The constant-noise Kalman filter (D1) with lambda = (1 - beta)^2 / beta and prior P_0 = prior_gain * r."""
+    gain = float(constant_noise_gain(beta, step, prior_gain=prior_gain))
+    return MomentCoefficients(weight=gain, decay=1 - gain, correction=1.0, gain=gain)
+
+
+def moment_coefficients(noise: str, beta: float, step: int, prior_gain: float | None) -> MomentCoefficients:
+    """Coefficients for a moment filter; the adaptive mode's second moment uses the constant filter."""
+    if noise == "adam":
+        return adam_coefficients(beta, step)
+    return constant_coefficients(beta, step, prior_gain)
+
+
+def state_noise_bias(beta1: float, beta2: float) -> float:
+    """E[v - m^2] / r for steady-state EWMAs on a random walk at the ratio matched to beta1 (D3).
+
+    c = beta1 + (1 - beta1)^2 beta2 / (beta1 (1 - beta2)); r_hat = max(v - m^2, 0) / c is then an
+    unbiased, zero-memory estimate of the observation noise from the optimizer's own moments.
+    """
+    return beta1 + (1 - beta1) ** 2 * beta2 / (beta1 * (1 - beta2))
+
+
+def normal_quantile(level: float) -> float:
+    """Two-sided standard-normal quantile z with P(|Z| <= z) = level (z(0.95) = 1.959964), D3."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a number in the open interval (0, 1), got {level!r}")
+    return math.sqrt(2.0) * torch.special.erfinv(torch.tensor(float(level), dtype=torch.float64)).item()
