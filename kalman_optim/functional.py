@@ -148,29 +148,40 @@ def _single_tensor_kalman_adam(
             else:
                 grad = grad.add(param, alpha=weight_decay)
 
-        second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
-        if noise == "adaptive":
-            gain, r_hat = _single_tensor_adaptive_update(grad, {k: v[i] for k, v in adaptive_states.items()}, step, adaptive_config)
-            exp_avg.lerp_(grad, gain)
-            correction1 = 1.0
-        else:
-            first = moment_coefficients(noise, beta1, step, prior_gain)
-            exp_avg.lerp_(grad, first.weight)
-            correction1 = first.correction
-        exp_avg_sq.mul_(second.decay).addcmul_(grad, grad, value=second.weight)
-
+        correction1, correction2, gain, r_hat = _single_tensor_moments(
+            grad, exp_avg, exp_avg_sq, step, adaptive_states and {k: v[i] for k, v in adaptive_states.items()},
+            noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config,
+        )
         step_size = lr / correction1
-        correction2_sqrt = second.correction**0.5
+        correction2_sqrt = correction2**0.5
         denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(eps)
 
         direction = exp_avg
         if variance_adaptation:
             mean = exp_avg / correction1
-            if noise != "adaptive":
-                r_hat = observation_noise_from_moments(mean, exp_avg_sq / second.correction, beta1, beta2)
-                gain = first.gain
+            if r_hat is None:
+                r_hat = observation_noise_from_moments(mean, exp_avg_sq / correction2, beta1, beta2)
             direction = _variance_adapted(exp_avg, mean, gain * r_hat, adaptation_scale)
         param.addcdiv_(direction, denom, value=-step_size)
+
+
+def _single_tensor_moments(grad, exp_avg, exp_avg_sq, step, adaptive_state, *, noise, beta1, beta2, prior_gain, adaptive_config):
+    """Update both moment filters in place; return (correction1, correction2, gain, r_hat or None).
+
+    Posterior means are exp_avg / correction1 and exp_avg_sq / correction2; `gain` is the first moment's
+    normalized posterior variance (a float, or a tensor in mode "adaptive", which also returns r_hat).
+    """
+    second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+    if noise == "adaptive":
+        gain, r_hat = _single_tensor_adaptive_update(grad, adaptive_state, step, adaptive_config)
+        exp_avg.lerp_(grad, gain)
+        correction1 = 1.0
+    else:
+        first = moment_coefficients(noise, beta1, step, prior_gain)
+        exp_avg.lerp_(grad, first.weight)
+        correction1, gain, r_hat = first.correction, first.gain, None
+    exp_avg_sq.mul_(second.decay).addcmul_(grad, grad, value=second.weight)
+    return correction1, second.correction, gain, r_hat
 
 
 def _single_tensor_adaptive_update(grad, state, step, config):
@@ -211,43 +222,53 @@ def _multi_tensor_kalman_adam(
             else:
                 b_grads = torch._foreach_add(b_grads, b_params, alpha=weight_decay)
 
-        second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
-        if noise == "adaptive":
-            b_state = {k: [v[i] for i in index] for k, v in adaptive_states.items()}
-            gains, r_hats = _multi_tensor_adaptive_update(b_grads, b_state, step, adaptive_config)
-            torch._foreach_lerp_(b_avgs, b_grads, gains)
-            correction1 = 1.0
-        else:
-            first = moment_coefficients(noise, beta1, step, prior_gain)
-            torch._foreach_lerp_(b_avgs, b_grads, first.weight)
-            correction1 = first.correction
-        torch._foreach_mul_(b_sqs, second.decay)
-        torch._foreach_addcmul_(b_sqs, b_grads, b_grads, second.weight)
-
+        correction1, correction2, gains, r_hats = _multi_tensor_moments(
+            b_grads, b_avgs, b_sqs, step, adaptive_states and {k: [v[i] for i in index] for k, v in adaptive_states.items()},
+            noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config,
+        )
         step_size = -(lr / correction1)
         denom = torch._foreach_sqrt(b_sqs)
-        torch._foreach_div_(denom, second.correction**0.5)
+        torch._foreach_div_(denom, correction2**0.5)
         torch._foreach_add_(denom, eps)
 
         directions = b_avgs
         if variance_adaptation:
             means = torch._foreach_div(b_avgs, correction1)
             means_sq = torch._foreach_mul(means, means)
-            if noise != "adaptive":
-                # r_hat = max(v_hat - m_hat^2, 0) / c (D3), then P = k_t r_hat
-                r_hats = torch._foreach_div(b_sqs, second.correction)
-                torch._foreach_sub_(r_hats, means_sq)
-                torch._foreach_clamp_min_(r_hats, 0.0)
-                torch._foreach_div_(r_hats, state_noise_bias(beta1, beta2))
-                variances = torch._foreach_mul(r_hats, first.gain)
-            else:
-                variances = torch._foreach_mul(r_hats, gains)
+            if r_hats is None:
+                r_hats = _multi_tensor_noise_from_moments(means_sq, b_sqs, correction2, beta1, beta2)
+            variances = torch._foreach_mul(r_hats, gains)
             torch._foreach_mul_(variances, adaptation_scale)
             torch._foreach_add_(variances, means_sq)
             torch._foreach_clamp_min_(variances, torch.finfo(b_params[0].dtype).tiny)
             directions = torch._foreach_mul(b_avgs, means_sq)
             torch._foreach_div_(directions, variances)
         torch._foreach_addcdiv_(b_params, directions, denom, step_size)
+
+
+def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *, noise, beta1, beta2, prior_gain, adaptive_config):
+    """Foreach version of `_single_tensor_moments` (gains: a float, or a list of tensors in "adaptive")."""
+    second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+    if noise == "adaptive":
+        gains, r_hats = _multi_tensor_adaptive_update(grads, adaptive_state, step, adaptive_config)
+        torch._foreach_lerp_(exp_avgs, grads, gains)
+        correction1 = 1.0
+    else:
+        first = moment_coefficients(noise, beta1, step, prior_gain)
+        torch._foreach_lerp_(exp_avgs, grads, first.weight)
+        correction1, gains, r_hats = first.correction, first.gain, None
+    torch._foreach_mul_(exp_avg_sqs, second.decay)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, second.weight)
+    return correction1, second.correction, gains, r_hats
+
+
+def _multi_tensor_noise_from_moments(means_sq, exp_avg_sqs, correction2, beta1, beta2):
+    """r_hat = max(v_hat - m_hat^2, 0) / c for lists of tensors (D3)."""
+    r_hats = torch._foreach_div(exp_avg_sqs, correction2)
+    torch._foreach_sub_(r_hats, means_sq)
+    torch._foreach_clamp_min_(r_hats, 0.0)
+    torch._foreach_div_(r_hats, state_noise_bias(beta1, beta2))
+    return r_hats
 
 
 def _multi_tensor_adaptive_update(grads, state, step, config):
@@ -267,3 +288,99 @@ def _multi_tensor_adaptive_update(grads, state, step, config):
         adaptive_noise_estimates(sq, lag, step, config) for sq, lag in zip(state["diff_sq_avg"], state["diff_lag_avg"])
     ]
     return [gain for gain, _ in estimates], [r for _, r in estimates]
+
+
+def precision_weighted_norm(update: Tensor, variance: Tensor, floor: float) -> Tensor:
+    """sqrt(n * sum(pi u^2) / sum(pi)) with pi = 1 / (P + floor * mean(P)) (D5).
+
+    Equal variances give the plain norm ||u||; a coordinate with a larger posterior variance P_i counts
+    less. The floor bounds the weight of a coordinate with P_i = 0 to (1 + 1/floor) times that of an
+    average one (all P_i = 0, e.g. at step 1, gives equal weights, i.e. LAMB).
+    """
+    shift = variance.mean() * floor
+    weights = (variance + shift).clamp_min_(torch.finfo(variance.dtype).tiny).reciprocal_()
+    weighted = (weights * update.square()).sum() / weights.sum()
+    return (weighted * update.numel()).sqrt()
+
+
+def lamb_trust_ratio(param_norm: Tensor, update_norm: Tensor, trust_clip: float | None) -> Tensor:
+    """||w|| / ||u||, and 1 when either norm is 0 (as common LAMB implementations do); optionally clipped."""
+    ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
+    return ratio if trust_clip is None else ratio.clamp_max(trust_clip)
+
+
+def kalman_lamb(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    adaptive_states: dict[str, list[Tensor]] | None = None,
+    *,
+    noise: str,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool = False,
+    prior_gain: float | None = None,
+    precision_weighting: bool = True,
+    precision_floor: float = 0.01,
+    trust_clip: float | None = None,
+    adaptive_config: AdaptiveNoiseConfig | None = None,
+    foreach: bool = False,
+    **_unused,
+) -> None:
+    r"""One KalmanLAMB step (You et al. 2020, Algorithm 2, on Kalman moments; D5).
+
+    Per tensor (layer): u = m_hat / (sqrt(v_hat) + eps) + wd * p, then p <- p - lr * (||p|| / N(u)) * u,
+    with N(u) = ||u|| (LAMB) or the precision-weighted norm (precision_weighting=True) that discounts
+    coordinates whose gradient estimate has a large posterior variance P = k_t r_hat. On DTensor (FSDP2)
+    parameters the sums run over the whole layer, not the local shard.
+    """
+    if noise == "adaptive" and (adaptive_states is None or adaptive_config is None):
+        raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
+    if foreach:
+        buckets = _group_by_step(steps, params).items()
+    else:
+        buckets = (((p.device, p.dtype, s), [i]) for i, (p, s) in enumerate(zip(params, steps)))
+    for (_, _, step), index in buckets:
+        b_params = [params[i] for i in index]
+        b_grads = [grads[i] if not maximize else -grads[i] for i in index]
+        b_avgs = [exp_avgs[i] for i in index]
+        b_sqs = [exp_avg_sqs[i] for i in index]
+        b_state = adaptive_states and {k: [v[i] for i in index] for k, v in adaptive_states.items()}
+        common = dict(noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config)
+        if foreach:
+            correction1, correction2, gains, r_hats = _multi_tensor_moments(b_grads, b_avgs, b_sqs, step, b_state, **common)
+            means = torch._foreach_div(b_avgs, correction1)
+            denoms = torch._foreach_sqrt(torch._foreach_div(b_sqs, correction2))
+            torch._foreach_add_(denoms, eps)
+            updates = torch._foreach_div(means, denoms)
+            if weight_decay != 0:
+                torch._foreach_add_(updates, b_params, alpha=weight_decay)
+        else:
+            single = [
+                _single_tensor_moments(g, m, v, step, b_state and {k: x[j] for k, x in b_state.items()}, **common)
+                for j, (g, m, v) in enumerate(zip(b_grads, b_avgs, b_sqs))
+            ]
+            correction1, correction2, gains, r_hats = single[0]
+            r_hats = None if r_hats is None else [s[3] for s in single]
+            gains = gains if noise != "adaptive" else [s[2] for s in single]
+            means = [m / correction1 for m in b_avgs]
+            updates = [mean / ((v / correction2).sqrt() + eps) for mean, v in zip(means, b_sqs)]
+            if weight_decay != 0:
+                updates = [u.add(p, alpha=weight_decay) for u, p in zip(updates, b_params)]
+        for j, (param, update) in enumerate(zip(b_params, updates)):
+            param_norm = torch.linalg.vector_norm(param)
+            if precision_weighting:
+                r_hat = r_hats[j] if r_hats is not None else observation_noise_from_moments(
+                    means[j], b_sqs[j] / correction2, beta1, beta2
+                )
+                gain = gains[j] if isinstance(gains, list) else gains
+                update_norm = precision_weighted_norm(update, gain * r_hat, precision_floor)
+            else:
+                update_norm = torch.linalg.vector_norm(update)
+            ratio = lamb_trust_ratio(param_norm, update_norm, trust_clip)
+            param.add_(update * ratio, alpha=-lr)

@@ -1,0 +1,112 @@
+"""KalmanLAMB: LAMB on Kalman-filter moments, with precision-weighted layer statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from kalman_optim._base import ADAPTIVE_STATE_KEYS, COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
+from kalman_optim._validation import _real, validate_optimizer_hyperparameters
+from kalman_optim.functional import kalman_lamb
+
+LAMB_DEFAULTS = dict(precision_weighting=True, precision_floor=0.01, trust_clip=None)
+
+
+def _validate_lamb(group: dict) -> None:
+    validate_optimizer_hyperparameters(group)
+    floor = _real(group["precision_floor"], "precision_floor")
+    if not floor > 0:
+        raise ValueError(f"Invalid precision_floor: must be > 0, got {floor}")
+    if group["trust_clip"] is not None:
+        clip = _real(group["trust_clip"], "trust_clip")
+        if not clip > 0:
+            raise ValueError(f"Invalid trust_clip: must be None or > 0, got {clip}")
+    if group["variance_adaptation"]:
+        raise ValueError("Invalid variance_adaptation: KalmanLAMB uses the uncertainty in its trust ratio; use precision_weighting")
+
+
+class KalmanLAMB(KalmanOptimizerBase):
+    r"""LAMB (You et al. 2020) with Kalman-filter moments and precision-weighted layer statistics (D5).
+
+    Per tensor: u = m_hat / (sqrt(v_hat) + eps) + weight_decay * p; p <- p - lr * (||p|| / N(u)) * u.
+    With ``precision_weighting=False``, N(u) = ||u|| and noise="adam" this is LAMB (Algorithm 2, with
+    bias correction and phi = identity, optionally clipped at ``trust_clip``). With
+    ``precision_weighting=True`` (default) N(u) = sqrt(n sum(pi u^2) / sum(pi)), pi = 1 / (P + floor mean(P)),
+    where P = k_t r_hat is each coordinate's posterior variance: coordinates whose gradient estimate is
+    uncertain count less in the layer statistic. ``noise`` and the other filter options are KalmanAdam's.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 1e-2,
+        *,
+        noise: str = "adam",
+        precision_weighting: bool = True,
+        precision_floor: float = 0.01,
+        trust_clip: float | None = None,
+        prior_variance: float | None = None,
+        noise_beta: float = 0.99,
+        beta_range: tuple[float, float] = (0.5, 0.999),
+        maximize: bool = False,
+        foreach: bool | None = None,
+        skip_nonfinite: bool = False,
+    ):
+        defaults = dict(
+            COMMON_DEFAULTS,
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, list) else betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            noise=noise,
+            precision_weighting=precision_weighting,
+            precision_floor=precision_floor,
+            trust_clip=trust_clip,
+            prior_variance=prior_variance,
+            noise_beta=noise_beta,
+            beta_range=beta_range,
+            maximize=maximize,
+            foreach=foreach,
+            skip_nonfinite=skip_nonfinite,
+        )
+        _validate_lamb(defaults)
+        super().__init__(params, defaults)
+
+    def _extra_defaults(self):
+        return dict(LAMB_DEFAULTS)
+
+    def add_param_group(self, param_group: dict) -> None:
+        _validate_lamb({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
+        super().add_param_group(param_group)
+
+    def _collect(self):
+        for group in self.param_groups:
+            _validate_lamb(group)
+        return super()._collect()
+
+    def _update_group(self, group, params):
+        work_params, grads, states, steps = self._gather(group, params)
+        adaptive = None
+        if group["noise"] == "adaptive":
+            adaptive = {key: [s[key] for s in states] for key in ADAPTIVE_STATE_KEYS}
+        scalars = group_scalars(group)
+        scalars.pop("variance_adaptation")
+        scalars.pop("adaptation_scale")
+        kalman_lamb(
+            work_params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            steps,
+            adaptive,
+            precision_weighting=bool(group["precision_weighting"]),
+            precision_floor=float(group["precision_floor"]),
+            trust_clip=None if group["trust_clip"] is None else float(group["trust_clip"]),
+            foreach=self._use_foreach(group, params),
+            **scalars,
+        )
+        self._write_back(params, work_params)
