@@ -84,8 +84,14 @@ def adaptive_noise_estimates(
 
 
 def observation_noise_from_moments(mean: Tensor, second_moment: Tensor, beta1: float, beta2: float) -> Tensor:
-    """Zero-memory estimate of r from the posterior means of g and g^2 (D3): max(v - m^2, 0) / c."""
-    return (second_moment - mean.square()).clamp_min_(0).div_(state_noise_bias(beta1, beta2))
+    """Zero-memory estimate of r from the posterior means of g and g^2 (D3): max(v - m^2, 0) / c.
+
+    Differences below the float resolution of v are rounding, not variance, and count as 0 (at step 1,
+    v = m^2 exactly in exact arithmetic).
+    """
+    excess = second_moment - mean.square()
+    resolution = second_moment * (4 * torch.finfo(second_moment.dtype).eps)
+    return torch.where(excess > resolution, excess, torch.zeros_like(excess)).div_(state_noise_bias(beta1, beta2))
 
 
 def _variance_adapted(exp_avg: Tensor, mean: Tensor, variance: Tensor, scale: float) -> Tensor:
@@ -263,10 +269,11 @@ def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *,
 
 
 def _multi_tensor_noise_from_moments(means_sq, exp_avg_sqs, correction2, beta1, beta2):
-    """r_hat = max(v_hat - m_hat^2, 0) / c for lists of tensors (D3)."""
-    r_hats = torch._foreach_div(exp_avg_sqs, correction2)
-    torch._foreach_sub_(r_hats, means_sq)
-    torch._foreach_clamp_min_(r_hats, 0.0)
+    """r_hat = max(v_hat - m_hat^2, 0) / c for lists of tensors (D3), rounding-level excess counted as 0."""
+    second_moments = torch._foreach_div(exp_avg_sqs, correction2)
+    excess = torch._foreach_sub(second_moments, means_sq)
+    resolution = torch._foreach_mul(second_moments, 4 * torch.finfo(second_moments[0].dtype).eps)
+    r_hats = [torch.where(e > res, e, torch.zeros_like(e)) for e, res in zip(excess, resolution)]
     torch._foreach_div_(r_hats, state_noise_bias(beta1, beta2))
     return r_hats
 
@@ -291,14 +298,15 @@ def _multi_tensor_adaptive_update(grads, state, step, config):
 
 
 def precision_weighted_norm(update: Tensor, variance: Tensor, floor: float) -> Tensor:
-    """sqrt(n * sum(pi u^2) / sum(pi)) with pi = 1 / (P + floor * mean(P)) (D5).
+    """sqrt(n * sum(pi u^2) / sum(pi)) with pi = 1 / (P / mean(P) + floor) (D5).
 
     Equal variances give the plain norm ||u||; a coordinate with a larger posterior variance P_i counts
-    less. The floor bounds the weight of a coordinate with P_i = 0 to (1 + 1/floor) times that of an
-    average one (all P_i = 0, e.g. at step 1, gives equal weights, i.e. LAMB).
+    less. Weights are scale-free (only P_i / mean(P) matters, D5) and bounded by 1 / floor, so the sums
+    cannot overflow; all P_i = 0 (e.g. at step 1) gives equal weights, i.e. LAMB.
     """
-    shift = variance.mean() * floor
-    weights = (variance + shift).clamp_min_(torch.finfo(variance.dtype).tiny).reciprocal_()
+    mean = variance.mean()
+    relative = torch.where(mean > 0, variance / mean, torch.zeros_like(variance))
+    weights = (relative + floor).reciprocal_()
     weighted = (weights * update.square()).sum() / weights.sum()
     return (weighted * update.numel()).sqrt()
 

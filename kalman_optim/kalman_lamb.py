@@ -32,7 +32,7 @@ class KalmanLAMB(KalmanOptimizerBase):
     Per tensor: u = m_hat / (sqrt(v_hat) + eps) + weight_decay * p; p <- p - lr * (||p|| / N(u)) * u.
     With ``precision_weighting=False``, N(u) = ||u|| and noise="adam" this is LAMB (Algorithm 2, with
     bias correction and phi = identity, optionally clipped at ``trust_clip``). With
-    ``precision_weighting=True`` (default) N(u) = sqrt(n sum(pi u^2) / sum(pi)), pi = 1 / (P + floor mean(P)),
+    ``precision_weighting=True`` (default) N(u) = sqrt(n sum(pi u^2) / sum(pi)), pi = 1 / (P / mean(P) + floor),
     where P = k_t r_hat is each coordinate's posterior variance: coordinates whose gradient estimate is
     uncertain count less in the layer statistic. ``noise`` and the other filter options are KalmanAdam's.
     """
