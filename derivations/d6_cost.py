@@ -33,7 +33,6 @@
 # %%
 import copy
 
-import numpy as np
 import sympy as sp
 from sympy.core.parameters import distribute
 
@@ -194,7 +193,7 @@ print(f"KalmanAdam(adam) vs AdamW, one step: max relative error {worst:.1e}")
 # and bias-corrects $c_0, c_1$ by per-group scalars; that changes the operation count, not the bytes.)
 
 # %%
-q_s, r_s = sp.symbols("q r", positive=True)
+q_s, r_s = sp.symbols("q r", real=True)
 c0_s, c1_s = sp.symbols("C_0 C_1", real=True)
 moment_solution = sp.solve([c0_s - (q_s + 2 * r_s), c1_s + r_s], [q_s, r_s], dict=True)[0]
 assert moment_solution == {r_s: -c1_s, q_s: c0_s + 2 * c1_s}  # the estimators invert D4's moment equations
@@ -299,11 +298,21 @@ def cost(name: str, spec: dict) -> dict:
     )
 
 
-COST_TABLE = [cost(name, spec) for name, spec in VARIANTS.items()]
-adamw_row = COST_TABLE[0]
-for row in COST_TABLE:
+ORDER = [
+    "AdamW", "KalmanAdam adam", "KalmanAdam adam + variance adaptation", "KalmanAdam constant", "KalmanAdam adaptive",
+    "LAMB", "KalmanLAMB precision weighting",
+]
+assert sorted(ORDER) == sorted(VARIANTS)
+raw_costs = {name: cost(name, VARIANTS[name]) for name in ORDER}
+adamw_row = raw_costs["AdamW"]
+COST_TABLE = []
+for name in ORDER:
+    row = raw_costs[name]
+    intensity = row.pop("arithmetic_intensity")
     row["state_bytes_relative_to_adamw"] = row["state_bytes_per_parameter"] / adamw_row["state_bytes_per_parameter"]
     row["bytes_relative_to_adamw"] = row["bytes_moved_per_element"] / adamw_row["bytes_moved_per_element"]
+    row["arithmetic_intensity"] = intensity  # (flops + sqrt) per byte moved
+    COST_TABLE.append(row)
 ROW = {row["variant"]: row for row in COST_TABLE}
 for row in COST_TABLE:
     print(f"{row['variant']:40s} {row['flops_per_element']:3d} flops {row['sqrt_per_element']} sqrt "
@@ -311,13 +320,26 @@ for row in COST_TABLE:
           f"intensity {row['arithmetic_intensity']:.2f}")
 
 # %% [markdown]
-# Hand counts agree: AdamW is $m$ (sub, mul, add) + $v$ (square, 2 mul, add) + denominator (div, add, sqrt) +
-# step (mul, mul, div, sub) = 13 flops and 1 sqrt; the folded-gain form drops the division by $\sigma_2$ (12).
+# **Hand counts agree** (flops + square roots):
+#
+# * AdamW: $m$ (sub, mul, add) + $v$ (square, 2 mul, add) + denominator (sqrt, div by $\sigma_2$, add) + step
+#   (mul $p\delta$, mul, div, sub) = 13 + 1. The folded-gain form has no division by $\sigma_2$ and $v$ as
+#   $v + k_{2}(g^2 - v)$ (square, sub, mul, add): 12 + 1.
+# * adaptive: $d$ (1), $c_0'$ (4), $c_1'$ (4), $\hat r$ (neg, max: 2), $\hat q$ (mul, add, max: 3), $\hat\lambda$
+#   (div, 2 comparisons: 3), $k$ (div, add, add, div: 4, + sqrt), $m'$ (3), $v'$ (4), step (5, + sqrt) = 33 + 2.
+# * variance adaptation: 12 + $m'^2$, sub, max, div by $c$, mul by $k_t$, add, max with tiny, div, mul = 21 + 1.
+# * LAMB: pass 1 = $m'$ (3) + $v'$ (4) + $u$ (div by $\sigma_2$, add $\epsilon$, div, div by $1-\beta_1^t$, mul $\lambda_{wd} p$, add: 6, + sqrt) + $\|p\|^2$
+#   and $\|u\|^2$ (square, add: 2 each); pass 2 = mul, sub: 19 + 1.
+# * KalmanLAMB: $m'$ (3) + $v'$ (4) + $u$ (4 + sqrt) + $\hat r$ (square, sub, max, div: 4) + $\pi$ (add, div: 2)
+#   + $\sum \pi u^2$ (square, mul, add: 3) + $\sum\pi$ (1) + $\|p\|^2$ (2) + pass 2 (2) = 25 + 1.
 
 # %%
-assert (ROW["AdamW"]["flops_per_element"], ROW["AdamW"]["sqrt_per_element"]) == (13, 1)
-assert (ROW["KalmanAdam adam"]["flops_per_element"], ROW["KalmanAdam adam"]["sqrt_per_element"]) == (12, 1)
-assert ROW["KalmanAdam adaptive"]["sqrt_per_element"] == 2  # the gain's sqrt and the denominator's
+HAND_COUNTS = {
+    "AdamW": (13, 1), "KalmanAdam adam": (12, 1), "KalmanAdam constant": (12, 1), "KalmanAdam adaptive": (33, 2),
+    "KalmanAdam adam + variance adaptation": (21, 1), "LAMB": (19, 1), "KalmanLAMB precision weighting": (25, 1),
+}
+for name, expected in HAND_COUNTS.items():
+    assert (ROW[name]["flops_per_element"], ROW[name]["sqrt_per_element"]) == expected, (name, ROW[name], expected)
 
 # %% [markdown]
 # ## The structural facts
@@ -362,13 +384,13 @@ LATEX_NAMES = {
     "KalmanAdam adam": r"KalmanAdam, \texttt{noise=adam}",
     "KalmanAdam constant": r"KalmanAdam, \texttt{noise=constant}",
     "KalmanAdam adaptive": r"KalmanAdam, \texttt{noise=adaptive}",
-    "KalmanAdam adam + variance adaptation": r"\quad + \texttt{variance\_adaptation}",
+    "KalmanAdam adam + variance adaptation": r"KalmanAdam, \texttt{adam} + \texttt{variance\_adaptation}",
     "LAMB": r"LAMB",
     "KalmanLAMB precision weighting": r"KalmanLAMB, \texttt{precision\_weighting}",
 }
 header = [
     "variant", "flops/elem.", r"$\sqrt{\cdot}$/elem.", "bytes moved/elem.", "state B/param.",
-    r"state $\times$AdamW", r"bytes $\times$AdamW", "flops/byte",
+    r"state $\times$AdamW", r"bytes $\times$AdamW", "ops/byte",
 ]
 rows = [
     [LATEX_NAMES[r["variant"]], r["flops_per_element"], r["sqrt_per_element"], r["bytes_moved_per_element"],
@@ -376,8 +398,8 @@ rows = [
      f"{r['arithmetic_intensity']:.2f}"]
     for r in COST_TABLE
 ]
-export_table("CostTable", header, rows)
-show(export_table("CostTable", header, rows))
+cost_table_tex = export_table("CostTable", header, rows)
+print(cost_table_tex)
 
 export_latex("AdamBytesPerParameter", str(adamw["bytes_moved_per_element"]))
 export_latex("AdamStateBytesPerParameter", str(adamw["state_bytes_per_parameter"]))
