@@ -2,12 +2,14 @@
 #
 #   make reproduce        set up .venv if missing, then rebuild everything that is out of date
 #   make test             set up .venv if missing, then run the test-suite
+#   make bench            optimizer step-time / memory benchmark -> results/bench/step_$(BENCH_DEVICE).json
 #
 # Switches:
 #   PYTHON=python3        use an existing interpreter (e.g. a GPU machine's system torch, no network):
 #                         no venv is created and nothing is installed; missing packages are named.
 #   TORCH_PIN=...         the torch requirement installed into .venv (default: the CPU build torch==2.13.0).
 #   PROFILE=smoke|full    experiment profile (used once the experiments exist).
+#   BENCH_DEVICE=cpu|cuda  device of `make bench`; BENCH_ARGS=... more options (e.g. --quick, --layout both).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -19,6 +21,8 @@ BOOTSTRAP_PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
 PROFILE ?= smoke
+BENCH_DEVICE ?= cpu
+BENCH_ARGS ?=
 
 ifeq ($(strip $(PYTHON)),)
   PY := $(VENV)/bin/python
@@ -41,8 +45,10 @@ help:
 	@echo "make reproduce   set up (if needed) and rebuild what is out of date"
 	@echo "make test        set up (if needed) and run the tests"
 	@echo "make derivations run the sympy derivations, write paper/generated/ and derivations/executed/"
+	@echo "make bench       time optimizer steps against AdamW -> results/bench/step_$(BENCH_DEVICE).json (~4 min)"
 	@echo "make install     create .venv with pinned dependencies ($(TORCH_PIN))"
-	@echo "Switches: PYTHON=python3 (use an existing interpreter, no venv), TORCH_PIN=..., PROFILE=$(PROFILE)"
+	@echo "Switches: PYTHON=python3 (use an existing interpreter, no venv), TORCH_PIN=..., PROFILE=$(PROFILE),"
+	@echo "          BENCH_DEVICE=$(BENCH_DEVICE), BENCH_ARGS=... (e.g. --quick)"
 
 install: $(SETUP)
 
@@ -83,8 +89,13 @@ $(DERIVATION_LATEX): $(DERIVATION_SOURCES) $(DERIVATION_TOOLS) | $(SETUP)
 
 derivations: $(DERIVATION_LATEX)
 
-experiments figures paper bench:
-	@echo "make $@: not implemented yet (see the open issues: experiments #5, paper #6, benchmark #4)." >&2
+# Optimizer step time and state memory against torch's AdamW (issue #4): a measurement, not a test.
+# Writes results/bench/step_$(BENCH_DEVICE).json (with provenance) and .md; takes ~4 min on 2 CPU cores.
+bench: | $(SETUP)
+	$(PY) -m experiments.bench_step --device $(BENCH_DEVICE) --out results/bench/step_$(BENCH_DEVICE).json $(BENCH_ARGS)
+
+experiments figures paper:
+	@echo "make $@: not implemented yet (see the open issues: experiments #5, paper #6)." >&2
 	@exit 2
 
 reproduce: derivations

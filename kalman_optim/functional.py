@@ -278,6 +278,16 @@ def _multi_tensor_noise_from_moments(means_sq, exp_avg_sqs, correction2, beta1, 
     return r_hats
 
 
+def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
+    """torch._foreach_copy_, or one copy_ per tensor for tensor subclasses: DTensor (FSDP2 parameters'
+    state) has no sharding strategy for aten._foreach_copy_ (torch 2.13), while its copy_ works."""
+    if all(type(t) is Tensor for t in destinations):
+        torch._foreach_copy_(destinations, sources)
+    else:
+        for destination, source in zip(destinations, sources):
+            destination.copy_(source)
+
+
 def _multi_tensor_adaptive_update(grads, state, step, config):
     """Foreach version of `_single_tensor_adaptive_update`."""
     if step >= 2:
@@ -287,8 +297,8 @@ def _multi_tensor_adaptive_update(grads, state, step, config):
         if step >= 3:
             torch._foreach_mul_(state["diff_lag_avg"], config.noise_beta)
             torch._foreach_addcmul_(state["diff_lag_avg"], diffs, state["prev_diff"], 1 - config.noise_beta)
-        torch._foreach_copy_(state["prev_diff"], diffs)
-    torch._foreach_copy_(state["prev_grad"], grads)
+        _copy_all(state["prev_diff"], diffs)
+    _copy_all(state["prev_grad"], grads)
     # The estimator is a handful of elementwise ops per tensor; one fused expression per tensor
     # keeps it readable and costs the same memory traffic as a chain of foreach calls.
     estimates = [

@@ -1,0 +1,1 @@
+"""Experiments and benchmarks of kalman-optim; each module runs with `python -m experiments.<name>`."""
