@@ -16,6 +16,7 @@ differences (D4): Var(g_t - g_{t-1}) = q + 2r, Cov(d_t, d_{t-1}) = -r.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -58,8 +59,7 @@ def adaptive_noise_estimates(
     statistics' weight w = 1 - noise_beta^(step - 2), so the first steps behave like mode "constant".
     The gain is the constant-noise filter's closed form from a diffuse prior at that ratio (D1).
     """
-    lam_prior = float(beta_to_noise_ratio(config.prior_beta))
-    lam_min, lam_max = config.noise_ratio_bounds
+    lam_prior, lam_min, lam_max = _adaptive_constants(config)
     dtype = diff_sq_avg.dtype
     n_sq, n_lag = step - 1, step - 2
     if n_lag <= 0:
@@ -68,30 +68,44 @@ def adaptive_noise_estimates(
         if n_sq <= 0:
             return gain, torch.zeros_like(diff_sq_avg)
         return gain, diff_sq_avg / ((1 - config.noise_beta**n_sq) * (2 + lam_prior))
-    c0 = diff_sq_avg / (1 - config.noise_beta**n_sq)
+    # In-place on fresh temporaries: the estimator is elementwise and memory-bound.
     c1 = diff_lag_avg / (1 - config.noise_beta**n_lag)
     r_hat = c1.neg().clamp_min_(0)
-    q_hat = (c0 + 2 * c1).clamp_min_(0)
-    ratio = (q_hat / r_hat.clamp_min(torch.finfo(dtype).tiny)).clamp_(lam_min, lam_max)
+    ratio = (diff_sq_avg / (1 - config.noise_beta**n_sq)).add_(c1, alpha=2).clamp_min_(0)  # q_hat
+    ratio.div_(r_hat.clamp_min(torch.finfo(dtype).tiny)).clamp_(lam_min, lam_max)
     weight = 1 - config.noise_beta**n_lag
     ratio.mul_(weight).add_((1 - weight) * lam_prior)
     # beta(lambda) = 4 / (sqrt(lambda) + sqrt(lambda + 4))^2 (D1, cancellation-free)
-    beta = 4 / (ratio.sqrt() + (ratio + 4).sqrt()).square()
-    # k_t = (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) (D1, diffuse prior)
-    log_beta = beta.log()
-    gain = (1 - beta) * (1 + torch.exp((2 * step - 1) * log_beta)) / torch.expm1(2 * step * log_beta).neg()
+    beta = ratio.sqrt().add_(ratio.add_(4).sqrt_()).square_().reciprocal_().mul_(4)
+    gain = beta.neg().add_(1)
+    # k_t = (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) (D1, diffuse prior); once beta^(2t-1) is below
+    # float resolution for the largest possible beta, the start-up factor is exactly 1 and is skipped.
+    beta_ceiling = max(config.beta_max, config.prior_beta)
+    if beta_ceiling ** (2 * step - 1) >= torch.finfo(dtype).eps:
+        log_beta = beta.log_()
+        start_up = torch.exp(log_beta * (2 * step - 1)).add_(1).div_(torch.expm1(log_beta.mul_(2 * step)).neg_())
+        gain.mul_(start_up)
     return gain, r_hat
+
+
+@functools.lru_cache(maxsize=64)
+def _adaptive_constants(config: AdaptiveNoiseConfig) -> tuple[float, float, float]:
+    """(lambda(prior_beta), lambda_min, lambda_max), computed once per configuration."""
+    lam_min, lam_max = config.noise_ratio_bounds
+    return float(beta_to_noise_ratio(config.prior_beta)), lam_min, lam_max
 
 
 def observation_noise_from_moments(mean: Tensor, second_moment: Tensor, beta1: float, beta2: float) -> Tensor:
     """Zero-memory estimate of r from the posterior means of g and g^2 (D3): max(v - m^2, 0) / c.
 
-    Differences below the float resolution of v are rounding, not variance, and count as 0 (at step 1,
-    v = m^2 exactly in exact arithmetic).
+    Differences below the float resolution of v (4 ulps) are rounding, not variance, and are removed (at
+    step 1, v = m^2 exactly in exact arithmetic).
     """
+    # excess - resolution, floored at 0: branch-free (a data-dependent torch.where is slow on CPU), and the
+    # shift of 4 ulps of v is below what v - m^2 can resolve anyway.
     excess = second_moment - mean.square()
-    resolution = second_moment * (4 * torch.finfo(second_moment.dtype).eps)
-    return torch.where(excess > resolution, excess, torch.zeros_like(excess)).div_(state_noise_bias(beta1, beta2))
+    excess.sub_(second_moment, alpha=4 * torch.finfo(second_moment.dtype).eps).clamp_min_(0)
+    return excess.div_(state_noise_bias(beta1, beta2))
 
 
 def _variance_adapted(exp_avg: Tensor, mean: Tensor, variance: Tensor, scale: float) -> Tensor:
@@ -271,9 +285,9 @@ def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *,
 def _multi_tensor_noise_from_moments(means_sq, exp_avg_sqs, correction2, beta1, beta2):
     """r_hat = max(v_hat - m_hat^2, 0) / c for lists of tensors (D3), rounding-level excess counted as 0."""
     second_moments = torch._foreach_div(exp_avg_sqs, correction2)
-    excess = torch._foreach_sub(second_moments, means_sq)
-    resolution = torch._foreach_mul(second_moments, 4 * torch.finfo(second_moments[0].dtype).eps)
-    r_hats = [torch.where(e > res, e, torch.zeros_like(e)) for e, res in zip(excess, resolution)]
+    r_hats = torch._foreach_sub(second_moments, means_sq)
+    torch._foreach_sub_(r_hats, second_moments, alpha=4 * torch.finfo(second_moments[0].dtype).eps)
+    torch._foreach_clamp_min_(r_hats, 0.0)
     torch._foreach_div_(r_hats, state_noise_bias(beta1, beta2))
     return r_hats
 

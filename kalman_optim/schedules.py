@@ -13,6 +13,7 @@ posterior variance of the mean (P_t / r, D1) is `gain`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ def constant_coefficients(beta: float, step: int, prior_gain: float | None) -> M
     return MomentCoefficients(weight=gain, decay=1 - gain, correction=1.0, gain=gain)
 
 
+@functools.lru_cache(maxsize=1024)
 def moment_coefficients(noise: str, beta: float, step: int, prior_gain: float | None) -> MomentCoefficients:
     """Coefficients for a moment filter; the adaptive mode's second moment uses the constant filter."""
     if noise == "adam":

@@ -62,7 +62,7 @@ def test_constant_mode_gain_converges_to_one_minus_beta():
     from kalman_optim.schedules import state_noise_bias
 
     r_hat = (v_hat - mean.square()).clamp_min(0) / state_noise_bias(0.8, 0.99)
-    torch.testing.assert_close(variance, (1 - 0.8) * r_hat, rtol=1e-6, atol=0)
+    torch.testing.assert_close(variance, (1 - 0.8) * r_hat, rtol=1e-5, atol=0)  # 1e-5: the 4-ulp rounding guard of D3
 
 
 def test_gradient_posterior_in_adam_mode_is_the_bias_corrected_first_moment():
