@@ -173,6 +173,11 @@ class KalmanOptimizerBase(Optimizer):
         tensor in modes "adam"/"constant", per coordinate in "adaptive"; r_hat is the observation-noise
         estimate: max(v_hat - m_hat^2, 0) / c from the moments (zero extra memory), or -Cov(d_t, d_{t-1})
         in mode "adaptive" (D4). For maximize=True the estimate is of p.grad itself (sign restored).
+
+        Caveat (D3): the zero-memory r_hat assumes the gradient's current level is independent of its past
+        increments; when beta2 != beta1 and the gradient trends steadily, v - m^2 mixes in the trend and r_hat
+        can be far off (even 0 after clipping). Mode "adaptive" estimates r from differences, which
+        removes the level. How well the intervals cover in real training is measured by experiment E2.
         """
         group = self._group_of(p)
         state = self.state.get(p, {})

@@ -103,16 +103,25 @@ def observation_noise_from_moments(mean: Tensor, second_moment: Tensor, beta1: f
     """
     # excess - resolution, floored at 0: branch-free (a data-dependent torch.where is slow on CPU), and the
     # shift of 4 ulps of v is below what v - m^2 can resolve anyway.
-    excess = second_moment - mean.square()
-    excess.sub_(second_moment, alpha=4 * torch.finfo(second_moment.dtype).eps).clamp_min_(0)
+    excess = second_moment.mul(1 - 4 * torch.finfo(second_moment.dtype).eps).sub_(mean.square()).clamp_min_(0)
     return excess.div_(state_noise_bias(beta1, beta2))
 
 
-def _variance_adapted(exp_avg: Tensor, mean: Tensor, variance: Tensor, scale: float) -> Tensor:
-    """exp_avg * m^2 / (m^2 + scale * P): uncertain coordinates move less (D3)."""
-    mean_sq = mean.square()
-    denominator = (mean_sq + scale * variance).clamp_min_(torch.finfo(mean.dtype).tiny)
-    return exp_avg * mean_sq / denominator
+def _variance_adapted_direction(exp_avg, exp_avg_sq, correction1, correction2, gain, r_hat, scale, beta1, beta2):
+    """exp_avg * m^2 / (m^2 + scale * P), P = gain * r_hat: uncertain coordinates move less (D3).
+
+    Two temporaries, in place: the step is memory-bound. Without r_hat (modes "adam"/"constant") it is
+    the zero-memory estimate of `observation_noise_from_moments`.
+    """
+    mean_sq = exp_avg.div(correction1).square_()
+    if r_hat is None:
+        eps = torch.finfo(exp_avg_sq.dtype).eps
+        variance = exp_avg_sq.mul((1 - 4 * eps) / correction2).sub_(mean_sq).clamp_min_(0)
+        variance.mul_(scale * gain / state_noise_bias(beta1, beta2))
+    else:
+        variance = r_hat.mul(gain).mul_(scale)
+    variance.add_(mean_sq).clamp_min_(torch.finfo(mean_sq.dtype).tiny)
+    return mean_sq.div_(variance).mul_(exp_avg)
 
 
 def kalman_adam(
@@ -178,10 +187,9 @@ def _single_tensor_kalman_adam(
 
         direction = exp_avg
         if variance_adaptation:
-            mean = exp_avg / correction1
-            if r_hat is None:
-                r_hat = observation_noise_from_moments(mean, exp_avg_sq / correction2, beta1, beta2)
-            direction = _variance_adapted(exp_avg, mean, gain * r_hat, adaptation_scale)
+            direction = _variance_adapted_direction(
+                exp_avg, exp_avg_sq, correction1, correction2, gain, r_hat, adaptation_scale, beta1, beta2
+            )
         param.addcdiv_(direction, denom, value=-step_size)
 
 
@@ -253,16 +261,23 @@ def _multi_tensor_kalman_adam(
 
         directions = b_avgs
         if variance_adaptation:
-            means = torch._foreach_div(b_avgs, correction1)
-            means_sq = torch._foreach_mul(means, means)
+            # Same arithmetic, in the same order, as `_variance_adapted_direction`.
+            means_sq = torch._foreach_div(b_avgs, correction1)
+            torch._foreach_mul_(means_sq, means_sq)
             if r_hats is None:
-                r_hats = _multi_tensor_noise_from_moments(means_sq, b_sqs, correction2, beta1, beta2)
-            variances = torch._foreach_mul(r_hats, gains)
-            torch._foreach_mul_(variances, adaptation_scale)
+                eps = torch.finfo(b_sqs[0].dtype).eps
+                variances = torch._foreach_mul(b_sqs, (1 - 4 * eps) / correction2)
+                torch._foreach_sub_(variances, means_sq)
+                torch._foreach_clamp_min_(variances, 0.0)
+                torch._foreach_mul_(variances, adaptation_scale * gains / state_noise_bias(beta1, beta2))
+            else:
+                variances = torch._foreach_mul(r_hats, gains)
+                torch._foreach_mul_(variances, adaptation_scale)
             torch._foreach_add_(variances, means_sq)
             torch._foreach_clamp_min_(variances, torch.finfo(b_params[0].dtype).tiny)
-            directions = torch._foreach_mul(b_avgs, means_sq)
-            torch._foreach_div_(directions, variances)
+            torch._foreach_div_(means_sq, variances)
+            torch._foreach_mul_(means_sq, b_avgs)
+            directions = means_sq
         torch._foreach_addcdiv_(b_params, directions, denom, step_size)
 
 
@@ -280,16 +295,6 @@ def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *,
     torch._foreach_mul_(exp_avg_sqs, second.decay)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, second.weight)
     return correction1, second.correction, gains, r_hats
-
-
-def _multi_tensor_noise_from_moments(means_sq, exp_avg_sqs, correction2, beta1, beta2):
-    """r_hat = max(v_hat - m_hat^2, 0) / c for lists of tensors (D3), rounding-level excess counted as 0."""
-    second_moments = torch._foreach_div(exp_avg_sqs, correction2)
-    r_hats = torch._foreach_sub(second_moments, means_sq)
-    torch._foreach_sub_(r_hats, second_moments, alpha=4 * torch.finfo(second_moments[0].dtype).eps)
-    torch._foreach_clamp_min_(r_hats, 0.0)
-    torch._foreach_div_(r_hats, state_noise_bias(beta1, beta2))
-    return r_hats
 
 
 def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
