@@ -38,7 +38,6 @@ from derivations.common import (
     assert_numerically_equal,
     export_latex,
     log_uniform,
-    show,
     show_equation,
     simplify_radicals,
     uniform,

@@ -36,7 +36,7 @@ import copy
 import sympy as sp
 from sympy.core.parameters import distribute
 
-from derivations.common import assert_identity, assert_numerically_equal, export_latex, export_table, integers, show, uniform
+from derivations.common import assert_identity, assert_numerically_equal, export_latex, export_table, integers, uniform
 from derivations.d1_steady_state import lam as noise_ratio_symbol
 from derivations.d1_steady_state import steady_gain_stable
 

@@ -154,7 +154,28 @@ class KalmanOptimizerBase(Optimizer):
             if w is not p:
                 p.copy_(w)
 
-    def _update_group(self, group: dict, params: list[Tensor]) -> None:  # pragma: no cover - abstract
+    def _update_group(self, group: dict, params: list[Tensor]) -> None:
+        """Gather the group's tensors, run the subclass's functional step, write half precision back."""
+        work_params, grads, states, steps = self._gather(group, params)
+        adaptive = None
+        if group["noise"] == "adaptive":
+            adaptive = {key: [s[key] for s in states] for key in ADAPTIVE_STATE_KEYS}
+        self._functional_step(
+            work_params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            steps,
+            adaptive,
+            foreach=self._use_foreach(group, params),
+            **self._functional_options(group),
+        )
+        self._write_back(params, work_params)
+
+    def _functional_step(self, *tensors, **options) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _functional_options(self, group: dict) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------ posterior read-out

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from kalman_optim._base import ADAPTIVE_STATE_KEYS, COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
+from kalman_optim._base import COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
 from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import kalman_adam
 
@@ -97,20 +97,8 @@ class KalmanAdam(KalmanOptimizerBase):
         validate_optimizer_hyperparameters(candidate)
         super().add_param_group(param_group)
 
-    def _update_group(self, group, params):
-        work_params, grads, states, steps = self._gather(group, params)
-        adaptive = None
-        if group["noise"] == "adaptive":
-            adaptive = {key: [s[key] for s in states] for key in ADAPTIVE_STATE_KEYS}
-        kalman_adam(
-            work_params,
-            grads,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            steps,
-            adaptive,
-            decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-            foreach=self._use_foreach(group, params),
-            **group_scalars(group),
-        )
-        self._write_back(params, work_params)
+    def _functional_step(self, *tensors, **options):
+        kalman_adam(*tensors, **options)
+
+    def _functional_options(self, group):
+        return dict(group_scalars(group), decoupled_weight_decay=bool(group["decoupled_weight_decay"]))

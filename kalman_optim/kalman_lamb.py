@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from kalman_optim._base import ADAPTIVE_STATE_KEYS, COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
+from kalman_optim._base import COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
 from kalman_optim._validation import _real, validate_optimizer_hyperparameters
 from kalman_optim.functional import kalman_lamb
 
@@ -88,25 +88,15 @@ class KalmanLAMB(KalmanOptimizerBase):
             _validate_lamb(group)
         return super()._collect()
 
-    def _update_group(self, group, params):
-        work_params, grads, states, steps = self._gather(group, params)
-        adaptive = None
-        if group["noise"] == "adaptive":
-            adaptive = {key: [s[key] for s in states] for key in ADAPTIVE_STATE_KEYS}
+    def _functional_step(self, *tensors, **options):
+        kalman_lamb(*tensors, **options)
+
+    def _functional_options(self, group):
         scalars = group_scalars(group)
-        scalars.pop("variance_adaptation")
-        scalars.pop("adaptation_scale")
-        kalman_lamb(
-            work_params,
-            grads,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            steps,
-            adaptive,
+        del scalars["variance_adaptation"], scalars["adaptation_scale"]  # LAMB uses the uncertainty in its trust ratio
+        return dict(
+            scalars,
             precision_weighting=bool(group["precision_weighting"]),
             precision_floor=float(group["precision_floor"]),
             trust_clip=None if group["trust_clip"] is None else float(group["trust_clip"]),
-            foreach=self._use_foreach(group, params),
-            **scalars,
         )
-        self._write_back(params, work_params)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kalman_optim import KalmanAdam, KalmanLAMB
-from tests.kalman_optim.helpers import batches, loss_fn, small_network, train, twin
+from tests.kalman_optim.helpers import batches, loss_fn, small_network, train
 
 OPTIMIZERS = {
     "adam": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, **kw}),
