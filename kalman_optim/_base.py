@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 
 from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
-from kalman_optim.schedules import moment_coefficients, normal_quantile
+from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ADAPTIVE_STATE_KEYS = ("prev_grad", "prev_diff", "diff_sq_avg", "diff_lag_avg")
@@ -65,6 +65,16 @@ class KalmanOptimizerBase(Optimizer):
     def _extra_defaults(self) -> dict[str, Any]:
         return {}
 
+    @staticmethod
+    def _validate_group(group: dict) -> None:
+        """Raise ValueError/TypeError naming the first invalid hyper-parameter (subclasses add theirs)."""
+        validate_optimizer_hyperparameters(group)
+
+    def add_param_group(self, param_group: dict) -> None:
+        # Validate the group as it will be stored before adding it, so a bad group changes nothing.
+        self._validate_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
+        super().add_param_group(param_group)
+
     @property
     def nonfinite_skips(self) -> int:
         """Number of steps skipped because a gradient was not finite (with skip_nonfinite=True)."""
@@ -75,7 +85,7 @@ class KalmanOptimizerBase(Optimizer):
         """Phase 1: validate everything; return each group's parameters that have a gradient."""
         plan = []
         for group in self.param_groups:
-            validate_optimizer_hyperparameters(group)
+            self._validate_group(group)
             params = []
             for p in group["params"]:
                 if p.grad is None:
@@ -207,7 +217,7 @@ class KalmanOptimizerBase(Optimizer):
         step = int(state["step"].item())
         beta1, beta2 = (float(b) for b in group["betas"])
         noise, prior = group["noise"], group["prior_variance"]
-        second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior)
+        second = second_moment_coefficients(noise, beta2, step, prior)
         if noise == "adaptive":
             mean = state["exp_avg"].clone()
             gain, r_hat = adaptive_noise_estimates(state["diff_sq_avg"], state["diff_lag_avg"], step, adaptive_config(group))
@@ -215,7 +225,7 @@ class KalmanOptimizerBase(Optimizer):
         else:
             first = moment_coefficients(noise, beta1, step, prior)
             mean = state["exp_avg"] / first.correction
-            r_hat = observation_noise_from_moments(mean, state["exp_avg_sq"] / second.correction, beta1, beta2)
+            r_hat = observation_noise_from_moments(mean.square(), state["exp_avg_sq"], second.correction, beta1, beta2)
             variance = first.gain * r_hat
         if group["maximize"]:
             mean = mean.neg_()

@@ -41,12 +41,16 @@ def _isfinite(x):
     return torch.isfinite(x) if isinstance(x, torch.Tensor) else math.isfinite(x)
 
 
-def check_noise_ratio(value, name: str = "noise_ratio"):
-    """noise ratio lambda = q / r: finite and >= 0."""
+def _check_finite_nonnegative(value, name: str, meaning: str):
     x = _as_checked(value, name)
     if not _all(_isfinite(x)) or not _all(x >= 0):
-        raise ValueError(f"{name} must be finite and >= 0 (lambda = q / r, in [0, inf)), got {_describe(x)}")
+        raise ValueError(f"{name} must be finite and >= 0 ({meaning}), got {_describe(x)}")
     return x
+
+
+def check_noise_ratio(value, name: str = "noise_ratio"):
+    """noise ratio lambda = q / r: finite and >= 0."""
+    return _check_finite_nonnegative(value, name, "lambda = q / r, in [0, inf)")
 
 
 def check_beta(value, name: str = "beta"):
@@ -59,10 +63,7 @@ def check_beta(value, name: str = "beta"):
 
 def check_prior_gain(value, name: str = "prior_gain"):
     """Normalized prior variance k_0 = P_0 / r: finite and >= 0 (None means a diffuse prior)."""
-    x = _as_checked(value, name)
-    if not _all(_isfinite(x)) or not _all(x >= 0):
-        raise ValueError(f"{name} must be finite and >= 0 (P_0 / r; use None for a diffuse prior), got {_describe(x)}")
-    return x
+    return _check_finite_nonnegative(value, name, "P_0 / r; use None for a diffuse prior")
 
 
 def check_step(value, name: str = "step"):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
-from kalman_optim.schedules import moment_coefficients, state_noise_bias
+from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
 __all__ = ["AdaptiveNoiseConfig", "adaptive_noise_estimates", "kalman_adam", "observation_noise_from_moments"]
 
@@ -95,29 +95,29 @@ def _adaptive_constants(config: AdaptiveNoiseConfig) -> tuple[float, float, floa
     return float(beta_to_noise_ratio(config.prior_beta)), lam_min, lam_max
 
 
-def observation_noise_from_moments(mean: Tensor, second_moment: Tensor, beta1: float, beta2: float) -> Tensor:
-    """Zero-memory estimate of r from the posterior means of g and g^2 (D3): max(v - m^2, 0) / c.
+def observation_noise_from_moments(
+    mean_sq: Tensor, exp_avg_sq: Tensor, correction2: float, beta1: float, beta2: float
+) -> Tensor:
+    """Zero-memory estimate of r from the posterior means of g and g^2 (D3): max(v_hat - m_hat^2, 0) / c.
 
-    Differences below the float resolution of v (4 ulps) are rounding, not variance, and are removed (at
-    step 1, v = m^2 exactly in exact arithmetic).
+    `mean_sq` is m_hat^2 and v_hat = exp_avg_sq / correction2. Differences below the float resolution of
+    v_hat (4 ulps) are rounding, not variance, and are removed (at step 1, v = m^2 in exact arithmetic).
     """
-    # excess - resolution, floored at 0: branch-free (a data-dependent torch.where is slow on CPU), and the
-    # shift of 4 ulps of v is below what v - m^2 can resolve anyway.
-    excess = second_moment.mul(1 - 4 * torch.finfo(second_moment.dtype).eps).sub_(mean.square()).clamp_min_(0)
+    # v_hat (1 - 4 ulp) - m_hat^2, floored at 0: branch-free (a data-dependent torch.where is slow on CPU).
+    eps = torch.finfo(exp_avg_sq.dtype).eps
+    excess = exp_avg_sq.mul((1 - 4 * eps) / correction2).sub_(mean_sq).clamp_min_(0)
     return excess.div_(state_noise_bias(beta1, beta2))
 
 
 def _variance_adapted_direction(exp_avg, exp_avg_sq, correction1, correction2, gain, r_hat, scale, beta1, beta2):
     """exp_avg * m^2 / (m^2 + scale * P), P = gain * r_hat: uncertain coordinates move less (D3).
 
-    Two temporaries, in place: the step is memory-bound. Without r_hat (modes "adam"/"constant") it is
+    Two temporaries, in place: the step is memory-bound. Without r_hat (modes "adam"/"constant") r_hat is
     the zero-memory estimate of `observation_noise_from_moments`.
     """
     mean_sq = exp_avg.div(correction1).square_()
     if r_hat is None:
-        eps = torch.finfo(exp_avg_sq.dtype).eps
-        variance = exp_avg_sq.mul((1 - 4 * eps) / correction2).sub_(mean_sq).clamp_min_(0)
-        variance.mul_(scale * gain / state_noise_bias(beta1, beta2))
+        variance = observation_noise_from_moments(mean_sq, exp_avg_sq, correction2, beta1, beta2).mul_(scale * gain)
     else:
         variance = r_hat.mul(gain).mul_(scale)
     variance.add_(mean_sq).clamp_min_(torch.finfo(mean_sq.dtype).tiny)
@@ -199,7 +199,7 @@ def _single_tensor_moments(grad, exp_avg, exp_avg_sq, step, adaptive_state, *, n
     Posterior means are exp_avg / correction1 and exp_avg_sq / correction2; `gain` is the first moment's
     normalized posterior variance (a float, or a tensor in mode "adaptive", which also returns r_hat).
     """
-    second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+    second = second_moment_coefficients(noise, beta2, step, prior_gain)
     if noise == "adaptive":
         gain, r_hat = _single_tensor_adaptive_update(grad, adaptive_state, step, adaptive_config)
         exp_avg.lerp_(grad, gain)
@@ -265,11 +265,13 @@ def _multi_tensor_kalman_adam(
             means_sq = torch._foreach_div(b_avgs, correction1)
             torch._foreach_mul_(means_sq, means_sq)
             if r_hats is None:
+                # `observation_noise_from_moments` on lists, then P = k_t r_hat.
                 eps = torch.finfo(b_sqs[0].dtype).eps
                 variances = torch._foreach_mul(b_sqs, (1 - 4 * eps) / correction2)
                 torch._foreach_sub_(variances, means_sq)
                 torch._foreach_clamp_min_(variances, 0.0)
-                torch._foreach_mul_(variances, adaptation_scale * gains / state_noise_bias(beta1, beta2))
+                torch._foreach_div_(variances, state_noise_bias(beta1, beta2))
+                torch._foreach_mul_(variances, adaptation_scale * gains)
             else:
                 variances = torch._foreach_mul(r_hats, gains)
                 torch._foreach_mul_(variances, adaptation_scale)
@@ -283,7 +285,7 @@ def _multi_tensor_kalman_adam(
 
 def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *, noise, beta1, beta2, prior_gain, adaptive_config):
     """Foreach version of `_single_tensor_moments` (gains: a float, or a list of tensors in "adaptive")."""
-    second = moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+    second = second_moment_coefficients(noise, beta2, step, prior_gain)
     if noise == "adaptive":
         gains, r_hats = _multi_tensor_adaptive_update(grads, adaptive_state, step, adaptive_config)
         torch._foreach_lerp_(exp_avgs, grads, gains)
@@ -367,7 +369,6 @@ def kalman_lamb(
     trust_clip: float | None = None,
     adaptive_config: AdaptiveNoiseConfig | None = None,
     foreach: bool = False,
-    **_unused,
 ) -> None:
     r"""One KalmanLAMB step (You et al. 2020, Algorithm 2, on Kalman moments; D5).
 
@@ -413,7 +414,7 @@ def kalman_lamb(
             param_norm = torch.linalg.vector_norm(param)
             if precision_weighting:
                 r_hat = r_hats[j] if r_hats is not None else observation_noise_from_moments(
-                    means[j], b_sqs[j] / correction2, beta1, beta2
+                    means[j].square(), b_sqs[j], correction2, beta1, beta2
                 )
                 gain = gains[j] if isinstance(gains, list) else gains
                 update_norm = precision_weighted_norm(update, gain * r_hat, precision_floor)

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 import torch
 
 from kalman_optim._base import COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
-from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import kalman_adam
 
 
@@ -85,17 +84,11 @@ class KalmanAdam(KalmanOptimizerBase):
             foreach=foreach,
             skip_nonfinite=skip_nonfinite,
         )
-        validate_optimizer_hyperparameters(defaults)
+        self._validate_group(defaults)
         super().__init__(params, defaults)
 
     def _extra_defaults(self):
         return {"decoupled_weight_decay": True}
-
-    def add_param_group(self, param_group: dict) -> None:
-        # Validate the group as it will be stored before adding it, so a bad group changes nothing.
-        candidate = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        validate_optimizer_hyperparameters(candidate)
-        super().add_param_group(param_group)
 
     def _functional_step(self, *tensors, **options):
         kalman_adam(*tensors, **options)

@@ -73,20 +73,15 @@ class KalmanLAMB(KalmanOptimizerBase):
             foreach=foreach,
             skip_nonfinite=skip_nonfinite,
         )
-        _validate_lamb(defaults)
+        self._validate_group(defaults)
         super().__init__(params, defaults)
 
     def _extra_defaults(self):
         return dict(LAMB_DEFAULTS)
 
-    def add_param_group(self, param_group: dict) -> None:
-        _validate_lamb({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
-        super().add_param_group(param_group)
-
-    def _collect(self):
-        for group in self.param_groups:
-            _validate_lamb(group)
-        return super()._collect()
+    @staticmethod
+    def _validate_group(group: dict) -> None:
+        _validate_lamb(group)
 
     def _functional_step(self, *tensors, **options):
         kalman_lamb(*tensors, **options)

@@ -49,6 +49,11 @@ def moment_coefficients(noise: str, beta: float, step: int, prior_gain: float | 
     return constant_coefficients(beta, step, prior_gain)
 
 
+def second_moment_coefficients(noise: str, beta2: float, step: int, prior_gain: float | None) -> MomentCoefficients:
+    """The second moment's filter: Adam's in mode "adam", the constant-noise filter otherwise."""
+    return moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+
+
 def state_noise_bias(beta1: float, beta2: float) -> float:
     """E[v - m^2] / r for steady-state EWMAs on a random walk at the ratio matched to beta1 (D3).
 
