@@ -25,17 +25,11 @@ table with the issue's targets marked met / not met (nothing is asserted: this i
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import math
-import os
-import platform
 import random
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +44,8 @@ except ImportError:  # pragma: no cover - Windows
 import torch
 from tqdm import tqdm
 
+from experiments.provenance import atomic_write
+from experiments.provenance import provenance as shared_provenance
 from kalman_optim import KalmanAdam, KalmanLAMB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -304,53 +300,9 @@ def target_summary(rows: list[dict]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- provenance
-ENV_PREFIXES = ("MALLOC_", "LD_PRELOAD", "OMP_", "MKL_", "KMP_", "CUDA_VISIBLE_DEVICES", "PYTORCH_")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def provenance(device: torch.device, argv: list[str], seed: int) -> dict[str, Any]:
-    commit, status = _git("rev-parse", "HEAD"), _git("status", "--porcelain")
-    info = dict(
-        git_commit=commit.strip() if commit else None,
-        git_dirty=None if status is None else bool(status.strip()),
-        python=platform.python_version(),
-        torch=torch.__version__,
-        numpy=np.__version__,
-        platform=platform.platform(),
-        device=str(device),
-        device_name=device_name(device),
-        cpu_count=os.cpu_count(),
-        threads=torch.get_num_threads(),
-        interop_threads=torch.get_num_interop_threads(),
-        date_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        # The allocator's settings change the cost of temporaries on CPU (see StepTimer); threads too.
-        environment={k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
-        command=shlex.join(["python", "-m", "experiments.bench_step", *argv]),
-        argv=list(argv),
-        seed=seed,
-    )
-    if device.type == "cuda":
-        info["cuda"] = torch.version.cuda
+    info = shared_provenance(device, argv, seed, module="experiments.bench_step")
+    info["argv"] = list(argv)
     return info
 
 
@@ -437,23 +389,6 @@ def render_markdown(report: dict) -> str:
         "## Targets (issue #4)",
         markdown_table(target_h, target_r),
     ]) + "\n"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------- main

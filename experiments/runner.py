@@ -1,0 +1,192 @@
+"""The experiment runner: plan runs, skip the completed ones, execute the rest, write one JSON file per run.
+
+An experiment is a module in `experiments.registry.EXPERIMENTS` with
+
+    NAME: str                       # e.g. "e1_synthetic"; results go to results/<profile>/<NAME>/
+    TITLE: str                      # one line for `python -m experiments list`
+    PROFILES: dict[str, dict]       # settings per profile ("smoke", "full"), seeds under the key "seeds"
+    plan(settings, seeds, done) -> list[RunSpec]
+        every run of the experiment given the results `done` so far (run_id -> result dict). Multi-stage
+        experiments (tune a learning rate, then run seeds at the best) return the later stage only once
+        the earlier one is in `done`; the runner calls plan() until it asks for nothing new.
+    execute(config, device) -> dict
+        one run: a dict with "metrics" (scalars) and optionally "curves" (lists); deterministic in
+        config["seed"]. Called in a fresh RNG state seeded from config["seed"].
+    figures(runs, out) -> None      # optional: figures and tables from the list of result dicts
+    numbers(runs) -> dict[str, Any] # optional: named numbers for the paper's macros
+
+A result file holds {"experiment", "run_id", "profile", "config", "config_hash", "seed", "metrics",
+"curves", "provenance", "wall_time_s"}; it is written atomically, so a killed run leaves no file and is
+simply redone, and a rerun skips every run whose file exists with the same config hash (unless forced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from experiments.provenance import REPO_ROOT, atomic_write_json, provenance
+
+RESULTS_ROOT = REPO_ROOT / "results"
+PROFILES = ("smoke", "full")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a file-name-safe id unique within the experiment, and a JSON-serializable config."""
+
+    run_id: str
+    config: dict[str, Any] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.run_id or any(c in self.run_id for c in "/\\ ") or self.run_id.startswith("."):
+            raise ValueError(f"Invalid run_id {self.run_id!r}: use letters, digits, '-', '_', '.', '='")
+        if "seed" not in self.config:
+            raise ValueError(f"run {self.run_id}: config needs a 'seed'")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"Invalid device: expected auto, cpu or cuda[:N], got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"Invalid device: {name!r} requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_path(root: Path, profile: str, experiment: str, run_id: str) -> Path:
+    return Path(root) / profile / experiment / f"{run_id}.json"
+
+
+def load_result(path: Path, expected_hash: str | None = None) -> dict | None:
+    """The result at `path`, or None when missing, unreadable or for another config."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or "metrics" not in result:
+        return None
+    if expected_hash is not None and result.get("config_hash") != expected_hash:
+        return None
+    return result
+
+
+def settings_for(module: ModuleType, profile: str) -> dict[str, Any]:
+    if profile not in module.PROFILES:
+        raise ValueError(f"Invalid profile for {module.NAME}: expected one of {sorted(module.PROFILES)}, got {profile!r}")
+    return dict(module.PROFILES[profile])
+
+
+def execute_one(module: ModuleType, spec: RunSpec, profile: str, device: torch.device) -> dict[str, Any]:
+    seed_everything(int(spec.config["seed"]))
+    start = time.perf_counter()
+    output = module.execute(dict(spec.config), device)
+    wall = time.perf_counter() - start
+    if "metrics" not in output:
+        raise RuntimeError(f"{module.NAME}.execute returned no 'metrics' for run {spec.run_id}")
+    return dict(
+        experiment=module.NAME,
+        run_id=spec.run_id,
+        profile=profile,
+        config=spec.config,
+        config_hash=config_hash(spec.config),
+        seed=int(spec.config["seed"]),
+        metrics=output["metrics"],
+        curves=output.get("curves", {}),
+        provenance=provenance(device, seed=int(spec.config["seed"])),
+        wall_time_s=wall,
+    )
+
+
+def run_experiment(
+    module: ModuleType,
+    profile: str = "smoke",
+    *,
+    seeds: list[int] | None = None,
+    device: str | torch.device = "auto",
+    force: bool = False,
+    root: Path = RESULTS_ROOT,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every planned run of `module` not yet completed; return all of its results, in plan order."""
+    settings = settings_for(module, profile)
+    seeds = list(seeds) if seeds is not None else list(settings.get("seeds", [0]))
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    done: dict[str, dict] = {}
+    redone: set[str] = set()  # with force, each run is executed once even though plan() is called again
+    while True:
+        specs = module.plan(settings, seeds, done)
+        ids = [s.run_id for s in specs]
+        if len(set(ids)) != len(ids):
+            raise RuntimeError(f"{module.NAME}.plan returned duplicate run ids")
+        pending = []
+        for spec in specs:
+            if spec.run_id in done:
+                continue
+            path = run_path(root, profile, module.NAME, spec.run_id)
+            existing = None if (force and spec.run_id not in redone) else load_result(path, config_hash(spec.config))
+            if existing is not None:
+                done[spec.run_id] = existing
+            else:
+                pending.append(spec)
+        if not pending:
+            if all(s.run_id in done for s in specs):
+                return [done[s.run_id] for s in specs]
+            continue  # loaded results may unlock a later stage
+        bar = tqdm(pending, desc=f"{module.NAME} [{profile}]", unit="run", disable=not progress, leave=False)
+        for spec in bar:
+            bar.set_postfix_str(spec.run_id[:40])
+            result = execute_one(module, spec, profile, device)
+            atomic_write_json(run_path(root, profile, module.NAME, spec.run_id), result)
+            done[spec.run_id] = result
+            redone.add(spec.run_id)
+
+
+def load_experiment_results(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> list[dict[str, Any]]:
+    """The results of the runs `module.plan` asks for that exist on disk (no execution)."""
+    settings = settings_for(module, profile)
+    seeds = list(settings.get("seeds", [0]))
+    done: dict[str, dict] = {}
+    while True:
+        specs = module.plan(settings, seeds, done)
+        added = False
+        for spec in specs:
+            if spec.run_id in done:
+                continue
+            existing = load_result(run_path(root, profile, module.NAME, spec.run_id), config_hash(spec.config))
+            if existing is not None:
+                done[spec.run_id] = existing
+                added = True
+        if not added:
+            return [done[s.run_id] for s in specs if s.run_id in done]
+
+
+def complete(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> bool:
+    """True when every run the plan asks for has a result on disk."""
+    settings = settings_for(module, profile)
+    seeds = list(settings.get("seeds", [0]))
+    runs = load_experiment_results(module, profile, root)
+    done = {r["run_id"]: r for r in runs}
+    return all(s.run_id in done for s in module.plan(settings, seeds, done))

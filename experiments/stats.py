@@ -1,0 +1,64 @@
+"""Summary statistics for results: means with Student-t confidence intervals and paired differences."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """mean with a two-sided `level` confidence interval [low, high] over n samples (t-interval)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float = 0.95
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def format(self, digits: int = 3) -> str:
+        if self.n < 2 or not math.isfinite(self.half_width):
+            return f"{self.mean:.{digits}g}"
+        return f"{self.mean:.{digits}g} ± {self.half_width:.2g}"
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
+    """Student-t interval mean ± t_{(1+level)/2, n-1} s / sqrt(n); with one sample the interval is (-inf, inf)."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if x.size == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, level)
+    mean = float(x.mean())
+    if x.size < 2:
+        return Estimate(mean, -math.inf, math.inf, 1, level)
+    half = float(scipy_stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return Estimate(mean, mean - half, mean + half, int(x.size), level)
+
+
+def paired_difference(values: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> Estimate:
+    """Mean of values[i] - baseline[i] (paired by seed) with its t-interval."""
+    if len(values) != len(baseline):
+        raise ValueError(f"paired_difference needs equal lengths, got {len(values)} and {len(baseline)}")
+    return mean_ci([a - b for a, b in zip(values, baseline)], level)
+
+
+def binomial_ci(successes: int, trials: int, level: float = 0.95) -> Estimate:
+    """Observed frequency with a Wilson score interval (coverage of confidence intervals)."""
+    if trials <= 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, level)
+    z = float(scipy_stats.norm.ppf((1 + level) / 2))
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return Estimate(p, centre - half, centre + half, trials, level)
