@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         runs = run_experiment(module, args.profile, seeds=args.seeds, device=args.device, force=args.force,
                               root=args.root)
-        print(f"{name}: {len(runs)} runs complete in results/{args.profile}/{name}/ "
+        print(f"{name}: {len(runs)} runs complete in {args.root / args.profile / name}/ "
               f"({time.perf_counter() - start:.1f} s this call)", flush=True)
 
 
