@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -91,12 +94,14 @@ def macro_name(*words: str) -> str:
 def format_number(value: Any, digits: int = 3) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}".replace(",", "{,}")
+    if isinstance(value, numbers.Integral):  # numpy integers too
+        return f"{int(value):,}".replace(",", "{,}")
     if value != value:  # NaN
         return "n/a"
+    if value in (math.inf, -math.inf):
+        return "\\ensuremath{\\infty}" if value > 0 else "\\ensuremath{-\\infty}"
     text = f"{value:.{digits}g}"
     if "e" in text:
         mantissa, exponent = text.split("e")

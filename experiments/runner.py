@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ from experiments.provenance import REPO_ROOT, atomic_write_json, provenance
 
 RESULTS_ROOT = REPO_ROOT / "results"
 PROFILES = ("smoke", "full")
+# File-name safe on every file system and in a shell: ASCII letters, digits, '-', '_', '.', '=' (no leading dot).
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*")
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class RunSpec:
     config: dict[str, Any] = field(hash=False)
 
     def __post_init__(self) -> None:
-        if not self.run_id or any(c in self.run_id for c in "/\\ ") or self.run_id.startswith("."):
+        if not RUN_ID_PATTERN.fullmatch(self.run_id):
             raise ValueError(f"Invalid run_id {self.run_id!r}: use letters, digits, '-', '_', '.', '='")
         if "seed" not in self.config:
             raise ValueError(f"run {self.run_id}: config needs a 'seed'")
@@ -63,7 +67,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+    if not DEVICE_PATTERN.fullmatch(name):
         raise ValueError(f"Invalid device: expected auto, cpu or cuda[:N], got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"Invalid device: {name!r} requested but torch.cuda.is_available() is False")
@@ -142,6 +146,7 @@ def run_experiment(
         if len(set(ids)) != len(ids):
             raise RuntimeError(f"{module.NAME}.plan returned duplicate run ids")
         pending = []
+        loaded = False
         for spec in specs:
             if spec.run_id in done:
                 continue
@@ -149,10 +154,11 @@ def run_experiment(
             existing = None if (force and spec.run_id not in redone) else load_result(path, config_hash(spec.config))
             if existing is not None:
                 done[spec.run_id] = existing
+                loaded = True
             else:
                 pending.append(spec)
         if not pending:
-            if all(s.run_id in done for s in specs):
+            if not loaded:  # plan() was given every result it asked for and asked for nothing new
                 return [done[s.run_id] for s in specs]
             continue  # loaded results may unlock a later stage
         bar = tqdm(pending, desc=f"{module.NAME} [{profile}]", unit="run", disable=not progress, leave=False)

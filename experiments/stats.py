@@ -61,4 +61,6 @@ def binomial_ci(successes: int, trials: int, level: float = 0.95) -> Estimate:
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return Estimate(p, centre - half, centre + half, trials, level)
+    # Rounding can put a bound a hair outside [0, 1] or past p itself at k = 0 or k = n.
+    low, high = max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+    return Estimate(p, low, high, trials, level)

@@ -1,0 +1,123 @@
+"""E5 cost at a tiny size: the runs time every variant against AdamW, the state bytes are Adam's, outputs are drawn."""
+
+import math
+
+import pytest
+import torch
+
+from experiments import bench_step
+from experiments import e5_cost as e5
+from experiments.plotting import FigureOutput
+from experiments.runner import run_experiment
+
+CPU = torch.device("cpu")
+TINY = dict(sizes=[1e3, 1e4], repeats=[3, 3], warmup=3, layout="many", cpu_max_size=None, seeds=[0])
+VARIANT_NAMES = set(e5.VARIANTS)
+ADAMW_NAMES = {"AdamW [loop]", "AdamW [foreach]"}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e5_results")
+    profiles = dict(e5.PROFILES)
+    e5.PROFILES["tiny"] = TINY
+    try:
+        return run_experiment(e5, "tiny", root=root, device=CPU, progress=False)
+    finally:
+        e5.PROFILES.clear()
+        e5.PROFILES.update(profiles)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    """A tiny `make bench` report, as figures() finds the committed one in results/bench/."""
+    folder = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    try:
+        bench_step.main(["--sizes", "2e4", "--repeats", "2", "--out", str(folder / "step_cpu.json"), "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)  # main() fixes the thread count for the whole process
+    return folder
+
+
+def test_plan_uses_the_profile_repeats_or_the_bench_defaults():
+    specs = e5.plan(TINY, [0], {})
+    assert [(s.config["size"], s.config["repeats"]) for s in specs] == [(1000, 3), (10000, 3)]
+    full = e5.plan(e5.PROFILES["full"], [0], {})
+    assert [s.config["size"] for s in full] == [100_000, 1_000_000, 10_000_000, 30_000_000, 100_000_000]
+    assert [s.config["repeats"] for s in full] == [bench_step.default_repeats(s.config["size"]) for s in full]
+    with pytest.raises(ValueError, match="repeats"):
+        e5.plan(dict(TINY, repeats=[3]), [0], {})
+
+
+def test_candidates_are_torch_adamw_and_the_library_default_path():
+    names = {c.name for c in e5.cost_candidates(CPU)}
+    assert names == ADAMW_NAMES | VARIANT_NAMES
+    assert e5.default_adamw_name(CPU) == "AdamW [loop]"  # torch steps CPU tensors one by one by default
+
+
+def test_tiny_runs_give_positive_ratios_and_adams_state_bytes(tiny_runs):
+    assert [r["metrics"]["size"] for r in tiny_runs] == [1000, 10000]
+    for run in tiny_runs:
+        metrics = run["metrics"]
+        stats = metrics["candidates"]
+        assert stats.keys() == ADAMW_NAMES | VARIANT_NAMES
+        assert metrics["baseline"] in ADAMW_NAMES and stats[metrics["baseline"]]["ratio"] == 1.0
+        assert metrics["rounds"] == 3 and metrics["device"] == "cpu" and metrics["threads"] >= 1
+        for name, entry in stats.items():
+            for key in ("ratio", "ratio_q25", "ratio_q75", "ratio_to_default_adamw", "median_s"):
+                assert math.isfinite(entry[key]) and entry[key] > 0, (name, key)
+            assert entry["ratio_q25"] <= entry["ratio_q75"], name
+            assert len(run["curves"][f"times_s/{name}"]) == 3
+        # The fastest AdamW is never slower than the default one.
+        assert stats[metrics["default_adamw"]]["ratio"] >= 1.0
+        state = {name: entry["state_bytes_per_param"] for name, entry in stats.items()}
+        assert state["KalmanAdam adam"] == state["AdamW [loop]"] == state["AdamW [foreach]"] == 8.0
+        assert state["KalmanAdam constant"] == state["KalmanAdam adam+VA"] == 8.0
+        assert state["KalmanLAMB"] == state["KalmanLAMB precision"] == 8.0
+        assert state["KalmanAdam adaptive"] == 24.0
+
+
+def test_measured_state_bytes_match_d6(tiny_runs):
+    d6 = e5.analytic_costs()
+    stats = tiny_runs[-1]["metrics"]["candidates"]
+    assert d6[e5.ADAMW_D6]["state_bytes_per_parameter"] == stats["AdamW [loop]"]["state_bytes_per_param"]
+    for name, (_, _, d6_name) in e5.VARIANTS.items():
+        assert d6[d6_name]["state_bytes_per_parameter"] == stats[name]["state_bytes_per_param"], name
+
+
+def test_sizes_above_the_cpu_cap_are_skipped_and_ignored(tiny_runs):
+    skipped = e5.execute(dict(size=10**5, repeats=3, warmup=3, layout="many", cpu_max_size=1e4, seed=0), CPU)
+    assert "cpu_max_size" in skipped["metrics"]["skipped"]
+    fake = dict(tiny_runs[0], run_id="size=1e5_seed0", metrics=skipped["metrics"], curves={})
+    assert e5.numbers(tiny_runs + [fake]) == e5.numbers(tiny_runs)
+
+
+def test_numbers_are_the_ratios_at_the_largest_size(tiny_runs):
+    numbers = e5.numbers(tiny_runs)
+    largest = tiny_runs[-1]["metrics"]["candidates"]
+    assert numbers["LargestSize"] == 10000
+    for name, (key, _, _) in e5.VARIANTS.items():
+        assert numbers[f"{key}Ratio"] == pytest.approx(largest[name]["ratio"], abs=1e-3), key
+        assert math.isfinite(numbers[f"{key}Ratio"]) and numbers[f"{key}Ratio"] > 0
+    assert numbers["StateBytesAdam"] == numbers["StateBytesAdamW"] == 8.0
+    assert numbers["StateBytesAdaptive"] == 24.0
+    assert all(k.isalpha() and k[0].isupper() for k in numbers)
+
+
+def test_figures_draw_the_e5_runs_and_the_bench_report(tiny_runs, bench_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(e5, "BENCH_DIR", bench_dir)
+    e5.figures(tiny_runs, FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
+    for suffix in ("pdf", "png", "tex", "md"):
+        assert (tmp_path / f"e5_cost.{suffix}").stat().st_size > 0, suffix
+    table = (tmp_path / "e5_cost.md").read_text()
+    assert "E5 smoke cpu (N=1e4)" in table and "bench cpu (N=2e4)" in table
+    row = next(line for line in table.splitlines() if line.startswith("| KalmanAdam adaptive"))
+    assert row.split("|")[2:4] == [" 24 ", " 24 "]  # measured and D6 state bytes per parameter
+
+
+def test_figures_without_a_bench_report(tiny_runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(e5, "BENCH_DIR", tmp_path / "missing")
+    e5.figures(tiny_runs, FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
+    table = (tmp_path / "e5_cost.md").read_text()
+    assert "E5 smoke cpu" in table and "bench" not in table
