@@ -391,4 +391,21 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     adamw = [n for n in largest if n.startswith("AdamW")]
     if adamw:
         out["StateBytesAdamW"] = median_of(largest[adamw[0]], "state_bytes_per_param")
+    out.update(bench_numbers(bench_reports()))
+    return out
+
+
+def bench_numbers(reports: dict[str, dict]) -> dict[str, float | int | str]:
+    """The same ratios from the committed `make bench` reports (results/bench/step_<device>.json), which are
+    measured with more rounds on an otherwise idle machine: keys Bench<Device><Variant>Ratio, and their commit."""
+    out: dict[str, float | int | str] = {}
+    for device, report in reports.items():
+        series = series_from_bench(report)
+        prefix = f"Bench{device.capitalize()}"
+        out[f"{prefix}LargestSize"] = max_size(series)
+        out[f"{prefix}Commit"] = str(report.get("provenance", {}).get("git_commit") or "unknown")[:7]
+        for name, (key, _, _) in VARIANTS.items():
+            found = largest_ratio(series, name)
+            if found is not None:
+                out[f"{prefix}{key}Ratio"] = round(found[1], 3)
     return out
