@@ -124,7 +124,7 @@ def test_ljung_box_statistic_and_rejection_rates():
         ar[t] = 0.7 * ar[t - 1] + white[t]
     assert float(e2.whiteness_rejected(ar, torch.zeros(4000, dtype=torch.float64), 10, 0).double().mean()) > 0.99
     # Local-level data with the maximum-likelihood ratio: close to the nominal 5% (one fitted parameter)
-    g = local_level(200, 2000, 0.1, 1.0, seed=4)
+    g = local_level(200, 1000, 0.1, 1.0, seed=4)
     rate = float(e2.whiteness_rejected(g, e2.maximum_likelihood_ratio(g), 10, 1).double().mean())
     assert 0.03 < rate < 0.09
 
@@ -187,8 +187,8 @@ def test_truth_is_the_full_gradient_where_the_last_mini_batch_was_taken():
 
 def test_frozen_parameters_give_white_noise_and_no_level_change():
     """lr = 0: the level does not move (level change exactly 0) and g_t is i.i.d., so few coordinates reject."""
-    config = _config("fashion_mnist", "adam", static=True, steps=120, eval_every=120, window_length=100,
-                     window_starts=[11], checkpoints=[120], level_lags=[1])
+    config = _config("fashion_mnist", "adam", static=True, steps=90, eval_every=90, window_length=80,
+                     window_starts=[11], checkpoints=[90], level_lags=[1])
     metrics = e2.execute(config, CPU)["metrics"]
     checkpoint = metrics["calibration"][0]
     assert checkpoint["level_change_sq"]["1"]["all"] == 0.0 and checkpoint["noise_sq"]["all"] > 0
@@ -199,7 +199,7 @@ def test_frozen_parameters_give_white_noise_and_no_level_change():
 def test_adaptive_intervals_cover_a_static_gradient():
     """Frozen parameters make the local-level model hold with q = 0; the adaptive filter's r_hat is then
     unbiased and its 90% interval covers the full-batch gradient for most coordinates."""
-    config = _config("fashion_mnist", "adaptive", static=True, steps=150, eval_every=150, checkpoints=[150],
+    config = _config("fashion_mnist", "adaptive", static=True, steps=120, eval_every=120, checkpoints=[120],
                      window_starts=[3], window_length=15)
     checkpoint = e2.execute(config, CPU)["metrics"]["calibration"][0]
     coverage = checkpoint["inside"]["0.9"]["all"] / checkpoint["total"]
