@@ -71,7 +71,10 @@ class FigureOutput:
 
 
 _LATEX_SPECIALS = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "±": r"$\pm$", "×": r"$\times$", "≤": r"$\le$",
-                   "λ": r"$\lambda$", "β": r"$\beta$", "σ": r"$\sigma$", "κ": r"$\kappa$", "→": r"$\to$"}
+                   "λ": r"$\lambda$", "β": r"$\beta$", "σ": r"$\sigma$", "κ": r"$\kappa$", "→": r"$\to$",
+                   "Δ": r"$\Delta$", "≈": r"$\approx$", "≥": r"$\ge$", "−": "-", "·": r"$\cdot$", "μ": r"$\mu$",
+                   "ρ": r"$\rho$", "ν": r"$\nu$", "θ": r"$\theta$", "η": r"$\eta$", "γ": r"$\gamma$",
+                   "π": r"$\pi$", "²": r"$^2$", "√": r"$\surd$", "∞": r"$\infty$"}
 
 
 def latex_escape(text: str) -> str:
