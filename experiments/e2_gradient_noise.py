@@ -334,8 +334,9 @@ def summarize_coordinates(est: dict[str, torch.Tensor], mask: torch.Tensor) -> d
         whiteness_rejected={model: fraction(est[f"rejected_{model}"]) for model in WHITENESS_MODELS + ("moment",)},
         # Median over coordinates of the autocorrelation at lags 1..h, of g_t (window mean removed) and of d_t.
         # Local-level model: d_t is MA(1), rho_1(d) = -1 / (lambda + 2), rho_k(d) = 0 for k >= 2.
-        acf_median=[float(v) for v in est["acf"][:, usable].median(1).values] if n else None,
-        acf_difference_median=[float(v) for v in est["acf_difference"][:, usable].median(1).values] if n else None,
+        acf_median=[finite_or_none(float(v)) for v in est["acf"][:, usable].nanmedian(1).values] if n else None,
+        acf_difference_median=[finite_or_none(float(v)) for v in est["acf_difference"][:, usable].nanmedian(1).values]
+        if n else None,
     )
 
 
@@ -701,7 +702,8 @@ def figure_whiteness(runs: list[dict], out: FigureOutput) -> None:
         top.set_xlabel("window (training phase)")
         top.set_title(TASK_LABELS[task])
         for i, (label, group) in enumerate(groups):
-            acf = np.mean([s["acf_median"] for s in group if s.get("acf_median")], axis=0)
+            acf = np.mean([[np.nan if v is None else v for v in s["acf_median"]] for s in group if s.get("acf_median")],
+                          axis=0)
             lags = np.arange(1, len(acf) + 1)
             bottom.plot(lags, acf, **style(i), label=label)
         bottom.axhline(0, color="#777777", linewidth=0.8)
@@ -754,7 +756,11 @@ def figure_calibration(runs: list[dict], out: FigureOutput) -> None:
         bottom.set_xlabel("training step")
     axes[0, 0].set_ylabel("observed coverage of the\nfull-batch gradient")
     axes[1, 0].set_ylabel("coverage of the 95% interval")
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, title="KalmanAdam mode")
+    # Training entries first (matplotlib lists plain lines before error-bar containers).
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: "static" in labels[i])
+    axes[0, -1].legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0), fontsize=7, title="KalmanAdam mode")
     seeds = len({r["config"]["seed"] for r in runs if not is_static(r)})
     fig.suptitle(f"E2: calibration of KalmanAdam's gradient intervals ({out.profile} profile)\n{seeds} training "
                  "seed(s); bars: range over checkpoints and seeds; open markers, dotted: parameters frozen (lr 0)")
