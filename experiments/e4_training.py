@@ -76,14 +76,15 @@ _COMMON: dict[str, Any] = dict(
 )
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # 2 tasks x 8 optimizers x (5 lrs + widening + 2 seeds) ~ 116 runs of 100 steps; half the default batches
-    # keep a step near 12 ms on 2 CPU cores, so the whole smoke run takes ~3-4 minutes.
+    # 2 tasks x 8 optimizers x (5 lrs + widening + 2 seeds) ~ 112-120 runs of 100 steps; half the default
+    # batches keep a run near 1 s on 2 free CPU cores (~2-2.5 minutes in all; much longer on shared cores).
     "smoke": dict(_COMMON,
                   tasks=dict(fashion_mnist=dict(train_size=10000, eval_size=500, batch_size=64),
                              shakespeare=dict(batch_size=16, context=64, width=64, layers=2, heads=4,
                                               eval_windows=64)),
                   steps=100, eval_every=20, lr_count=5, max_extra_lrs=2, seeds=[0, 1, 2]),
-    # Paper scale: ~2 x 8 x (7 + 4 + widening) runs of 2000 steps; the whole data sets live on the device.
+    # Paper scale: ~2 x 8 x (7 + 4 + widening) ~ 185 runs of 2000 steps (~370k steps: ~8 minutes on one H100
+    # if a step takes ~1.3 ms; not yet timed there); the whole data sets live on the device.
     # CNN: 2000 x 256 images ~ 9 epochs of the 55k training images; transformer: 2000 x 64 windows of 128
     # characters ~ 3.7 passes over the ~4.4M training characters.
     "full": dict(_COMMON,
@@ -493,7 +494,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     tuning = config["tuning"]
     grid = training.lr_grid(tuning["lr_low"], tuning["lr_high"], tuning["lr_count"])
     out.table("e4_results", ["task", "optimizer", "best lr", "test loss", "test acc. (%)", "steps to target",
-                             "Δ test loss vs AdamW", "lr on edge", "seeds"], _table_rows(rows),
+                             "test loss - AdamW (paired)", "lr on edge", "seeds"], _table_rows(rows),
               caption=f"E4 ({out.profile} profile): {config['steps']} steps, weight decay {config['weight_decay']:g}; "
                       f"every optimizer tuned on the same grid of {len(grid)} lrs {grid[0]:g}..{grid[-1]:g} "
                       f"(widened by up to {tuning['max_extra_lrs']} points when the best is on an edge) by the final "
