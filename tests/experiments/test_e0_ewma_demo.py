@@ -7,7 +7,7 @@ import torch
 
 from experiments import e0_ewma_demo as e0
 from experiments.plotting import FigureOutput
-from experiments.runner import run_experiment
+from tests.experiments.helpers import run_tiny
 from kalman_optim import constant_noise_gain
 
 CPU = torch.device("cpu")
@@ -17,11 +17,7 @@ TINY = dict(e0.PROFILES["smoke"], seeds=[0, 1])
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e0_results")
-    e0.PROFILES["tiny"] = TINY
-    try:
-        return run_experiment(e0, "tiny", root=root, device=CPU, progress=False)
-    finally:
-        del e0.PROFILES["tiny"]
+    return run_tiny(e0, TINY, root)
 
 
 def test_notebook_series():

@@ -9,7 +9,7 @@ import torch
 
 from experiments import e1_synthetic as e1
 from experiments.plotting import FigureOutput
-from experiments.runner import run_experiment
+from tests.experiments.helpers import run_tiny
 from kalman_optim import KalmanAdam, noise_ratio_to_beta
 from kalman_optim.functional import AdaptiveNoiseConfig
 
@@ -21,11 +21,7 @@ TINY = dict(e1.PROFILES["smoke"], noise_ratios=[1e-2, 1.0], series=400, steps=70
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e1_results")
-    e1.PROFILES["tiny"] = TINY
-    try:
-        return run_experiment(e1, "tiny", root=root, device=CPU, progress=False)
-    finally:
-        del e1.PROFILES["tiny"]
+    return run_tiny(e1, TINY, root)
 
 
 def test_gain_filter_with_constant_gains_reaches_the_steady_state_ewma():

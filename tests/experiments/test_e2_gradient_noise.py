@@ -10,7 +10,7 @@ import torch
 
 from experiments import e2_gradient_noise as e2
 from experiments.plotting import FigureOutput
-from experiments.runner import run_experiment
+from tests.experiments.helpers import run_tiny
 from kalman_optim import constant_noise_gain, noise_ratio_to_beta
 
 CPU = torch.device("cpu")
@@ -209,13 +209,7 @@ def test_adaptive_intervals_cover_a_static_gradient():
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2_results")
-    profiles = dict(e2.PROFILES)
-    e2.PROFILES["tiny"] = TINY
-    try:
-        return run_experiment(e2, "tiny", root=root, device=CPU, progress=False)
-    finally:
-        e2.PROFILES.clear()
-        e2.PROFILES.update(profiles)
+    return run_tiny(e2, TINY, root)
 
 
 def test_tiny_experiment_runs_and_is_deterministic(tiny_runs):

@@ -9,7 +9,7 @@ import torch
 from experiments import e3_noisy_quadratic as e3
 from experiments import nqm
 from experiments.plotting import FigureOutput
-from experiments.runner import run_experiment
+from tests.experiments.helpers import run_tiny
 
 CPU = torch.device("cpu")
 TINY = dict(e3.PROFILES["smoke"], dim=100, batch_sizes=[1, 64, 4096], max_steps=400, seeds=[0],
@@ -26,13 +26,7 @@ def tiny_config(optimizer: str, batch_size: int, seed: int = 0, **changes) -> di
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e3_results")
-    profiles = dict(e3.PROFILES)
-    e3.PROFILES["tiny"] = TINY
-    try:
-        return run_experiment(e3, "tiny", root=root, device=CPU, progress=False)
-    finally:
-        e3.PROFILES.clear()
-        e3.PROFILES.update(profiles)
+    return run_tiny(e3, TINY, root)
 
 
 # ------------------------------------------------------------------------------------------ the model

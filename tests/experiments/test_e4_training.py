@@ -7,7 +7,7 @@ import torch
 
 from experiments import e4_training as e4
 from experiments.plotting import FigureOutput
-from experiments.runner import run_experiment
+from tests.experiments.helpers import run_tiny
 
 CPU = torch.device("cpu")
 TINY = dict(
@@ -118,13 +118,7 @@ def test_paired_differences_target_and_counts_from_synthetic_runs():
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e4_results")
-    profiles = dict(e4.PROFILES)
-    e4.PROFILES["tiny"] = TINY
-    try:
-        return run_experiment(e4, "tiny", root=root, device=CPU, progress=False)
-    finally:
-        e4.PROFILES.clear()
-        e4.PROFILES.update(profiles)
+    return run_tiny(e4, TINY, root)
 
 
 def test_tiny_experiment_completes_both_stages(tiny_runs):

@@ -8,7 +8,7 @@ import torch
 from experiments import bench_step
 from experiments import e5_cost as e5
 from experiments.plotting import FigureOutput
-from experiments.runner import run_experiment
+from tests.experiments.helpers import run_tiny
 
 CPU = torch.device("cpu")
 TINY = dict(sizes=[1e3, 1e4], repeats=[3, 3], warmup=3, layout="many", cpu_max_size=None, seeds=[0])
@@ -19,13 +19,7 @@ ADAMW_NAMES = {"AdamW [loop]", "AdamW [foreach]"}
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e5_results")
-    profiles = dict(e5.PROFILES)
-    e5.PROFILES["tiny"] = TINY
-    try:
-        return run_experiment(e5, "tiny", root=root, device=CPU, progress=False)
-    finally:
-        e5.PROFILES.clear()
-        e5.PROFILES.update(profiles)
+    return run_tiny(e5, TINY, root)
 
 
 @pytest.fixture(scope="module")

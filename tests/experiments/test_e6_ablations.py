@@ -8,7 +8,7 @@ from scipy import stats as scipy_stats
 
 from experiments import e6_ablations as e6
 from experiments.plotting import FigureOutput
-from experiments.runner import run_experiment
+from tests.experiments.helpers import run_tiny
 
 CPU = torch.device("cpu")
 TINY = dict(task="fashion_mnist",
@@ -24,13 +24,7 @@ def tiny_config(setting_key: str, seed: int = 0, **changes) -> dict:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e6_results")
-    profiles = dict(e6.PROFILES)
-    e6.PROFILES["tiny"] = TINY
-    try:
-        return run_experiment(e6, "tiny", root=root, device=CPU, progress=False)
-    finally:
-        e6.PROFILES.clear()
-        e6.PROFILES.update(profiles)
+    return run_tiny(e6, TINY, root)
 
 
 def test_plan_covers_every_group_with_its_reference_once_per_seed():
