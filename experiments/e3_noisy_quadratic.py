@@ -61,23 +61,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from experiments import training
 from experiments.nqm import NoisyQuadratic, exact_loss
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
 from experiments.stats import Estimate, mean_ci
-from kalman_optim import KalmanAdam
 
 NAME = "e3_noisy_quadratic"
 TITLE = "Noisy quadratic model: steps to a target loss vs batch size, tuned lr per optimizer and batch size"
 
 # name -> (class, keyword arguments); no weight decay anywhere (the NQM optimum is 0, decay would help unfairly).
+# SGD with momentum, then the Adam family as E4 builds it (experiments.training.OPTIMIZERS), all without weight
+# decay so that only the optimizers' handling of the gradient noise differs.
+ADAM_FAMILY = ("AdamW", "KalmanAdam-adam", "KalmanAdam-constant", "KalmanAdam-adaptive", "KalmanAdam-VA")
 OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "SGD-momentum": (torch.optim.SGD, dict(momentum=0.9)),
-    "AdamW": (torch.optim.AdamW, dict(weight_decay=0.0)),
-    "KalmanAdam-adam": (KalmanAdam, dict(noise="adam", weight_decay=0.0)),
-    "KalmanAdam-constant": (KalmanAdam, dict(noise="constant", weight_decay=0.0)),
-    "KalmanAdam-adaptive": (KalmanAdam, dict(noise="adaptive", weight_decay=0.0)),
-    "KalmanAdam-VA": (KalmanAdam, dict(noise="adam", variance_adaptation=True, weight_decay=0.0)),
+    **{name: (training.OPTIMIZERS[name][0], dict(training.OPTIMIZERS[name][1], weight_decay=0.0)) for name in ADAM_FAMILY},
 }
 # CamelCase names for number keys (LaTeX macros take letters only).
 MACRO_NAMES = {"SGD-momentum": "SGDMomentum", "AdamW": "AdamW", "KalmanAdam-adam": "KalmanAdamAdam",
