@@ -7,6 +7,7 @@ state is created and the update applied.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,7 +16,8 @@ from torch.optim import Optimizer
 
 from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
-from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients
+from kalman_optim.noise_models import STATE_KEYS, innovation
+from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients, student_t_quantile
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ADAPTIVE_STATE_KEYS = ("prev_grad", "prev_diff", "diff_sq_avg", "diff_lag_avg")
@@ -117,6 +119,8 @@ class KalmanOptimizerBase(Optimizer):
         if group["noise"] == "adaptive" and "prev_grad" not in state:
             for key in ADAPTIVE_STATE_KEYS:
                 state[key] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
+        if group["noise"] == "innovation" and "innovation_sq_avg" not in state:
+            state.update(innovation.init_state(state["exp_avg"]))
         return state
 
     def _use_foreach(self, group: dict, params: list[Tensor]) -> bool:
@@ -167,9 +171,8 @@ class KalmanOptimizerBase(Optimizer):
     def _update_group(self, group: dict, params: list[Tensor]) -> None:
         """Gather the group's tensors, run the subclass's functional step, write half precision back."""
         work_params, grads, states, steps = self._gather(group, params)
-        adaptive = None
-        if group["noise"] == "adaptive":
-            adaptive = {key: [s[key] for s in states] for key in ADAPTIVE_STATE_KEYS}
+        keys = STATE_KEYS[group["noise"]]
+        adaptive = {key: [s[key] for s in states] for key in keys} if keys else None
         self._functional_step(
             work_params,
             grads,
@@ -199,16 +202,16 @@ class KalmanOptimizerBase(Optimizer):
     def gradient_posterior(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """Filtered gradient estimate and its posterior variance for parameter `p` (float32 or p's dtype).
 
-        mean = the first moment's posterior mean (Adam's bias-corrected m_hat in mode "adam");
-        variance = k_t r_hat (D2/D3): k_t is the filter's normalized posterior variance, one scalar per
-        tensor in modes "adam"/"constant", per coordinate in "adaptive"; r_hat is the observation-noise
-        estimate: max(v_hat - m_hat^2, 0) / c from the moments (zero extra memory), or -Cov(d_t, d_{t-1})
-        in mode "adaptive" (D4). For maximize=True the estimate is of p.grad itself (sign restored).
-
-        Caveat (D3): the zero-memory r_hat assumes the gradient's current level is independent of its past
-        increments; when beta2 != beta1 and the gradient trends steadily, v - m^2 mixes in the trend and r_hat
-        can be far off (even 0 after clipping). Mode "adaptive" estimates r from differences, which
-        removes the level. How well the intervals cover in real training is measured by experiment E2.
+        mean = the first moment's posterior mean (Adam's bias-corrected m_hat in modes "adam"/"innovation").
+        variance, by mode:
+          "innovation" (D7, calibrated): the mean-squared error of m_hat read off the filter's own innovations,
+              valid whatever the true noise ratio or drift (E1: 95% intervals cover 0.93-0.97 on simulated series;
+              E2 measures real training). Infinite at step 1 (no innovation yet).
+          "adam"/"constant" (D2/D3, NOT calibrated): k_t r_hat with the zero-memory r_hat = max(v_hat - m_hat^2, 0) / c;
+              v - m^2 mixes the level's drift into r and is <= 0 for about half of the coordinates of a random walk
+              (D7), so intervals are far too narrow, often of zero width.
+          "adaptive" (D4, NOT calibrated): per-coordinate gain times -Cov(d_t, d_{t-1}); coverage decays in long runs.
+        For maximize=True the estimate is of p.grad itself (sign restored).
         """
         group = self._group_of(p)
         state = self.state.get(p, {})
@@ -222,6 +225,10 @@ class KalmanOptimizerBase(Optimizer):
             mean = state["exp_avg"].clone()
             gain, r_hat = adaptive_noise_estimates(state["diff_sq_avg"], state["diff_lag_avg"], step, adaptive_config(group))
             variance = gain * r_hat
+        elif noise == "innovation":
+            mean = state["exp_avg"] / moment_coefficients("adam", beta1, step, None).correction
+            variance = innovation.posterior_variance(state, step, beta1, float(group["noise_beta"]))
+            variance = torch.full_like(mean, math.inf) if variance is None else variance
         else:
             first = moment_coefficients(noise, beta1, step, prior)
             mean = state["exp_avg"] / first.correction
@@ -231,11 +238,24 @@ class KalmanOptimizerBase(Optimizer):
             mean = mean.neg_()
         return mean, variance
 
+    def interval_quantile(self, p: Tensor, level: float = 0.95) -> float:
+        """The multiplier of sqrt(variance) in `confidence_interval`: Student-t with the effective sample size of
+        the noise statistic in mode "innovation" (D7), the normal quantile otherwise (D3)."""
+        group = self._group_of(p)
+        if group["noise"] == "innovation":
+            state = self.state.get(p, {})
+            step = int(state["step"].item()) if state else 0
+            return student_t_quantile(level, innovation.degrees_of_freedom(step, float(group["noise_beta"])))
+        return normal_quantile(level)
+
     def confidence_interval(self, p: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
-        """Two-sided `level` interval for the true (noise-free) gradient: mean -/+ z sqrt(variance) (D3)."""
-        z = normal_quantile(level)
+        """Two-sided `level` interval for the true (noise-free, full-batch) gradient: mean -/+ quantile sqrt(variance).
+
+        The calibrated read-out is mode "innovation" (D7); see `gradient_posterior` for what the other modes'
+        intervals are worth."""
+        quantile = self.interval_quantile(p, level)
         mean, variance = self.gradient_posterior(p)
-        half_width = variance.sqrt().mul_(z)
+        half_width = variance.sqrt().mul_(quantile)
         return mean - half_width, mean + half_width
 
 
@@ -254,6 +274,6 @@ def group_scalars(group: dict) -> dict[str, Any]:
         prior_gain=None if prior is None else float(prior),
         variance_adaptation=bool(group["variance_adaptation"]),
         adaptation_scale=float(group["adaptation_scale"]),
-        adaptive_config=adaptive_config(group) if group["noise"] == "adaptive" else None,
+        adaptive_config=adaptive_config(group) if group["noise"] in ("adaptive", "innovation") else None,
     )
 

@@ -77,7 +77,7 @@ def check_step(value, name: str = "step"):
     return x
 
 
-NOISE_MODES = ("adam", "constant", "adaptive")
+NOISE_MODES = ("adam", "constant", "adaptive", "innovation")
 
 
 def _real(value, name: str) -> float:
@@ -119,9 +119,9 @@ def validate_optimizer_hyperparameters(group: dict) -> None:
             )
     prior = group["prior_variance"]
     if prior is not None:
-        if noise == "adam":
+        if noise in ("adam", "innovation"):
             raise ValueError(
-                "Invalid prior_variance: noise='adam' fixes the prior (diffuse); prior_variance applies to "
+                f"Invalid prior_variance: noise={noise!r} fixes the prior (diffuse); prior_variance applies to "
                 "noise='constant' or 'adaptive'"
             )
         p = _real(prior, "prior_variance")

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
+from kalman_optim.noise_models import innovation
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
 __all__ = ["AdaptiveNoiseConfig", "adaptive_noise_estimates", "kalman_adam", "observation_noise_from_moments"]
@@ -151,8 +152,7 @@ def kalman_adam(
     `adaptive_states` (mode "adaptive" only) holds lists "prev_grad", "prev_diff", "diff_sq_avg",
     "diff_lag_avg". All tensors of one index share shape, device and dtype (float32 or float64).
     """
-    if noise == "adaptive" and (adaptive_states is None or adaptive_config is None):
-        raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
+    _check_model_states(noise, adaptive_states, adaptive_config)
     fn = _multi_tensor_kalman_adam if foreach else _single_tensor_kalman_adam
     fn(
         params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states,
@@ -161,6 +161,13 @@ def kalman_adam(
         variance_adaptation=variance_adaptation, adaptation_scale=adaptation_scale,
         adaptive_config=adaptive_config,
     )
+
+
+def _check_model_states(noise, states, config) -> None:
+    if noise == "adaptive" and (states is None or config is None):
+        raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
+    if noise == "innovation" and states is None:
+        raise ValueError("noise='innovation' needs adaptive_states (its statistics, innovation.STATE_KEYS) and adaptive_config")
 
 
 def _single_tensor_kalman_adam(
@@ -186,7 +193,8 @@ def _single_tensor_kalman_adam(
         denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(eps)
 
         direction = exp_avg
-        if variance_adaptation:
+        # No estimate yet (mode "innovation" at step 1): every coordinate counts alike, as in Adam.
+        if variance_adaptation and not (noise == "innovation" and r_hat is None):
             direction = _variance_adapted_direction(
                 exp_avg, exp_avg_sq, correction1, correction2, gain, r_hat, adaptation_scale, beta1, beta2
             )
@@ -204,6 +212,15 @@ def _single_tensor_moments(grad, exp_avg, exp_avg_sq, step, adaptive_state, *, n
         gain, r_hat = _single_tensor_adaptive_update(grad, adaptive_state, step, adaptive_config)
         exp_avg.lerp_(grad, gain)
         correction1 = 1.0
+    elif noise == "innovation":
+        # D7: Adam's filter; its innovation against the prediction m_hat_{t-1} feeds the uncertainty. The
+        # posterior variance is returned as r_hat with gain 1, so that P = gain * r_hat everywhere.
+        first = moment_coefficients("adam", beta1, step, None)
+        if step >= 2:
+            innovation.observe(grad, exp_avg / (1 - beta1 ** (step - 1)), adaptive_state, step, beta1, adaptive_config.noise_beta)
+        exp_avg.lerp_(grad, first.weight)
+        correction1, gain = first.correction, 1.0
+        r_hat = innovation.posterior_variance(adaptive_state, step, beta1, adaptive_config.noise_beta)
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
         exp_avg.lerp_(grad, first.weight)
@@ -260,7 +277,7 @@ def _multi_tensor_kalman_adam(
         torch._foreach_add_(denom, eps)
 
         directions = b_avgs
-        if variance_adaptation:
+        if variance_adaptation and not (noise == "innovation" and r_hats is None):
             # Same arithmetic, in the same order, as `_variance_adapted_direction`.
             means_sq = torch._foreach_div(b_avgs, correction1)
             torch._foreach_mul_(means_sq, means_sq)
@@ -290,6 +307,16 @@ def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *,
         gains, r_hats = _multi_tensor_adaptive_update(grads, adaptive_state, step, adaptive_config)
         torch._foreach_lerp_(exp_avgs, grads, gains)
         correction1 = 1.0
+    elif noise == "innovation":
+        first = moment_coefficients("adam", beta1, step, None)
+        if step >= 2:
+            predictions = torch._foreach_div(exp_avgs, 1 - beta1 ** (step - 1))
+            innovation.observe_foreach(grads, predictions, adaptive_state, step, beta1, adaptive_config.noise_beta)
+        torch._foreach_lerp_(exp_avgs, grads, first.weight)
+        correction1, gains = first.correction, 1.0
+        r_hats = [innovation.posterior_variance({k: v[i] for k, v in adaptive_state.items()}, step, beta1,
+                                                adaptive_config.noise_beta) for i in range(len(grads))]
+        r_hats = None if r_hats[0] is None else r_hats
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
         torch._foreach_lerp_(exp_avgs, grads, first.weight)
@@ -377,8 +404,7 @@ def kalman_lamb(
     coordinates whose gradient estimate has a large posterior variance P = k_t r_hat. On DTensor (FSDP2)
     parameters the sums run over the whole layer, not the local shard.
     """
-    if noise == "adaptive" and (adaptive_states is None or adaptive_config is None):
-        raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
+    _check_model_states(noise, adaptive_states, adaptive_config)
     if foreach:
         buckets = _group_by_step(steps, params).items()
     else:
@@ -412,7 +438,8 @@ def kalman_lamb(
                 updates = [u.add(p, alpha=weight_decay) for u, p in zip(updates, b_params)]
         for j, (param, update) in enumerate(zip(b_params, updates)):
             param_norm = torch.linalg.vector_norm(param)
-            if precision_weighting:
+            # Mode "innovation" has no estimate at step 1: plain LAMB norm there.
+            if precision_weighting and not (noise == "innovation" and r_hats is None):
                 r_hat = r_hats[j] if r_hats is not None else observation_noise_from_moments(
                     means[j].square(), b_sqs[j], correction2, beta1, beta2
                 )

@@ -22,6 +22,10 @@ import torch
 from kalman_optim.closed_forms import constant_noise_gain
 
 
+#: Modes whose two moments are Adam's own EWMAs (the step is AdamW's unless the uncertainty is used).
+ADAM_FILTER_MODES = ("adam", "innovation")
+
+
 class MomentCoefficients(NamedTuple):
     weight: float  # coefficient of the new observation
     decay: float  # coefficient of the stored estimate
@@ -50,8 +54,8 @@ def moment_coefficients(noise: str, beta: float, step: int, prior_gain: float | 
 
 
 def second_moment_coefficients(noise: str, beta2: float, step: int, prior_gain: float | None) -> MomentCoefficients:
-    """The second moment's filter: Adam's in mode "adam", the constant-noise filter otherwise."""
-    return moment_coefficients(noise if noise == "adam" else "constant", beta2, step, prior_gain)
+    """The second moment's filter: Adam's in the modes built on Adam's filter, the constant-noise filter otherwise."""
+    return moment_coefficients("adam" if noise in ADAM_FILTER_MODES else "constant", beta2, step, prior_gain)
 
 
 def state_noise_bias(beta1: float, beta2: float) -> float:
@@ -68,3 +72,31 @@ def normal_quantile(level: float) -> float:
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a number in the open interval (0, 1), got {level!r}")
     return math.sqrt(2.0) * torch.special.erfinv(torch.tensor(float(level), dtype=torch.float64)).item()
+
+
+def student_t_quantile(level: float, dof: float) -> float:
+    """Two-sided Student-t quantile with `dof` (> 0, not necessarily an integer) degrees of freedom (D7).
+
+    inf for dof <= 0 (no data); scipy's stdtrit when scipy is installed, otherwise the Cornish-Fisher expansion
+    in 1/dof about the normal quantile (Abramowitz & Stegun 26.7.5; error < 1e-3 relative for dof >= 5), with the
+    exact closed forms at dof = 1 (Cauchy) and 2."""
+    z = normal_quantile(level)
+    if dof <= 0:
+        return math.inf
+    p = 0.5 + level / 2
+    try:
+        from scipy.special import stdtrit
+    except ImportError:  # the library needs only torch
+        if dof == 1:
+            return math.tan(math.pi * (p - 0.5))
+        if dof == 2:
+            return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+        z2 = z * z
+        terms = (
+            (z2 + 1) * z / 4,
+            ((5 * z2 + 16) * z2 + 3) * z / 96,
+            (((3 * z2 + 19) * z2 + 17) * z2 - 15) * z / 384,
+            ((((79 * z2 + 776) * z2 + 1482) * z2 - 1920) * z2 - 945) * z / 92160,
+        )
+        return z + sum(term / dof ** (i + 1) for i, term in enumerate(terms))
+    return float(stdtrit(float(dof), p))

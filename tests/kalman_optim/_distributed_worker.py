@@ -35,6 +35,7 @@ CASES: dict[str, tuple[str, str, dict]] = {
     "ddp-adam-noise_adaptive": ("ddp", "KalmanAdam", dict(noise="adaptive")),
     "ddp-adam-variance_adaptation": ("ddp", "KalmanAdam", dict(noise="adam", variance_adaptation=True)),
     "ddp-lamb-precision_weighting": ("ddp", "KalmanLAMB", dict(precision_weighting=True)),
+    "ddp-adam-noise_innovation-variance_adaptation": ("ddp", "KalmanAdam", dict(noise="innovation", variance_adaptation=True)),
     "fsdp2-adam-noise_adam": ("fsdp2", "KalmanAdam", dict(noise="adam")),
     "fsdp2-adam-noise_adaptive": ("fsdp2", "KalmanAdam", dict(noise="adaptive")),
     "fsdp2-adam-noise_adaptive-variance_adaptation-foreach": (

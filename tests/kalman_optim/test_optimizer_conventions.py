@@ -13,8 +13,10 @@ OPTIMIZERS = {
     "adam": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, **kw}),
     "constant": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "constant", **kw}),
     "adaptive-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "adaptive", "variance_adaptation": True, **kw}),
+    "innovation-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "innovation", "variance_adaptation": True, "adaptation_scale": 2.0, "noise_beta": 0.95, **kw}),
     "lamb": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, **kw}),
     "lamb-adaptive": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, "noise": "adaptive", **kw}),
+    "lamb-innovation": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, "noise": "innovation", **kw}),
 }
 ALL = pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
 

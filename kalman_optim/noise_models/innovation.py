@@ -1,0 +1,133 @@
+r"""Noise model "innovation" (D7): the posterior variance of the first moment from its own innovations.
+
+The first moment is Adam's (its gain k_t = (1 - beta1) / (1 - beta1^t) is the diffuse-prior Kalman gain, D2),
+so the step is AdamW's. What changes is the read-out of the uncertainty. With the innovation
+nu_t = g_t - m_hat_{t-1} (the prediction error of the filter before it sees g_t), for ANY gain sequence and
+ANY drift of the level (random walk, trend, the optimizer's own steps), as long as the observation noise is
+white (D7, exact):
+
+    E_t = E[(x_t - m_hat_t)^2] = (1 - k_t)^2 S_t - (1 - 2 k_t) r,      S_t = E[nu_t^2],
+    r   = -E[nu_{t-1} d_t],     d_t = g_t - g_{t-1} = nu_t - (1 - k_{t-1}) nu_{t-1}   (random-walk drift).
+
+State: per coordinate R = EWMA (coefficient `noise_beta`) of the standardized squared innovation
+(1 - k_t) nu_t^2, which is r when the filter's own model holds (D3: Var nu_t = r / (1 - k_t)) and
+(1 - k_t) S_t in general. Per tensor, the scale-free ratio phi = r / R from the lag-1 statistic pooled over a
+fixed strided sample of at most SAMPLE_SIZE coordinates (only their previous innovation is stored): a single
+coordinate's lag-1 estimate is far too noisy (D7), a pooled one is precise. phi is pulled to 1 (the filter's
+own model) by PRIOR_COUNT pseudo-samples, so a tensor of a few coordinates reads out k_t R. Then
+
+    P_t = R_hat [(1 - k_t)(1 - phi) + k_t phi] = (1 - k_t) R_hat - (1 - 2 k_t) phi R_hat,   phi in [0, 1/(1 - k_t)],
+
+which is >= R_hat k_t^2 / (1 - k_t) > 0: zero only for a constant series. R_hat has effective sample size
+n_eff = (1 - b^n)^2 (1 + b) / ((1 - b)(1 - b^(2n))) (b = noise_beta, n innovations), so intervals use the
+Student-t quantile with n_eff degrees of freedom (D7). Memory: 4 B per fp32 parameter beyond Adam's 8 B, plus
+at most SAMPLE_SIZE + 2 floats per tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_num", "lag_den")
+#: Coordinates per tensor whose previous innovation is kept for the pooled lag-1 statistic.
+SAMPLE_SIZE = 1024
+#: Pseudo-samples of phi = 1 (the filter's own model); a pooled sample of >= 1e4 innovations outweighs it.
+PRIOR_COUNT = 1000.0
+
+
+def sample_stride(numel: int) -> int:
+    """Stride of the fixed sample: every stride-th coordinate of the flattened tensor (<= SAMPLE_SIZE of them)."""
+    return max(1, -(-numel // SAMPLE_SIZE))
+
+
+def sample_of(tensor: Tensor) -> Tensor:
+    """The sampled coordinates of `tensor` (flattened, strided): a view when `tensor` is contiguous."""
+    return tensor.reshape(-1)[:: sample_stride(tensor.numel())]
+
+
+def init_state(exp_avg: Tensor) -> dict[str, Tensor]:
+    """Zero statistics shaped like the parameter (R) and like its sample (previous innovations)."""
+    sample = sample_of(exp_avg)
+    scalar = torch.zeros((), dtype=exp_avg.dtype, device=exp_avg.device)
+    return {
+        "innovation_sq_avg": torch.zeros_like(exp_avg, memory_format=torch.preserve_format),
+        "lag_prev": torch.zeros_like(sample),
+        "lag_num": scalar.clone(),
+        "lag_den": scalar.clone(),
+    }
+
+
+def adam_gain(beta1: float, step: int) -> float:
+    """k_t = (1 - beta1) / (1 - beta1^t): the diffuse-prior gain of Adam's first moment (D2)."""
+    return (1 - beta1) / (1 - beta1**step)
+
+
+def _update_lag(state: dict[str, Tensor], innovation: Tensor, step: int, beta1: float, noise_beta: float) -> None:
+    """Pooled lag-1 statistics of the sample: EWMAs of sum(-nu_{t-1} d_t) (-> r) and sum((1-k_{t-1}) nu_{t-1}^2)."""
+    sample = sample_of(innovation)
+    if step >= 3:
+        previous, kept = state["lag_prev"], 1 - adam_gain(beta1, step - 1)
+        diff = sample - kept * previous  # d_t = g_t - g_{t-1}, from innovations alone (D7)
+        state["lag_num"].mul_(noise_beta).add_(torch.dot(previous, diff), alpha=-(1 - noise_beta))
+        state["lag_den"].mul_(noise_beta).add_(torch.dot(previous, previous), alpha=kept * (1 - noise_beta))
+    state["lag_prev"].copy_(sample)
+
+
+def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> None:
+    """Update the statistics with g_t, given the filter's prediction m_hat^-_t of it (before the update)."""
+    if step < 2:  # the diffuse prior predicts nothing: no innovation at step 1
+        return
+    innovation = grad - prediction
+    weight = (1 - noise_beta) * (1 - adam_gain(beta1, step))
+    state["innovation_sq_avg"].mul_(noise_beta).addcmul_(innovation, innovation, value=weight)
+    _update_lag(state, innovation, step, beta1, noise_beta)
+
+
+def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict[str, list[Tensor]], step: int,
+                    beta1: float, noise_beta: float) -> None:
+    """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples)."""
+    if step < 2:
+        return
+    innovations = torch._foreach_sub(grads, predictions)
+    weight = (1 - noise_beta) * (1 - adam_gain(beta1, step))
+    torch._foreach_mul_(states["innovation_sq_avg"], noise_beta)
+    torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
+    for i, innovation in enumerate(innovations):
+        _update_lag({key: states[key][i] for key in ("lag_prev", "lag_num", "lag_den")}, innovation, step, beta1,
+                    noise_beta)
+
+
+def effective_samples(count: int, noise_beta: float) -> float:
+    """n_eff = (sum w)^2 / sum w^2 of the bias-corrected EWMA of `count` samples (D7); 0 for count <= 0."""
+    if count <= 0:
+        return 0.0
+    b = noise_beta
+    return (-math.expm1(count * math.log(b))) ** 2 * (1 + b) / ((1 - b) * -math.expm1(2 * count * math.log(b)))
+
+
+def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
+    """phi = r / R for the tensor (0-dim): the pooled lag-1 estimate, shrunk to 1, clipped to [0, 1 / (1 - k_t)]."""
+    count = effective_samples(step - 2, noise_beta) * state["lag_prev"].numel()
+    den = state["lag_den"]
+    measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
+    phi = (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
+    return phi.clamp(0.0, 1.0 / (1.0 - adam_gain(beta1, step)))
+
+
+def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor | None:
+    """P_t per coordinate (D7), or None at step 1 (no innovation yet: the diffuse prior's variance is infinite)."""
+    count = step - 1
+    if count < 1:
+        return None
+    k = adam_gain(beta1, step)
+    phi = noise_fraction(state, step, beta1, noise_beta)
+    factor = phi.mul(2 * k - 1).add_(1 - k)  # (1 - k)(1 - phi) + k phi
+    return state["innovation_sq_avg"].mul(factor / -math.expm1(count * math.log(noise_beta)))
+
+
+def degrees_of_freedom(step: int, noise_beta: float) -> float:
+    """Degrees of freedom of the interval: the effective sample size of R_hat (D7)."""
+    return effective_samples(step - 1, noise_beta)
