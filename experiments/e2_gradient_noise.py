@@ -71,21 +71,21 @@ from kalman_optim import beta_to_noise_ratio, noise_ratio_to_beta
 NAME = "e2_gradient_noise"
 TITLE = "Gradient noise in real training: per-coordinate q, r, optimal beta, whiteness, and interval calibration"
 
-MODES = ("adam", "constant", "adaptive")
-LEVELS = (0.5, 0.9, 0.95)
+MODES = ("adam", "constant", "adaptive", "innovation")
+LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ADAM_BETA1 = 0.9
 SIGNIFICANCE = 0.05
 PHASES = ("early", "middle", "late")
 TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "shakespeare": "Shakespeare transformer"}
-MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive"}
+MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive", "innovation": "innovation (D7)"}
 WHITENESS_MODELS = ("fitted", "iid", "adam")  # plotted; "moment" (the D4 lambda) is stored as well
 WHITENESS_LABELS = {"fitted": "fitted λ (ML)", "iid": "i.i.d. (λ = 0)", "adam": "β = 0.9", "moment": "fitted λ (D4)"}
 
 SMOKE_CONTEXT = 64
 PROFILES: dict[str, dict[str, Any]] = {
     # Smoke: the full design at a small scale: a 2000-image / 512-window training set (the "true" gradient is
-    # exact over the set the mini-batches are drawn from) and 160 steps.
+    # exact over the set the mini-batches are drawn from) and 300 steps with 5 checkpoints spread over the run.
     "smoke": dict(
         tasks={
             "fashion_mnist": dict(task_kwargs=dict(train_size=2000, eval_size=500, batch_size=128), lr=1e-3,
@@ -94,8 +94,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                                                  train_chars=512 * (SMOKE_CONTEXT + 1)),
                                 lr=3e-3, full_gradient_examples=512),
         },
-        steps=160, eval_every=80, window_length=50, window_starts=[11, 61, 111], checkpoints=[60, 110, 160],
-        coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "adaptive"], seeds=[0]),
+        steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=[60, 120, 180, 240, 300],
+        coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation"], seeds=[0]),
     # Full: all 55,000 training images; Shakespeare's whole training stream, true gradient over 4096 windows.
     "full": dict(
         tasks={
@@ -104,7 +104,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         steps=3000, eval_every=500, window_length=200, window_starts=[101, 1401, 2801],
         checkpoints=[250, 1000, 2000, 3000], coords_per_tensor=256, lags=10, level_lags=[1, 10],
-        static_modes=["adam", "constant", "adaptive"], seeds=[0, 1, 2]),
+        static_modes=["adam", "constant", "adaptive", "innovation"], seeds=[0, 1, 2]),
 }
 
 
@@ -910,7 +910,8 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
             out[f"{name}LevelChangeTenSteps"] = float(np.mean([by_lag.get(10, math.nan) for by_lag in ratios.values()]))
         for mode in MODES:
             for static, prefix in ((False, ""), (True, "Static")):
-                for level, word in ((0.95, "NinetyFive"), (0.5, "Fifty")):
+                for level, word in ((0.99, "NinetyNine"), (0.95, "NinetyFive"), (0.9, "Ninety"), (0.8, "Eighty"),
+                                    (0.5, "Fifty")):
                     e = coverage_estimate(runs, task, mode, level, static)
                     if e.n:
                         out[f"{name}{prefix}{_camel(mode)}Coverage{word}"] = e.mean

@@ -28,9 +28,12 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "KalmanAdam-constant": (KalmanAdam, dict(noise="constant")),
     "KalmanAdam-adaptive": (KalmanAdam, dict(noise="adaptive")),
     "KalmanAdam-VA": (KalmanAdam, dict(noise="adam", variance_adaptation=True)),
+    "KalmanAdam-innovation": (KalmanAdam, dict(noise="innovation")),
+    "KalmanAdam-innovation-VA": (KalmanAdam, dict(noise="innovation", variance_adaptation=True)),
     "LAMB": (KalmanLAMB, dict(noise="adam", precision_weighting=False)),
     "KalmanLAMB-PW": (KalmanLAMB, dict(noise="adam", precision_weighting=True)),
     "KalmanLAMB-adaptive-PW": (KalmanLAMB, dict(noise="adaptive", precision_weighting=True)),
+    "KalmanLAMB-innovation-PW": (KalmanLAMB, dict(noise="innovation", precision_weighting=True)),
 }
 
 
