@@ -14,6 +14,7 @@ EXPERIMENT_MODULES = (
     "e4_training",
     "e5_cost",
     "e6_ablations",
+    "e7_misspecified",
 )
 
 
@@ -21,7 +22,7 @@ def load(name: str) -> ModuleType:
     """The experiment module called `name` (its NAME, e.g. "e1_synthetic", or a unique prefix like "e1")."""
     matches = [m for m in EXPERIMENT_MODULES if m == name or m.split("_", 1)[0] == name]
     if len(matches) != 1:
-        raise ValueError(f"Invalid experiment {name!r}: expected one of {', '.join(EXPERIMENT_MODULES)} (or e0..e6)")
+        raise ValueError(f"Invalid experiment {name!r}: expected one of {', '.join(EXPERIMENT_MODULES)} (or e0..e7)")
     return importlib.import_module(f"experiments.{matches[0]}")
 
 

@@ -1,0 +1,89 @@
+"""E7 at a tiny size: the plan and the recorded curves have the right shape, the innovation mode's intervals cover
+at about their nominal rate when the model is right and under a trend, the zero-memory 'adam' read-out gives
+zero-width intervals, the issue series tells the modes apart, and the figure/tables/numbers are written."""
+
+import math
+
+import pytest
+import torch
+
+from experiments import e7_misspecified as e7
+from experiments.plotting import FigureOutput
+from tests.experiments.helpers import run_tiny
+
+CPU = torch.device("cpu")
+TINY = dict(e7.PROFILES["smoke"], series=500, steps=400, cases=["one", "trend"], seeds=[0],
+            issue=dict(e7.PROFILES["smoke"]["issue"], seed_count=5))
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e7_results")
+    return run_tiny(e7, TINY, root)
+
+
+def by_case(runs):
+    return {r["config"]["case"]: r for r in runs}
+
+
+def test_record_steps_are_log_spaced_from_two_to_the_last_step():
+    steps = e7.record_steps(3000, 22)
+    assert steps[0] == 2 and steps[-1] == 3000 and steps == sorted(set(steps))
+    assert {2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000} <= set(steps)
+    assert 25 <= len(steps) <= 35
+
+
+def test_plan_has_one_run_per_case_and_seed_then_the_issue_series():
+    ids = [s.run_id for s in e7.plan(dict(TINY, seeds=[0, 1]), [0, 1], {})]
+    assert ids == ["one_seed0", "one_seed1", "trend_seed0", "trend_seed1", "issue_series"]
+    assert set(e7.PROFILES["smoke"]["cases"]) == set(e7.CASES) and e7.PROFILES["smoke"]["steps"] >= 3000
+
+
+def test_tiny_runs_structure(tiny_runs):
+    runs = by_case(tiny_runs)
+    assert set(runs) == {"one", "trend", "issue"}
+    one = runs["one"]
+    assert one["curves"]["step"] == e7.record_steps(TINY["steps"], TINY["record_points"])
+    for mode in e7.MODES:
+        curve = one["curves"][mode]
+        assert set(curve["coverage"]) == {"0.5", "0.9", "0.95", "0.99"}
+        assert all(len(c) == len(one["curves"]["step"]) for c in [*curve["coverage"].values(), curve["mse"]])
+        assert one["metrics"][mode]["worst95_from10"] <= one["metrics"][mode]["final_coverage"]["0.95"]
+    assert one["metrics"]["noise_ratio"] == pytest.approx((1 - 0.9) ** 2 / 0.9)
+    assert runs["trend"]["metrics"]["trend"] == pytest.approx(0.05)
+    assert len(runs["issue"]["metrics"]["innovation"]["worst_ratio"]) == 5
+
+
+def test_innovation_mode_is_calibrated_and_the_adam_read_out_is_not(tiny_runs):
+    runs = by_case(tiny_runs)
+    for case in ("one", "trend"):
+        innovation = runs[case]["metrics"]["innovation"]
+        assert 0.85 <= innovation["final_coverage"]["0.95"] <= 1.0, case
+        assert innovation["variance_ratio"] == pytest.approx(1.0, abs=0.25), case
+        assert innovation["zero_variance"] == 0.0
+    adam = runs["one"]["metrics"]["adam"]
+    # v - m^2 <= 0 for a large share of random-walk coordinates (D7): zero-width intervals, low coverage.
+    assert adam["zero_variance"] > 0.1 and adam["final_coverage"]["0.95"] < 0.8
+    issue = runs["issue"]["metrics"]
+    assert issue["innovation"]["fraction_positive"] == 1.0 and issue["adam"]["fraction_positive"] < 1.0
+    assert max(issue["innovation"]["worst_ratio"]) < 3.0 and math.isinf(max(issue["adam"]["worst_ratio"]))
+
+
+def test_runs_are_deterministic(tiny_runs):
+    run = by_case(tiny_runs)["one"]
+    assert e7.execute(run["config"], CPU)["metrics"] == run["metrics"]
+
+
+def test_figures_tables_and_numbers(tiny_runs, tmp_path):
+    out = FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
+    e7.figures(tiny_runs, out)
+    for name in ("e7_misspecified.pdf", "e7_misspecified.png", "e7_coverage.tex", "e7_coverage.md",
+                 "e7_issue_series.tex", "e7_issue_series.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    numbers = e7.numbers(tiny_runs)
+    assert all(k.isalpha() and k[0].isupper() for k in numbers)
+    assert all(math.isfinite(v) for v in numbers.values())
+    assert {"InnovationWorstCoverageFromTenOne", "AdamWorstCoverageFromHundredTrend", "InnovationCoverageLow",
+            "IssueInnovationFractionWithin"} <= set(numbers)
+    assert numbers["InnovationCoverageLow"] <= numbers["InnovationWorstCoverageFromTenOne"] <= 1.0
+    assert e7.numbers([]) == {}
