@@ -27,7 +27,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
     run = sub.add_parser("run", help="run one experiment (or all), skipping completed runs")
-    run.add_argument("name", help="experiment name, its prefix e0..e6, or 'all'")
+    run.add_argument("name", help="experiment name, its prefix e0..e7, or 'all'")
     run.add_argument("--profile", choices=PROFILES, default="smoke")
     run.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")

@@ -43,15 +43,48 @@ def sample_stride(numel: int) -> int:
     return max(1, -(-numel // SAMPLE_SIZE))
 
 
+def sample_count(numel: int) -> int:
+    """Number of sampled coordinates of a tensor with `numel` elements (over all shards)."""
+    return -(-numel // sample_stride(numel))
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    return type(tensor).__name__ == "DTensor"
+
+
 def sample_of(tensor: Tensor) -> Tensor:
-    """The sampled coordinates of `tensor` (flattened, strided): a view when `tensor` is contiguous."""
-    return tensor.reshape(-1)[:: sample_stride(tensor.numel())]
+    """The sampled coordinates of `tensor` (flattened, strided; a view when contiguous). For a DTensor sharded
+    along dim 0 (FSDP2), this rank's part of the same global sample, as a plain tensor."""
+    stride = sample_stride(tensor.numel())
+    if not _is_dtensor(tensor):
+        return tensor.reshape(-1)[::stride]
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if any(not isinstance(p, (Shard, Replicate)) or (isinstance(p, Shard) and p.dim != 0) for p in tensor.placements):
+        raise NotImplementedError(f"noise='innovation' supports DTensors sharded along dim 0 (FSDP2) or replicated, "
+                                  f"got placements {tensor.placements}")
+    _, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    flat_offset = offset[0] * math.prod(tensor.shape[1:]) if tensor.dim() else 0
+    return tensor.to_local().reshape(-1)[(-flat_offset) % stride :: stride]
+
+
+def _global_sum_(value: Tensor, like: Tensor) -> Tensor:
+    """Sum a per-shard partial sum over the shards of `like` (a no-op for plain tensors)."""
+    if _is_dtensor(like):
+        import torch.distributed as dist
+        from torch.distributed.tensor import Shard
+
+        for dim, placement in enumerate(like.placements):
+            if isinstance(placement, Shard):
+                dist.all_reduce(value, group=like.device_mesh.get_group(dim))
+    return value
 
 
 def init_state(exp_avg: Tensor) -> dict[str, Tensor]:
-    """Zero statistics shaped like the parameter (R) and like its sample (previous innovations)."""
+    """Zero statistics shaped like the parameter (R) and like its (local) sample (previous innovations)."""
     sample = sample_of(exp_avg)
-    scalar = torch.zeros((), dtype=exp_avg.dtype, device=exp_avg.device)
+    scalar = torch.zeros((), dtype=sample.dtype, device=sample.device)
     return {
         "innovation_sq_avg": torch.zeros_like(exp_avg, memory_format=torch.preserve_format),
         "lag_prev": torch.zeros_like(sample),
@@ -71,8 +104,9 @@ def _update_lag(state: dict[str, Tensor], innovation: Tensor, step: int, beta1: 
     if step >= 3:
         previous, kept = state["lag_prev"], 1 - adam_gain(beta1, step - 1)
         diff = sample - kept * previous  # d_t = g_t - g_{t-1}, from innovations alone (D7)
-        state["lag_num"].mul_(noise_beta).add_(torch.dot(previous, diff), alpha=-(1 - noise_beta))
-        state["lag_den"].mul_(noise_beta).add_(torch.dot(previous, previous), alpha=kept * (1 - noise_beta))
+        sums = _global_sum_(torch.stack([torch.dot(previous, diff), torch.dot(previous, previous)]), innovation)
+        state["lag_num"].mul_(noise_beta).add_(sums[0], alpha=-(1 - noise_beta))
+        state["lag_den"].mul_(noise_beta).add_(sums[1], alpha=kept * (1 - noise_beta))
     state["lag_prev"].copy_(sample)
 
 
@@ -110,7 +144,7 @@ def effective_samples(count: int, noise_beta: float) -> float:
 
 def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
     """phi = r / R for the tensor (0-dim): the pooled lag-1 estimate, shrunk to 1, clipped to [0, 1 / (1 - k_t)]."""
-    count = effective_samples(step - 2, noise_beta) * state["lag_prev"].numel()
+    count = effective_samples(step - 2, noise_beta) * sample_count(state["innovation_sq_avg"].numel())
     den = state["lag_den"]
     measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
     phi = (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
@@ -124,8 +158,10 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
         return None
     k = adam_gain(beta1, step)
     phi = noise_fraction(state, step, beta1, noise_beta)
-    factor = phi.mul(2 * k - 1).add_(1 - k)  # (1 - k)(1 - phi) + k phi
-    return state["innovation_sq_avg"].mul(factor / -math.expm1(count * math.log(noise_beta)))
+    factor = phi.mul(2 * k - 1).add_(1 - k).div_(-math.expm1(count * math.log(noise_beta)))  # (1-k)(1-phi) + k phi
+    statistic = state["innovation_sq_avg"]
+    # A DTensor does not mix with a plain 0-dim tensor; the scalar is the same on every rank.
+    return statistic.mul(factor.item() if _is_dtensor(statistic) else factor)
 
 
 def degrees_of_freedom(step: int, noise_beta: float) -> float:

@@ -41,6 +41,12 @@ CASES: dict[str, tuple[str, str, dict]] = {
     "fsdp2-adam-noise_adaptive-variance_adaptation-foreach": (
         "fsdp2", "KalmanAdam", dict(noise="adaptive", variance_adaptation=True, foreach=True)
     ),
+    "fsdp2-adam-noise_innovation-variance_adaptation": (
+        "fsdp2", "KalmanAdam", dict(noise="innovation", variance_adaptation=True)
+    ),
+    "fsdp2-lamb-precision_weighting-noise_innovation-foreach": (
+        "fsdp2", "KalmanLAMB", dict(precision_weighting=True, noise="innovation", foreach=True)
+    ),
     "fsdp2-lamb-plain": ("fsdp2", "KalmanLAMB", dict(precision_weighting=False)),
     "fsdp2-lamb-precision_weighting": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True)),
     "fsdp2-lamb-precision_weighting-noise_adaptive": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True, noise="adaptive")),
