@@ -18,7 +18,7 @@ own model) by PRIOR_COUNT pseudo-samples, so a tensor of a few coordinates reads
 
     P_t = R_hat [(1 - k_t)(1 - phi) + k_t phi] = (1 - k_t) R_hat - (1 - 2 k_t) phi R_hat,   phi in [0, 1/(1 - k_t)],
 
-which is >= R_hat k_t^2 / (1 - k_t) > 0: zero only for a constant series. R_hat has effective sample size
+which is >= R_hat min(k_t, 1 - k_t)^2 / (1 - k_t) > 0 (D7): zero only for a constant series. R_hat has effective sample size
 n_eff = (1 - b^n)^2 (1 + b) / ((1 - b)(1 - b^(2n))) (b = noise_beta, n innovations), so intervals use the
 Student-t quantile with n_eff degrees of freedom (D7). Memory: 4 B per fp32 parameter beyond Adam's 8 B, plus
 at most SAMPLE_SIZE + 2 floats per tensor.
