@@ -73,7 +73,8 @@ TITLE = "Noisy quadratic model: steps to a target loss vs batch size, tuned lr p
 # name -> (class, keyword arguments); no weight decay anywhere (the NQM optimum is 0, decay would help unfairly).
 # SGD with momentum, then the Adam family as E4 builds it (experiments.training.OPTIMIZERS), all without weight
 # decay so that only the optimizers' handling of the gradient noise differs.
-ADAM_FAMILY = ("AdamW", "KalmanAdam-adam", "KalmanAdam-constant", "KalmanAdam-adaptive", "KalmanAdam-VA")
+ADAM_FAMILY = ("AdamW", "KalmanAdam-adam", "KalmanAdam-constant", "KalmanAdam-adaptive", "KalmanAdam-VA",
+               "KalmanAdam-transport")
 OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "SGD-momentum": (torch.optim.SGD, dict(momentum=0.9)),
     **{name: (training.OPTIMIZERS[name][0], dict(training.OPTIMIZERS[name][1], weight_decay=0.0)) for name in ADAM_FAMILY},
@@ -81,7 +82,7 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
 # CamelCase names for number keys (LaTeX macros take letters only).
 MACRO_NAMES = {"SGD-momentum": "SGDMomentum", "AdamW": "AdamW", "KalmanAdam-adam": "KalmanAdamAdam",
                "KalmanAdam-constant": "KalmanAdamConstant", "KalmanAdam-adaptive": "KalmanAdamAdaptive",
-               "KalmanAdam-VA": "KalmanAdamVA"}
+               "KalmanAdam-VA": "KalmanAdamVA", "KalmanAdam-transport": "KalmanAdamTransport"}
 
 
 def power_of_two_grid(low: int, high: int) -> list[float]:

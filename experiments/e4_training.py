@@ -1,9 +1,11 @@
 r"""E4: training on real data -- every optimizer tuned on one learning-rate grid, then compared over seeds.
 
 Two tasks (experiments/training.py): (a) SmallCNN on Fashion-MNIST, (b) a character-level transformer on
-Shakespeare (held-out plays). Eight optimizers (training.OPTIMIZERS): AdamW, KalmanAdam with noise
-"adam" (the sanity row: AdamW exactly), "constant", "adaptive", and "adam" + variance adaptation, plain
-LAMB, KalmanLAMB with precision weighting, and with adaptive noise + precision weighting.
+Shakespeare (held-out plays). Twelve optimizers (training.OPTIMIZERS): AdamW, KalmanAdam with noise
+"adam" (the sanity row: AdamW exactly), "constant", "adaptive", "adam" + variance adaptation, "innovation"
+(AdamW's step, a second sanity row) and "innovation" + variance adaptation (on the calibrated uncertainty, D7),
+"transport" (D8), plain LAMB, KalmanLAMB with precision weighting on the zero-memory, adaptive and innovation
+uncertainty.
 
 Fair tuning (the same protocol for every optimizer):
 
@@ -50,7 +52,7 @@ from experiments.runner import RunSpec
 from experiments.stats import Estimate, mean_ci, paired_difference
 
 NAME = "e4_training"
-TITLE = "Fashion-MNIST CNN and Shakespeare transformer: 8 optimizers tuned on one lr grid, seeds, CIs vs AdamW"
+TITLE = "Fashion-MNIST CNN and Shakespeare transformer: 12 optimizers tuned on one lr grid, seeds, CIs vs AdamW"
 
 TASKS = ("fashion_mnist", "shakespeare")
 TASK_TITLES = {"fashion_mnist": "Fashion-MNIST, SmallCNN", "shakespeare": "Shakespeare, char transformer"}
@@ -61,11 +63,13 @@ SANITY = "KalmanAdam-adam"  # must equal AdamW up to float rounding
 OPTIMIZER_KEYS = {
     "AdamW": "AdamW", "KalmanAdam-adam": "KalmanAdam", "KalmanAdam-constant": "Constant",
     "KalmanAdam-adaptive": "Adaptive", "KalmanAdam-VA": "VA", "LAMB": "LAMB", "KalmanLAMB-PW": "LAMBPW",
-    "KalmanLAMB-adaptive-PW": "AdaptiveLAMBPW",
+    "KalmanLAMB-adaptive-PW": "AdaptiveLAMBPW", "KalmanAdam-innovation": "Innovation",
+    "KalmanAdam-innovation-VA": "InnovationVA", "KalmanAdam-transport": "Transport",
+    "KalmanLAMB-innovation-PW": "InnovationLAMBPW",
 }
 # The Kalman variants that differ from their baseline (the sanity row is AdamW itself).
-KALMAN_VARIANTS = ("KalmanAdam-constant", "KalmanAdam-adaptive", "KalmanAdam-VA", "KalmanLAMB-PW",
-                   "KalmanLAMB-adaptive-PW")
+KALMAN_VARIANTS = ("KalmanAdam-constant", "KalmanAdam-adaptive", "KalmanAdam-VA", "KalmanAdam-innovation-VA",
+                   "KalmanAdam-transport", "KalmanLAMB-PW", "KalmanLAMB-adaptive-PW", "KalmanLAMB-innovation-PW")
 
 _COMMON: dict[str, Any] = dict(
     optimizers=list(training.OPTIMIZERS),
@@ -76,7 +80,7 @@ _COMMON: dict[str, Any] = dict(
 )
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # 2 tasks x 8 optimizers x (5 lrs + widening + 2 seeds) ~ 112-120 runs of 100 steps; half the default
+    # 2 tasks x 12 optimizers x (5 lrs + widening + 2 seeds) ~ 170-180 runs of 100 steps; half the default
     # batches keep a run near 1 s on 2 free CPU cores (~2-2.5 minutes in all; much longer on shared cores).
     "smoke": dict(_COMMON,
                   tasks=dict(fashion_mnist=dict(train_size=10000, eval_size=500, batch_size=64),

@@ -30,6 +30,7 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "KalmanAdam-VA": (KalmanAdam, dict(noise="adam", variance_adaptation=True)),
     "KalmanAdam-innovation": (KalmanAdam, dict(noise="innovation")),
     "KalmanAdam-innovation-VA": (KalmanAdam, dict(noise="innovation", variance_adaptation=True)),
+    "KalmanAdam-transport": (KalmanAdam, dict(noise="transport")),
     "LAMB": (KalmanLAMB, dict(noise="adam", precision_weighting=False)),
     "KalmanLAMB-PW": (KalmanLAMB, dict(noise="adam", precision_weighting=True)),
     "KalmanLAMB-adaptive-PW": (KalmanLAMB, dict(noise="adaptive", precision_weighting=True)),
@@ -131,18 +132,25 @@ class FashionMNISTTask(Task):
 
 
 class ShakespeareTask(Task):
-    """CharTransformer on Shakespeare: random windows of `context`+1 characters from the training plays."""
+    """CharTransformer on Shakespeare: random windows of `context`+1 characters from the training plays.
+
+    With `window_pool` = n the training set is instead n fixed, evenly spaced windows of the stream, mini-batches
+    draw from them (with replacement) and `full_gradient` averages over all of them: the expected mini-batch
+    gradient is then exactly the full-batch gradient (E2's calibration needs that ground truth; the mean over
+    tiled windows is not the expectation over random offsets)."""
 
     name = "shakespeare"
 
     def __init__(self, device: torch.device, batch_size: int = 32, context: int = 64, width: int = 64,
-                 layers: int = 2, heads: int = 4, eval_windows: int = 256, train_chars: int | None = None):
+                 layers: int = 2, heads: int = 4, eval_windows: int = 256, train_chars: int | None = None,
+                 window_pool: int | None = None):
         corpus = shakespeare()
         self.train = corpus.train[:train_chars].to(device).long()
         self.context, self.batch_size, self.device = context, batch_size, device
         self.model = CharTransformer(len(corpus.vocabulary), context, width, layers, heads).to(device)
         self.vocabulary_size = len(corpus.vocabulary)
         self.splits = {s: self._fixed_windows(getattr(corpus, s).to(device).long(), eval_windows) for s in ("val", "test")}
+        self.pool = None if window_pool is None else self._fixed_windows(self.train, int(window_pool))
 
     def _fixed_windows(self, stream: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`count` evenly spaced, non-overlapping evaluation windows: the same for every run."""
@@ -151,6 +159,9 @@ class ShakespeareTask(Task):
         return windows[:, :-1], windows[:, 1:]
 
     def batch(self, generator):
+        if self.pool is not None:
+            index = torch.randint(0, self.pool[0].shape[0], (self.batch_size,), generator=generator).to(self.device)
+            return self.pool[0][index], self.pool[1][index]
         starts = torch.randint(0, self.train.numel() - self.context - 1, (self.batch_size,), generator=generator)
         windows = self.train[starts.to(self.device)[:, None] + torch.arange(self.context + 1, device=self.device)]
         return windows[:, :-1], windows[:, 1:]
@@ -166,9 +177,13 @@ class ShakespeareTask(Task):
 
     def full_gradient(self, model, max_examples=None):
         """Gradient of the mean loss over `max_examples` fixed windows tiling the training stream (a proxy for
-        the full-corpus gradient: the stream holds ~4.4M characters)."""
-        count = max_examples or 4096
-        inputs, targets = self._fixed_windows(self.train, count)
+        the full-corpus gradient: the stream holds ~4.4M characters); with a window pool, the exact mean over the pool."""
+        if self.pool is not None:
+            inputs, targets = self.pool
+            count = inputs.shape[0]
+        else:
+            count = max_examples or 4096
+            inputs, targets = self._fixed_windows(self.train, count)
         params = [p for p in model.parameters() if p.requires_grad]
         total = [torch.zeros_like(p) for p in params]
         for i in range(0, count, 256):

@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 
 from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
-from kalman_optim.noise_models import STATE_KEYS, innovation
+from kalman_optim.noise_models import STATE_KEYS, innovation, transport
 from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients, student_t_quantile
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -121,6 +121,8 @@ class KalmanOptimizerBase(Optimizer):
                 state[key] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
         if group["noise"] == "innovation" and "innovation_sq_avg" not in state:
             state.update(innovation.init_state(state["exp_avg"]))
+        if group["noise"] == "transport" and "prev_grad" not in state:
+            state.update(transport.init_state(state["exp_avg"]))
         return state
 
     def _use_foreach(self, group: dict, params: list[Tensor]) -> bool:
@@ -220,6 +222,9 @@ class KalmanOptimizerBase(Optimizer):
         step = int(state["step"].item())
         beta1, beta2 = (float(b) for b in group["betas"])
         noise, prior = group["noise"], group["prior_variance"]
+        if noise == "transport":
+            raise ValueError("noise='transport' keeps no noise statistic, so it has no posterior variance; "
+                             "use noise='innovation' for calibrated intervals")
         second = second_moment_coefficients(noise, beta2, step, prior)
         if noise == "adaptive":
             mean = state["exp_avg"].clone()
@@ -274,6 +279,6 @@ def group_scalars(group: dict) -> dict[str, Any]:
         prior_gain=None if prior is None else float(prior),
         variance_adaptation=bool(group["variance_adaptation"]),
         adaptation_scale=float(group["adaptation_scale"]),
-        adaptive_config=adaptive_config(group) if group["noise"] in ("adaptive", "innovation") else None,
+        adaptive_config=adaptive_config(group) if group["noise"] in ("adaptive", "innovation", "transport") else None,
     )
 

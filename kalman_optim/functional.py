@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
-from kalman_optim.noise_models import innovation
+from kalman_optim.noise_models import innovation, transport
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
 __all__ = ["AdaptiveNoiseConfig", "adaptive_noise_estimates", "kalman_adam", "observation_noise_from_moments"]
@@ -153,6 +153,16 @@ def kalman_adam(
     "diff_lag_avg". All tensors of one index share shape, device and dtype (float32 or float64).
     """
     _check_model_states(noise, adaptive_states, adaptive_config)
+    if noise == "transport":
+        if variance_adaptation:
+            raise ValueError("noise='transport' keeps no noise statistic: variance_adaptation needs noise='innovation'")
+        # D8: one pure per-tensor step on both paths (the curvature estimate is a chain of per-tensor ops).
+        for i, param in enumerate(params):
+            transport.step(param, grads[i] if not maximize else -grads[i], exp_avgs[i], exp_avg_sqs[i],
+                           {key: values[i] for key, values in adaptive_states.items()}, steps[i], lr=lr, beta1=beta1,
+                           beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+                           noise_beta=adaptive_config.noise_beta)
+        return
     fn = _multi_tensor_kalman_adam if foreach else _single_tensor_kalman_adam
     fn(
         params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states,
@@ -166,8 +176,8 @@ def kalman_adam(
 def _check_model_states(noise, states, config) -> None:
     if noise == "adaptive" and (states is None or config is None):
         raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
-    if noise == "innovation" and states is None:
-        raise ValueError("noise='innovation' needs adaptive_states (its statistics, innovation.STATE_KEYS) and adaptive_config")
+    if noise in ("innovation", "transport") and (states is None or config is None):
+        raise ValueError(f"noise={noise!r} needs adaptive_states (its statistics) and adaptive_config (noise_beta)")
 
 
 def _single_tensor_kalman_adam(

@@ -22,6 +22,9 @@ def _validate_lamb(group: dict) -> None:
         clip = _real(group["trust_clip"], "trust_clip")
         if not clip > 0:
             raise ValueError(f"Invalid trust_clip: must be None or > 0, got {clip}")
+    if group["noise"] == "transport":
+        raise ValueError("Invalid noise mode: noise='transport' recomputes Adam's last step and is not available in "
+                         "KalmanLAMB; use one of 'adam', 'constant', 'adaptive', 'innovation'")
     if group["variance_adaptation"]:
         raise ValueError("Invalid variance_adaptation: KalmanLAMB uses the uncertainty in its trust ratio; use precision_weighting")
 

@@ -158,7 +158,7 @@ def test_layer_types():
 def test_plan():
     specs = e2.plan(TINY, [0, 1], {})
     ids = [s.run_id for s in specs]
-    assert len(ids) == len(set(ids)) == 2 * (3 * 2 + 2)  # tasks x (modes x seeds + static modes x first seed)
+    assert len(ids) == len(set(ids)) == 2 * (len(e2.MODES) * 2 + 2)  # tasks x (modes x seeds + static modes x first seed)
     static = [s for s in specs if s.config["static"]]
     assert all(s.config["lr"] == 0.0 and s.config["seed"] == 0 and not s.config["level_lags"] for s in static)
     assert {s.config["mode"] for s in specs if s.config["record_windows"]} == {"adam"}
@@ -213,7 +213,7 @@ def tiny_runs(tmp_path_factory):
 
 
 def test_tiny_experiment_runs_and_is_deterministic(tiny_runs):
-    assert len(tiny_runs) == 2 * (3 + 2)
+    assert len(tiny_runs) == 2 * (len(e2.MODES) + 2)
     for run in tiny_runs:
         m = run["metrics"]
         assert not m["diverged"] and m["steps_done"] == TINY["steps"] and math.isfinite(m["val_loss"])
