@@ -39,9 +39,11 @@ KAPPA = 1.0
 
 
 def init_state(exp_avg: Tensor) -> dict[str, Tensor]:
+    """Zero statistics shaped like the parameter, and the previous learning rate as a 0-dim tensor (read and
+    written only by tensor ops, so that a compiled step neither specializes on it nor loses the write)."""
     zeros = lambda: torch.zeros_like(exp_avg, memory_format=torch.preserve_format)  # noqa: E731
     return {"prev_grad": zeros(), "curvature_num": zeros(), "curvature_den": zeros(), "curvature_resid": zeros(),
-            "prev_lr": torch.zeros((), dtype=torch.float64)}
+            "prev_lr": torch.zeros((), dtype=exp_avg.dtype, device=exp_avg.device)}
 
 
 def adam_gain(beta1: float, step: int) -> float:
@@ -74,13 +76,14 @@ def transport(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, param: Tensor, 
     Call at the start of step t, before any change to param, exp_avg (= m_{t-1}) and exp_avg_sq (= v_{t-1})."""
     if step < 2:
         return None
-    lr_prev = float(state["prev_lr"])
+    lr_prev = state["prev_lr"]
     # 1 / a_{t-1} = (sqrt(v_{t-1} / (1 - beta2^(t-1))) + eps) / lr_{t-1}
-    inverse_step = exp_avg_sq.div(1 - beta2 ** (step - 1)).sqrt_().add_(eps).div_(max(lr_prev, 1e-300))
+    inverse_step = exp_avg_sq.div(1 - beta2 ** (step - 1)).sqrt_().add_(eps).div_(lr_prev.clamp_min(1e-30))
     dtheta = exp_avg.div(inverse_step).neg_()
     if decoupled_weight_decay and weight_decay != 0:
         # theta_{t-1} = theta_{t-2}(1 - lr wd) - a m  =>  dtheta = -(a m + lr wd theta_{t-1}) / (1 - lr wd)
-        dtheta.sub_(param, alpha=lr_prev * weight_decay).div_(1 - lr_prev * weight_decay)
+        decay = lr_prev * weight_decay
+        dtheta.sub_(param * decay).div_(1 - decay)
     y = grad - state["prev_grad"]
     if step >= 3:  # z_{t-1} = dtheta + a k_{t-1} g_{t-1}; at step 2 it is 0 (m_1 = g_1)
         instrument = state["prev_grad"].mul(adam_gain(beta1, step - 1)).div_(inverse_step).add_(dtheta)
