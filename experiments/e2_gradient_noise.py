@@ -73,21 +73,23 @@ from kalman_optim import beta_to_noise_ratio, noise_ratio_to_beta
 NAME = "e2_gradient_noise"
 TITLE = "Gradient noise in real training: per-coordinate q, r, optimal beta, whiteness, and interval calibration"
 
-MODES = ("adam", "constant", "adaptive", "innovation")
+MODES = ("adam", "constant", "adaptive", "innovation", "innovation-fast")
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ADAM_BETA1 = 0.9
 SIGNIFICANCE = 0.05
 PHASES = ("early", "middle", "late")
 TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "shakespeare": "Shakespeare transformer"}
-MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive", "innovation": "innovation (D7)"}
+MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive", "innovation": "innovation (D7)",
+               "innovation-fast": "innovation, noise β 0.9"}
 WHITENESS_MODELS = ("fitted", "iid", "adam")  # plotted; "moment" (the D4 lambda) is stored as well
 WHITENESS_LABELS = {"fitted": "fitted λ (ML)", "iid": "i.i.d. (λ = 0)", "adam": "β = 0.9", "moment": "fitted λ (D4)"}
 
 SMOKE_CONTEXT = 64
 PROFILES: dict[str, dict[str, Any]] = {
     # Smoke: the full design at a small scale: a 2000-image / 512-window training set (the "true" gradient is
-    # exact over the set the mini-batches are drawn from) and 300 steps with 5 checkpoints spread over the run.
+    # exact over the set the mini-batches are drawn from) and 300 steps with 19 checkpoints spread over the run (coverage at one checkpoint is
+    # noisy: all coordinates share the same mini-batches).
     "smoke": dict(
         tasks={
             "fashion_mnist": dict(task_kwargs=dict(train_size=2000, eval_size=500, batch_size=128), lr=1e-3,
@@ -96,8 +98,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                                                  train_chars=512 * (SMOKE_CONTEXT + 1), window_pool=512),
                                 lr=3e-3, full_gradient_examples=None),
         },
-        steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=[60, 120, 180, 240, 300],
-        coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation"], seeds=[0]),
+        steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=list(range(30, 301, 15)),
+        coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation", "innovation-fast"], seeds=[0]),
     # Full: all 55,000 training images; Shakespeare: a pool of 4096 windows tiling the start of the stream.
     "full": dict(
         tasks={

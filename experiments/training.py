@@ -29,6 +29,7 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "KalmanAdam-adaptive": (KalmanAdam, dict(noise="adaptive")),
     "KalmanAdam-VA": (KalmanAdam, dict(noise="adam", variance_adaptation=True)),
     "KalmanAdam-innovation": (KalmanAdam, dict(noise="innovation")),
+    "KalmanAdam-innovation-fast": (KalmanAdam, dict(noise="innovation", noise_beta=0.9)),
     "KalmanAdam-innovation-VA": (KalmanAdam, dict(noise="innovation", variance_adaptation=True)),
     "KalmanAdam-transport": (KalmanAdam, dict(noise="transport")),
     "LAMB": (KalmanLAMB, dict(noise="adam", precision_weighting=False)),

@@ -31,11 +31,22 @@ class KalmanAdam(KalmanOptimizerBase):
                 ``betas[0]`` while the statistics are young. Extra state: 4 tensors per parameter
                 (previous gradient and difference, EWMAs of d^2 and of d_t d_{t-1}): 24 bytes per fp32
                 parameter instead of Adam's 8.
+            "innovation": Adam's filter (the step is AdamW's) with a calibrated uncertainty read off its own
+                innovations nu_t = g_t - m_hat_{t-1} (D7): P_t = (1 - k_t) R - (1 - 2 k_t) r_hat, valid whatever the
+                true noise ratio or drift. Extra state: R (EWMA of (1 - k_t) nu_t^2) per coordinate, and a pooled
+                lag-1 statistic over at most 1024 sampled coordinates per tensor: 12 bytes per fp32 parameter.
+                The documented way to get intervals (`confidence_interval`, Student-t); what the other modes'
+                intervals are worth is in `gradient_posterior`.
+            "transport": Adam's gain with the optimizer's own last step as a control input (D8): the prediction
+                m_hat_{t-1} + h_hat * dtheta_{t-1} removes momentum's lag on the drift it causes; h_hat is a
+                per-coordinate curvature estimated by instrumental variables, shrunk to 0 where not resolved.
+                Extra state: 4 tensors (24 bytes per fp32 parameter); no posterior variance; no
+                variance_adaptation.
         prior_variance: P_0 / r for noise="constant"/"adaptive"; None (default) is a diffuse prior.
         variance_adaptation: scale each coordinate's step by m^2 / (m^2 + adaptation_scale * P) (D3), so
             coordinates whose gradient estimate is uncertain move less.
         adaptation_scale: kappa in the factor above (kappa = z^2 discounts at a z-sigma confidence level).
-        noise_beta: EWMA coefficient of the noise statistics (mode "adaptive").
+        noise_beta: EWMA coefficient of the noise statistics (modes "adaptive", "innovation", "transport").
         beta_range: (low, high) clipping range of the per-coordinate EWMA coefficient (mode "adaptive").
         decoupled_weight_decay: True for AdamW's decay, False for Adam's L2 penalty added to the gradient.
         maximize: maximize the objective.
@@ -43,9 +54,10 @@ class KalmanAdam(KalmanOptimizerBase):
         skip_nonfinite: if a gradient has a NaN/inf, skip the whole step (parameters and state untouched)
             and count it in ``nonfinite_skips``; False (default) behaves as torch's Adam.
 
-    In modes "adam" and "constant" the state is exactly Adam's (exp_avg, exp_avg_sq, step): the
-    posterior variance costs no memory, because its normalized value P_t / r is one scalar per tensor.
-    Read it with :meth:`gradient_posterior` and :meth:`confidence_interval`.
+    In modes "adam" and "constant" the state is exactly Adam's (exp_avg, exp_avg_sq, step) and the posterior
+    variance costs no memory, but its zero-memory noise estimate is not calibrated (D7, E2, E7): for intervals
+    use noise="innovation" (one more tensor). Read them with :meth:`gradient_posterior` and
+    :meth:`confidence_interval`.
     """
 
     def __init__(

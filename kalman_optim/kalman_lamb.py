@@ -36,8 +36,10 @@ class KalmanLAMB(KalmanOptimizerBase):
     With ``precision_weighting=False``, N(u) = ||u|| and noise="adam" this is LAMB (Algorithm 2, with
     bias correction and phi = identity, optionally clipped at ``trust_clip``). With
     ``precision_weighting=True`` (default) N(u) = sqrt(n sum(pi u^2) / sum(pi)), pi = 1 / (P / mean(P) + floor),
-    where P = k_t r_hat is each coordinate's posterior variance: coordinates whose gradient estimate is
-    uncertain count less in the layer statistic. ``noise`` and the other filter options are KalmanAdam's.
+    where P is each coordinate's posterior variance (k_t r_hat; D7's read-out with noise="innovation", the
+    calibrated one): coordinates whose gradient estimate is uncertain count less in the layer statistic. The
+    weights are 1 / (P / mean(P) + floor), not the BLUE's 1 / P: scale-free and bounded by 1 / floor.
+    ``noise`` and the other filter options are KalmanAdam's (not "transport").
     """
 
     def __init__(
