@@ -33,7 +33,7 @@ E2 measures, on the Fashion-MNIST CNN and the Shakespeare transformer:
    full-batch training gradient at theta_{c-1} (all training images of the task for Fashion-MNIST; for
    Shakespeare the mean over a fixed pool of windows that tile the training stream, from which the mini-batches
    are drawn, so that the expected mini-batch gradient IS the true gradient -- a mean over tiled windows is not
-   the expectation over random offsets, and that mismatch alone cost 10-20 points of coverage).
+   the expectation over random offsets, and that mismatch alone made intervals look too narrow at lr = 0).
    Observed coverage of `confidence_interval(p, level)` is the fraction of active coordinates (not both true
    gradient and filtered mean exactly 0) whose true gradient lies inside. Coordinates are not independent
    (they share the mini-batches and the parameters), so the Wilson interval over coordinates is far too

@@ -494,6 +494,15 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                 out[key] = f"more than {max_steps / adamw[index]:.2g}"
             else:
                 out[key] = "n/a (AdamW did not reach the target)"
+    if "KalmanAdam-transport" in names and "AdamW" in names:
+        # D8's target: no more steps than AdamW at any batch size (each at its own tuned lr).
+        sizes, transport = _curve(tuned, "KalmanAdam-transport")
+        _, adamw = _curve(tuned, "AdamW")
+        ratios = [a / b for a, b in zip(transport, adamw) if math.isfinite(a) and math.isfinite(b)]
+        small = [a / b for size, a, b in zip(sizes, transport, adamw) if size <= 16 and math.isfinite(a * b)]
+        out.update(TransportOverAdamWWorst=max(ratios), TransportOverAdamWBest=min(ratios),
+                   TransportOverAdamWWorstSmallBatch=max(small),
+                   TransportNotMoreStepsCount=sum(r <= 1 for r in ratios), TransportComparedCount=len(ratios))
     if "KalmanAdam-adam" in names and "AdamW" in names:
         worst, mismatched, compared = max_relative_step_difference(runs, "KalmanAdam-adam", "AdamW")
         out.update(AdamVsAdamWMaxRelativeStepDifference=worst, AdamVsAdamWReachedMismatches=mismatched,

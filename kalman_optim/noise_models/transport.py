@@ -77,8 +77,10 @@ def transport(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, param: Tensor, 
     if step < 2:
         return None
     lr_prev = state["prev_lr"]
+    if type(exp_avg).__name__ == "DTensor":  # a DTensor does not mix with a plain 0-dim tensor
+        lr_prev = lr_prev.item()
     # 1 / a_{t-1} = (sqrt(v_{t-1} / (1 - beta2^(t-1))) + eps) / lr_{t-1}
-    inverse_step = exp_avg_sq.div(1 - beta2 ** (step - 1)).sqrt_().add_(eps).div_(lr_prev.clamp_min(1e-30))
+    inverse_step = exp_avg_sq.div(1 - beta2 ** (step - 1)).sqrt_().add_(eps).div_(lr_prev.clamp_min(1e-30) if torch.is_tensor(lr_prev) else max(lr_prev, 1e-30))
     dtheta = exp_avg.div(inverse_step).neg_()
     if decoupled_weight_decay and weight_decay != 0:
         # theta_{t-1} = theta_{t-2}(1 - lr wd) - a m  =>  dtheta = -(a m + lr wd theta_{t-1}) / (1 - lr wd)
