@@ -306,6 +306,10 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     innovation = np.concatenate([mean_curve(g, "innovation", "coverage", 0.95)[np.array(g[0]["curves"]["step"]) >= 10]
                                  for g in groups.values()])
     out.update(InnovationCoverageLow=float(innovation.min()), InnovationCoverageHigh=float(innovation.max()))
+    # The noise-ratio cases (no trend) once the statistics have ~100 steps: the issue's 0.93-0.97 band.
+    late = np.concatenate([mean_curve(g, "innovation", "coverage", 0.95)[np.array(g[0]["curves"]["step"]) >= 100]
+                           for case, g in groups.items() if case != "trend"])
+    out.update(InnovationCoverageLowFromHundred=float(late.min()), InnovationCoverageHighFromHundred=float(late.max()))
     if issue is not None:
         out.update(IssueSeeds=int(issue["metrics"]["seeds"]), IssueFromStep=int(issue["config"]["from_step"]),
                    IssueWithin=float(issue["config"]["within"]))
