@@ -64,7 +64,7 @@ from matplotlib.patches import Patch
 from scipy import stats as scipy_stats
 from torch import nn
 
-from experiments import training
+from experiments import noise_truth, training
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
 from experiments.stats import Estimate, binomial_ci
@@ -99,7 +99,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                                 lr=3e-3, full_gradient_examples=None),
         },
         steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=list(range(30, 301, 15)),
-        coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation", "innovation-fast"], seeds=[0]),
+        coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation", "innovation-fast"],
+        noise_truth_every=3, seeds=[0]),
     # Full: all 55,000 training images; Shakespeare: a pool of 4096 windows tiling the start of the stream.
     "full": dict(
         tasks={
@@ -136,6 +137,8 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
                           record_windows=mode == "adam", window_length=length, window_starts=starts,
                           coords_per_tensor=int(settings["coords_per_tensor"]), lags=int(settings["lags"]),
                           level_lags=[] if static else list(settings["level_lags"]), seed=int(seed))
+            if mode.startswith("innovation") and not static and settings.get("noise_truth_every"):
+                config["noise_truth_every"] = int(settings["noise_truth_every"])
             specs.append(RunSpec(f"{task}_{mode}{'_static' if static else ''}_seed{seed}", config))
     return specs
 
@@ -395,8 +398,10 @@ class CalibrationCheckpoints:
     which measures the process noise directly (below)."""
 
     def __init__(self, task: training.Task, checkpoints: Sequence[int], levels: Sequence[float],
-                 full_gradient_examples: int | None, level_lags: Sequence[int] = ()):
+                 full_gradient_examples: int | None, level_lags: Sequence[int] = (), noise_truth_every: int = 0):
         self.task, self.checkpoints, self.levels = task, sorted(checkpoints), list(levels)
+        # Every n-th checkpoint also measures the per-example gradient variance (the true r, noise_truth.py).
+        self.noise_truth_every = int(noise_truth_every)
         self.examples = full_gradient_examples
         self.level_lags = [lag for lag in level_lags if lag >= 1]
         self.scratch = copy.deepcopy(task.model)  # parameters are loaded into it for each full gradient
@@ -419,10 +424,13 @@ class CalibrationCheckpoints:
         if step in self.last_use:
             self.snapshots[step] = [p.detach().clone() for p in self._parameters(self.task.model)]
 
-    def _full_gradient_at(self, step: int) -> list[torch.Tensor]:
+    def _load_snapshot(self, step: int) -> None:
         with torch.no_grad():
             for target, source in zip(self._parameters(self.scratch), self.snapshots[step]):
                 target.copy_(source)
+
+    def _full_gradient_at(self, step: int) -> list[torch.Tensor]:
+        self._load_snapshot(step)
         with torch.enable_grad():
             return self.task.full_gradient(self.scratch, self.examples)
 
@@ -470,6 +478,15 @@ class CalibrationCheckpoints:
                     change = float((true.double() - gradients[j].double()).square().sum())
                     change_sq[lag][kind] = change_sq[lag].get(kind, 0.0) + change
         z_all = torch.cat(scores).numpy()
+        noise = None
+        index = self.checkpoints.index(step)
+        if self.noise_truth_every and index % self.noise_truth_every == self.noise_truth_every - 1:
+            self._load_snapshot(step - 1)
+            with torch.enable_grad():
+                means, variances = noise_truth.per_example_moments(self.task, self.scratch)
+            batch = int(getattr(self.task, "batch_size"))
+            noise = noise_truth.innovation_noise_check(optimizer, params, means, [v / batch for v in variances],
+                                                       self.levels)
 
         def with_all(by_type: dict) -> dict:
             return dict(by_type, all=sum(by_type.values()))
@@ -477,7 +494,8 @@ class CalibrationCheckpoints:
         return dict(step=step, total=sum(totals.values()), totals=totals, inactive=inactive, zero_variance=zero_variance,
                     inside={str(level): with_all(by_type) for level, by_type in inside.items()},
                     abs_z_quantiles=[finite_or_none(v) for v in np.quantile(z_all, QUANTILES, method="inverted_cdf")],
-                    noise_sq=with_all(noise_sq), level_change_sq={str(lag): with_all(v) for lag, v in change_sq.items()})
+                    noise_sq=with_all(noise_sq), level_change_sq={str(lag): with_all(v) for lag, v in change_sq.items()},
+                    noise_truth=noise)
 
 
 # ------------------------------------------------------------------------------------------ execute
@@ -492,7 +510,8 @@ def execute(config: dict, device: torch.device) -> dict:
         windows = GradientWindows(list(task.model.named_parameters()), config["coords_per_tensor"],
                                   config["window_starts"], config["window_length"], seed)
     calibration = CalibrationCheckpoints(task, config["checkpoints"], config["levels"], config["full_gradient_examples"],
-                                         config["level_lags"] if config["record_windows"] else ())
+                                         config["level_lags"] if config["record_windows"] else (),
+                                         noise_truth_every=config.get("noise_truth_every", 0))
 
     def on_step(step: int, _task: training.Task, opt: torch.optim.Optimizer) -> None:
         if windows is not None:
@@ -912,6 +931,15 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         if ratios:
             out[f"{name}LevelChangeOneStep"] = float(np.mean([by_lag.get(1, math.nan) for by_lag in ratios.values()]))
             out[f"{name}LevelChangeTenSteps"] = float(np.mean([by_lag.get(10, math.nan) for by_lag in ratios.values()]))
+        for mode in [m for m in MODES if m.startswith("innovation")]:
+            checks = [c["noise_truth"] for run in select(runs, task, mode) for c in run["metrics"]["calibration"]
+                      if c.get("noise_truth")]
+            if checks:
+                total = sum(c["total"] for c in checks)
+                for level, word in ((0.95, "NinetyFive"), (0.5, "Fifty")):
+                    out[f"{name}{_camel(mode)}TruePhiCoverage{word}"] = sum(c["inside"][str(level)] for c in checks) / total
+                out[f"{name}{_camel(mode)}PhiOverTruePhiMedian"] = float(np.median(
+                    [c["phi_over_true_phi_quantiles"][1] for c in checks if c["phi_over_true_phi_quantiles"][1] is not None]))
         for mode in MODES:
             for static, prefix in ((False, ""), (True, "Static")):
                 for level, word in ((0.99, "NinetyNine"), (0.95, "NinetyFive"), (0.9, "Ninety"), (0.8, "Eighty"),
