@@ -938,6 +938,9 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                 total = sum(c["total"] for c in checks)
                 for level, word in ((0.95, "NinetyFive"), (0.5, "Fifty")):
                     out[f"{name}{_camel(mode)}TruePhiCoverage{word}"] = sum(c["inside"][str(level)] for c in checks) / total
+                quartiles = [c["abs_z_quantiles"][1] for run in select(runs, task, mode)
+                             for c in run["metrics"]["calibration"] if c["abs_z_quantiles"][1] is not None]
+                out[f"{name}{_camel(mode)}AbsZLowerQuartile"] = float(np.median(quartiles))  # normal: 0.319
                 out[f"{name}{_camel(mode)}PhiOverTruePhiMedian"] = float(np.median(
                     [c["phi_over_true_phi_quantiles"][1] for c in checks if c["phi_over_true_phi_quantiles"][1] is not None]))
         for mode in MODES:
