@@ -97,6 +97,60 @@ def load_result(path: Path, expected_hash: str | None = None) -> dict | None:
     return result
 
 
+#: Keys every result file carries, with their types (checked whenever results are read for figures).
+RESULT_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "experiment": str, "profile": str, "config": dict, "config_hash": str, "seed": int,
+    "metrics": dict, "provenance": dict, "wall_time_s": (int, float),
+}
+PROVENANCE_KEYS = ("git_commit", "git_dirty", "python", "torch", "numpy", "device", "seed", "date_utc")
+
+
+def schema_problem(result: Any) -> str | None:
+    """Why `result` is not a valid result record, or None when it is."""
+    if not isinstance(result, dict):
+        return f"not a JSON object but {type(result).__name__}"
+    for key, kind in RESULT_SCHEMA.items():
+        if key not in result:
+            return f"missing key {key!r}"
+        if not isinstance(result[key], kind) or isinstance(result[key], bool):
+            return f"key {key!r} is {type(result[key]).__name__}, expected {getattr(kind, '__name__', kind)}"
+    missing = [key for key in PROVENANCE_KEYS if key not in result["provenance"]]
+    return f"provenance lacks {', '.join(missing)}" if missing else None
+
+
+def result_problems(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> list[str]:
+    """Every planned run of the profile whose result is missing, unreadable, invalid or stale (its config hash is
+    not the plan's), one line each naming the file; [] when the profile is complete and valid."""
+    settings = settings_for(module, profile)
+    seeds = list(settings.get("seeds", [0]))
+    done: dict[str, dict] = {}
+    problems: dict[str, str] = {}
+    while True:
+        added = False
+        for spec in module.plan(settings, seeds, done):
+            if spec.run_id in done or spec.run_id in problems:
+                continue
+            path = run_path(root, profile, module.NAME, spec.run_id)
+            try:
+                result = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                problems[spec.run_id] = f"missing: {path}"
+                continue
+            except (OSError, ValueError) as error:
+                problems[spec.run_id] = f"corrupt: {path} ({type(error).__name__}: {error})"
+                continue
+            problem = schema_problem(result)
+            if problem is not None:
+                problems[spec.run_id] = f"invalid: {path} ({problem})"
+            elif result["config_hash"] != config_hash(spec.config):
+                problems[spec.run_id] = f"stale: {path} (its config is not the current plan's)"
+            else:
+                done[spec.run_id] = result
+                added = True
+        if not added:
+            return list(problems.values())
+
+
 def settings_for(module: ModuleType, profile: str) -> dict[str, Any]:
     if profile not in module.PROFILES:
         raise ValueError(f"Invalid profile for {module.NAME}: expected one of {sorted(module.PROFILES)}, got {profile!r}")

@@ -21,6 +21,8 @@ from kalman_optim.schedules import moment_coefficients, normal_quantile, second_
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ADAPTIVE_STATE_KEYS = ("prev_grad", "prev_diff", "diff_sq_avg", "diff_lag_avg")
+#: State tensors shaped like their parameter in some mode (checked before a step).
+PER_ELEMENT_STATE_KEYS = (*ADAPTIVE_STATE_KEYS, "innovation_sq_avg", "curvature_num", "curvature_den", "curvature_resid")
 
 #: Defaults of every option, also used by __setstate__ for checkpoints that predate an option.
 COMMON_DEFAULTS: dict[str, Any] = dict(
@@ -86,7 +88,7 @@ class KalmanOptimizerBase(Optimizer):
     def _collect(self) -> list[tuple[dict, list[Tensor]]]:
         """Phase 1: validate everything; return each group's parameters that have a gradient."""
         plan = []
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             self._validate_group(group)
             params = []
             for p in group["params"]:
@@ -101,9 +103,27 @@ class KalmanOptimizerBase(Optimizer):
                     )
                 if not torch.is_floating_point(p):
                     raise TypeError(f"{type(self).__name__} needs floating-point parameters, got {p.dtype}")
+                self._check_state_shapes(p, group_index, len(params))
                 params.append(p)
             plan.append((group, params))
         return plan
+
+    def _check_state_shapes(self, p: Tensor, group_index: int, index: int) -> None:
+        """A state loaded for another model (load_state_dict does not check shapes) is rejected before any update."""
+        state = self.state.get(p)
+        if not state:
+            return
+        expected = {key: p.shape for key in ("exp_avg", "exp_avg_sq", *PER_ELEMENT_STATE_KEYS)}
+        if "lag_prev" in state:
+            expected["lag_prev"] = innovation.sample_of(state["exp_avg"]).shape
+        for key, shape in expected.items():
+            value = state.get(key)
+            if torch.is_tensor(value) and value.shape != shape:
+                raise ValueError(
+                    f"Invalid optimizer state: {key!r} of parameter {index} with a gradient in param group {group_index} "
+                    f"has shape {tuple(value.shape)}, the parameter {tuple(p.shape)}; the state_dict was saved for "
+                    "another model (nothing was updated)"
+                )
 
     def _has_nonfinite_gradient(self, plan) -> bool:
         flags = [torch.isfinite(p.grad).all() for group, params in plan if group["skip_nonfinite"] for p in params]

@@ -127,16 +127,59 @@ def test_figures_prefer_full_results_only_when_they_are_complete(toy_registry, t
     assert "full (4 runs)" in (table_dir / "profile_summary.tex").read_text()
 
 
-def test_figures_without_results_write_empty_macro_files(toy_registry, tmp_path, capsys):
+def test_figures_with_a_wrong_root_is_an_error_and_writes_nothing(toy_registry, tmp_path):
     table_dir = tmp_path / "generated"
-    main(["figures", "--root", str(tmp_path / "none"), "--figure-dir", str(tmp_path / "f"),
-          "--table-dir", str(table_dir)])
-    assert "toy_experiment: no smoke results; skipped" in capsys.readouterr().out
-    assert macro_lines(table_dir / "numbers.tex") == {}
-    assert (table_dir / "profile_summary.tex").read_text() == profile_summary([])
-    assert not (tmp_path / "f").exists()
+    with pytest.raises(SystemExit, match=r"no smoke results under .*none.*run: python -m experiments run all"):
+        main(["figures", "--root", str(tmp_path / "none"), "--figure-dir", str(tmp_path / "f"),
+              "--table-dir", str(table_dir)])
+    assert not table_dir.exists() and not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "schema", "stale"])
+def test_figures_refuse_missing_corrupt_invalid_or_stale_results(toy_registry, tmp_path, damage):
+    """One damaged result file stops the build with its name and the command that regenerates it, and the
+    previous numbers.tex stays as it was (no silently smaller table)."""
+    root, table_dir = tmp_path / "results", tmp_path / "generated"
+    figures = ["figures", "--root", str(root), "--figure-dir", str(tmp_path / "figures"), "--table-dir", str(table_dir)]
+    main(["run", "toy", "--root", str(root), "--device", "cpu"])
+    main(figures)
+    before = (table_dir / "numbers.tex").read_text()
+    victim = sorted((root / "smoke" / toy.NAME).glob("*.json"))[1]
+    text = victim.read_text()
+    if damage == "delete":
+        victim.unlink()
+    elif damage == "truncate":
+        victim.write_text(text[: len(text) // 2])
+    elif damage == "schema":
+        record = json.loads(text)
+        del record["provenance"]
+        victim.write_text(json.dumps(record))
+    else:
+        record = json.loads(text)
+        record["config_hash"] = "0" * len(record["config_hash"])
+        victim.write_text(json.dumps(record))
+    expected = {"delete": "missing", "truncate": "corrupt", "schema": "invalid", "stale": "stale"}[damage]
+    with pytest.raises(SystemExit, match=rf"{expected}: .*{victim.name}.*\n.*python -m experiments run toy_experiment"):
+        main(figures)
+    assert (table_dir / "numbers.tex").read_text() == before
+    main(figures + ["--allow-incomplete"])  # the development escape hatch draws what is there
+    assert "KORToyProfile" in (table_dir / "numbers.tex").read_text()
 
 
 def test_profile_summary_names_each_experiment_profile_and_run_count():
     text = profile_summary([("e1_synthetic", "full", 27), ("e4_training", "smoke", 80)])
     assert text.splitlines()[1] == r"\texttt{E1} full (27 runs); \texttt{E4} smoke (80 runs)."
+
+
+def test_manifest_changes_exactly_when_a_result_file_does(toy_registry, tmp_path):
+    root = tmp_path / "results"
+    main(["run", "toy", "--root", str(root), "--device", "cpu"])
+    main(["manifest", "--root", str(root)])
+    manifest = root / "smoke" / ".manifest"
+    first, stamp = manifest.read_text(), manifest.stat().st_mtime_ns
+    assert len(first.splitlines()) == 4
+    main(["manifest", "--root", str(root)])
+    assert manifest.stat().st_mtime_ns == stamp  # unchanged results: the file is not rewritten
+    next((root / "smoke" / toy.NAME).glob("*.json")).unlink()
+    main(["manifest", "--root", str(root)])
+    assert len(manifest.read_text().splitlines()) == 3

@@ -127,3 +127,30 @@ def test_nonfinite_gradient_by_default_behaves_as_torch_adamw():
     for p, q in zip(model.parameters(), reference_model.parameters()):
         torch.testing.assert_close(p, q, equal_nan=True)
     assert math.isnan(next(model.parameters())[0, 0].item())
+
+
+@pytest.mark.parametrize("noise", ["adam", "adaptive", "innovation", "transport"])
+def test_step_after_loading_a_state_for_another_model_raises_and_changes_nothing(noise):
+    """load_state_dict does not check shapes; the step does, before touching any parameter or state."""
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    b = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(6))]  # second tensor differs
+    source, target = KalmanAdam(a, noise=noise), KalmanAdam(b, noise=noise)
+    for params, optimizer in ((a, source), (b, target)):
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+    target.load_state_dict(source.state_dict())
+    for p in b:
+        p.grad = torch.randn_like(p)
+    params_before = [p.detach().clone() for p in b]
+    state_before = copy.deepcopy(target.state_dict())
+    with pytest.raises(ValueError, match=r"Invalid optimizer state: 'exp_avg' .* has shape \(5,\), the parameter \(6,\)"):
+        target.step()
+    for p, before in zip(b, params_before):
+        assert torch.equal(p, before)
+    after = target.state_dict()
+    for key, value in state_before["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(torch.as_tensor(after["state"][key][name]), torch.as_tensor(tensor)), name
