@@ -100,7 +100,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=list(range(30, 301, 15)),
         coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation", "innovation-fast"],
-        noise_truth_every=3, seeds=[0]),
+        noise_truth_every=3, long_modes=["innovation", "innovation-fast"], long_steps=900,
+        long_checkpoints=list(range(60, 901, 40)), seeds=[0]),
     # Full: all 55,000 training images; Shakespeare: a pool of 4096 windows tiling the start of the stream.
     "full": dict(
         tasks={
@@ -139,6 +140,10 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
                           level_lags=[] if static else list(settings["level_lags"]), seed=int(seed))
             if mode.startswith("innovation") and not static and settings.get("noise_truth_every"):
                 config["noise_truth_every"] = int(settings["noise_truth_every"])
+            if mode in settings.get("long_modes", []) and not static:
+                # The calibrated modes also through a longer run (the first steps are all transient).
+                config.update(steps=int(settings["long_steps"]), eval_every=int(settings["long_steps"]) // 2,
+                              checkpoints=list(settings["long_checkpoints"]))
             specs.append(RunSpec(f"{task}_{mode}{'_static' if static else ''}_seed{seed}", config))
     return specs
 
@@ -932,6 +937,13 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
             out[f"{name}LevelChangeOneStep"] = float(np.mean([by_lag.get(1, math.nan) for by_lag in ratios.values()]))
             out[f"{name}LevelChangeTenSteps"] = float(np.mean([by_lag.get(10, math.nan) for by_lag in ratios.values()]))
         for mode in [m for m in MODES if m.startswith("innovation")]:
+            for level, word in ((0.95, "NinetyFive"), (0.9, "Ninety"), (0.5, "Fifty")):
+                late = [c for run in select(runs, task, mode) for c in run["metrics"]["calibration"]
+                        if c["step"] > run["config"]["steps"] // 2 and c["total"]]
+                if late:  # the second half of the run
+                    out[f"{name}{_camel(mode)}LateCoverage{word}"] = (
+                        sum(c["inside"][str(level)]["all"] for c in late) / sum(c["total"] for c in late))
+            out[f"{name}{_camel(mode)}Steps"] = max((r["config"]["steps"] for r in select(runs, task, mode)), default=0)
             checks = [c["noise_truth"] for run in select(runs, task, mode) for c in run["metrics"]["calibration"]
                       if c.get("noise_truth")]
             if checks:
