@@ -865,6 +865,25 @@ def table_calibration(runs: list[dict], out: FigureOutput) -> None:
               align="lllrrrrrr")
 
 
+def table_calibration_by_layer(runs: list[dict], out: FigureOutput, levels: Sequence[float] = (0.5, 0.9, 0.95)) -> None:
+    """Coverage of the calibrated modes per layer type (training runs, pooled over checkpoints and seeds)."""
+    rows = []
+    for task in tasks_of(runs):
+        for mode in [m for m in MODES if m.startswith("innovation")]:
+            checkpoints = [c for run in select(runs, task, mode) for c in run["metrics"]["calibration"]]
+            for kind in sorted({k for c in checkpoints for k in c["totals"]}):
+                total = sum(c["totals"].get(kind, 0) for c in checkpoints)
+                if total:
+                    rows.append([TASK_LABELS[task], MODE_LABELS[mode], kind, f"{total // len(checkpoints):,}",
+                                 *[f"{sum(c['inside'][str(level)].get(kind, 0) for c in checkpoints) / total:.3f}"
+                                   for level in levels]])
+    if rows:
+        out.table("e2_calibration_layers", ["task", "mode", "layer type", "coords", *[f"{level:.2f}" for level in levels]],
+                  rows, caption=f"E2 calibration per layer type ({out.profile} profile): coverage of the full-batch "
+                                "gradient by the calibrated modes' intervals at each nominal level, training runs.",
+                  align="lllrrrr")
+
+
 def table_process_noise(runs: list[dict], out: FigureOutput) -> None:
     rows = []
     for task in tasks_of(runs):
@@ -896,6 +915,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     figure_calibration(runs, out)
     table_noise(runs, out)
     table_calibration(runs, out)
+    table_calibration_by_layer(runs, out)
     table_process_noise(runs, out)
 
 
