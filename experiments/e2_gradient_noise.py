@@ -101,7 +101,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=list(range(30, 301, 15)),
         coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation", "innovation-fast"],
         noise_truth_every=3, long_modes=["innovation", "innovation-fast"], long_steps=900,
-        long_checkpoints=list(range(60, 901, 40)), seeds=[0]),
+        long_checkpoints=list(range(60, 901, 40)), seeds=[0, 1, 2]),
     # Full: all 55,000 training images; Shakespeare: a pool of 4096 windows tiling the start of the stream.
     "full": dict(
         tasks={
