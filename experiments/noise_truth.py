@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kalman_optim.noise_models import innovation
+from kalman_optim.schedules import adam_coefficients
 
 
 def training_examples(task) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +34,7 @@ def training_examples(task) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"task {task.name!r} does not draw its mini-batches from a finite set: no per-example truth")
 
 
-def per_example_moments(task, model: nn.Module, chunk: int = 1) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def per_example_moments(task, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean and variance over the training set of the per-example gradients, per parameter (float64)."""
     inputs, targets = training_examples(task)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -60,7 +61,7 @@ def innovation_noise_check(optimizer, params: list[nn.Parameter], truth: list[to
     for p, true, r in zip(params, truth, noise):
         state, group = optimizer.state[p], optimizer._group_of(p)
         step, beta1, noise_beta = int(state["step"]), float(group["betas"][0]), float(group["noise_beta"])
-        k = innovation.adam_gain(beta1, step)
+        k = adam_coefficients(beta1, step).gain
         statistic = state["innovation_sq_avg"].double() / -math.expm1((step - 1) * math.log(noise_beta))
         usable = (r > 0) & (statistic > 0)
         true_phi = float((r[usable] / statistic[usable]).mean()) if usable.any() else 1.0

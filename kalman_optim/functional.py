@@ -197,6 +197,7 @@ def _single_tensor_kalman_adam(
         correction1, correction2, gain, r_hat = _single_tensor_moments(
             grad, exp_avg, exp_avg_sq, step, adaptive_states and {k: v[i] for k, v in adaptive_states.items()},
             noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config,
+            posterior=variance_adaptation,
         )
         step_size = lr / correction1
         correction2_sqrt = correction2**0.5
@@ -211,11 +212,13 @@ def _single_tensor_kalman_adam(
         param.addcdiv_(direction, denom, value=-step_size)
 
 
-def _single_tensor_moments(grad, exp_avg, exp_avg_sq, step, adaptive_state, *, noise, beta1, beta2, prior_gain, adaptive_config):
+def _single_tensor_moments(grad, exp_avg, exp_avg_sq, step, adaptive_state, *, noise, beta1, beta2, prior_gain,
+                           adaptive_config, posterior=True):
     """Update both moment filters in place; return (correction1, correction2, gain, r_hat or None).
 
     Posterior means are exp_avg / correction1 and exp_avg_sq / correction2; `gain` is the first moment's
     normalized posterior variance (a float, or a tensor in mode "adaptive", which also returns r_hat).
+    `posterior=False` (no variance adaptation or precision weighting) skips mode "innovation"'s read-out.
     """
     second = second_moment_coefficients(noise, beta2, step, prior_gain)
     if noise == "adaptive":
@@ -230,7 +233,7 @@ def _single_tensor_moments(grad, exp_avg, exp_avg_sq, step, adaptive_state, *, n
             innovation.observe(grad, exp_avg / (1 - beta1 ** (step - 1)), adaptive_state, step, beta1, adaptive_config.noise_beta)
         exp_avg.lerp_(grad, first.weight)
         correction1, gain = first.correction, 1.0
-        r_hat = innovation.posterior_variance(adaptive_state, step, beta1, adaptive_config.noise_beta)
+        r_hat = innovation.posterior_variance(adaptive_state, step, beta1, adaptive_config.noise_beta) if posterior else None
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
         exp_avg.lerp_(grad, first.weight)
@@ -280,6 +283,7 @@ def _multi_tensor_kalman_adam(
         correction1, correction2, gains, r_hats = _multi_tensor_moments(
             b_grads, b_avgs, b_sqs, step, adaptive_states and {k: [v[i] for i in index] for k, v in adaptive_states.items()},
             noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config,
+            posterior=variance_adaptation,
         )
         step_size = -(lr / correction1)
         denom = torch._foreach_sqrt(b_sqs)
@@ -310,7 +314,8 @@ def _multi_tensor_kalman_adam(
         torch._foreach_addcdiv_(b_params, directions, denom, step_size)
 
 
-def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *, noise, beta1, beta2, prior_gain, adaptive_config):
+def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *, noise, beta1, beta2, prior_gain,
+                          adaptive_config, posterior=True):
     """Foreach version of `_single_tensor_moments` (gains: a float, or a list of tensors in "adaptive")."""
     second = second_moment_coefficients(noise, beta2, step, prior_gain)
     if noise == "adaptive":
@@ -324,9 +329,11 @@ def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *,
             innovation.observe_foreach(grads, predictions, adaptive_state, step, beta1, adaptive_config.noise_beta)
         torch._foreach_lerp_(exp_avgs, grads, first.weight)
         correction1, gains = first.correction, 1.0
-        r_hats = [innovation.posterior_variance({k: v[i] for k, v in adaptive_state.items()}, step, beta1,
-                                                adaptive_config.noise_beta) for i in range(len(grads))]
-        r_hats = None if r_hats[0] is None else r_hats
+        r_hats = None
+        if posterior:
+            r_hats = [innovation.posterior_variance({k: v[i] for k, v in adaptive_state.items()}, step, beta1,
+                                                    adaptive_config.noise_beta) for i in range(len(grads))]
+            r_hats = None if r_hats[0] is None else r_hats
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
         torch._foreach_lerp_(exp_avgs, grads, first.weight)
@@ -425,7 +432,8 @@ def kalman_lamb(
         b_avgs = [exp_avgs[i] for i in index]
         b_sqs = [exp_avg_sqs[i] for i in index]
         b_state = adaptive_states and {k: [v[i] for i in index] for k, v in adaptive_states.items()}
-        common = dict(noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config)
+        common = dict(noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config,
+                      posterior=precision_weighting)
         if foreach:
             correction1, correction2, gains, r_hats = _multi_tensor_moments(b_grads, b_avgs, b_sqs, step, b_state, **common)
             means = torch._foreach_div(b_avgs, correction1)

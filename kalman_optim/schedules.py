@@ -58,6 +58,15 @@ def second_moment_coefficients(noise: str, beta2: float, step: int, prior_gain: 
     return moment_coefficients("adam" if noise in ADAM_FILTER_MODES else "constant", beta2, step, prior_gain)
 
 
+def ewma_effective_samples(count: int, beta: float) -> float:
+    """n_eff = (sum w)^2 / sum w^2 of a bias-corrected EWMA (coefficient `beta`) of `count` samples (D7):
+    (1 - beta^n)^2 (1 + beta) / ((1 - beta)(1 - beta^(2n))); 0 for count <= 0. Its reciprocal is the variance
+    factor of such an average (D8's standard error of the curvature)."""
+    if count <= 0:
+        return 0.0
+    return (-math.expm1(count * math.log(beta))) ** 2 * (1 + beta) / ((1 - beta) * -math.expm1(2 * count * math.log(beta)))
+
+
 def state_noise_bias(beta1: float, beta2: float) -> float:
     """E[v - m^2] / r for steady-state EWMAs on a random walk at the ratio matched to beta1 (D3).
 

@@ -32,6 +32,8 @@ import math
 import torch
 from torch import Tensor
 
+from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
+
 STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_num", "lag_den")
 #: Coordinates per tensor whose previous innovation is kept for the pooled lag-1 statistic.
 SAMPLE_SIZE = 1024
@@ -105,18 +107,13 @@ def init_state(exp_avg: Tensor) -> dict[str, Tensor]:
     }
 
 
-def adam_gain(beta1: float, step: int) -> float:
-    """k_t = (1 - beta1) / (1 - beta1^t): the diffuse-prior gain of Adam's first moment (D2)."""
-    return (1 - beta1) / (1 - beta1**step)
-
-
 def _update_lag(state: dict[str, Tensor], innovation: Tensor, step: int, beta1: float, noise_beta: float) -> None:
     """Pooled lag-1 statistics of the sample, each coordinate weighted by 1 / R_hat_{t-1} (scale-free, so that a
     few large coordinates do not decide phi): EWMAs (coefficient LAG_BETA) of sum(-nu_{t-1} d_t / R) (-> r / R)
     and sum((1 - k_{t-1}) nu_{t-1}^2 / R). Called before R takes in nu_t, so the weights do not depend on it."""
     sample = sample_of(innovation)
     if lag_samples(step) > 0:
-        previous, kept = state["lag_prev"], 1 - adam_gain(beta1, step - 1)
+        previous, kept = state["lag_prev"], 1 - adam_coefficients(beta1, step - 1).gain
         diff = sample - kept * previous  # d_t = g_t - g_{t-1}, from innovations alone (D7)
         scale = sample_of(state["innovation_sq_avg"]) / -math.expm1((step - 2) * math.log(noise_beta))
         weights = torch.where(scale > 0, scale.clamp_min(torch.finfo(scale.dtype).tiny).reciprocal(),
@@ -134,7 +131,7 @@ def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: in
         return
     innovation = grad - prediction
     _update_lag(state, innovation, step, beta1, noise_beta)
-    weight = (1 - noise_beta) * (1 - adam_gain(beta1, step))
+    weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
     state["innovation_sq_avg"].mul_(noise_beta).addcmul_(innovation, innovation, value=weight)
 
 
@@ -146,26 +143,18 @@ def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict
     innovations = torch._foreach_sub(grads, predictions)
     for i, innovation in enumerate(innovations):
         _update_lag({key: states[key][i] for key in STATE_KEYS}, innovation, step, beta1, noise_beta)
-    weight = (1 - noise_beta) * (1 - adam_gain(beta1, step))
+    weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
     torch._foreach_mul_(states["innovation_sq_avg"], noise_beta)
     torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
 
 
-def effective_samples(count: int, noise_beta: float) -> float:
-    """n_eff = (sum w)^2 / sum w^2 of the bias-corrected EWMA of `count` samples (D7); 0 for count <= 0."""
-    if count <= 0:
-        return 0.0
-    b = noise_beta
-    return (-math.expm1(count * math.log(b))) ** 2 * (1 + b) / ((1 - b) * -math.expm1(2 * count * math.log(b)))
-
-
 def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
     """phi = r / R for the tensor (0-dim): the pooled lag-1 estimate, shrunk to 1, clipped to [0, 1 / (1 - k_t)]."""
-    count = effective_samples(lag_samples(step), LAG_BETA) * sample_count(state["innovation_sq_avg"].numel())
+    count = ewma_effective_samples(lag_samples(step), LAG_BETA) * sample_count(state["innovation_sq_avg"].numel())
     den = state["lag_den"]
     measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
     phi = (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
-    return phi.clamp(0.0, 1.0 / (1.0 - adam_gain(beta1, step)))
+    return phi.clamp(0.0, 1.0 / (1.0 - adam_coefficients(beta1, step).gain))
 
 
 def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor | None:
@@ -173,7 +162,7 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
     count = step - 1
     if count < 1:
         return None
-    k = adam_gain(beta1, step)
+    k = adam_coefficients(beta1, step).gain
     phi = noise_fraction(state, step, beta1, noise_beta)
     factor = phi.mul(2 * k - 1).add_(1 - k).div_(-math.expm1(count * math.log(noise_beta)))  # (1-k)(1-phi) + k phi
     statistic = state["innovation_sq_avg"]
@@ -183,4 +172,4 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
 
 def degrees_of_freedom(step: int, noise_beta: float) -> float:
     """Degrees of freedom of the interval: the effective sample size of R_hat (D7)."""
-    return effective_samples(step - 1, noise_beta)
+    return ewma_effective_samples(step - 1, noise_beta)

@@ -31,6 +31,8 @@ import math
 import torch
 from torch import Tensor
 
+from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
+
 STATE_KEYS = ("prev_grad", "curvature_num", "curvature_den", "curvature_resid", "prev_lr")
 #: Pseudo-t^2 threshold of the shrinkage (9: transport only where h is resolved at ~3 standard errors).
 SHRINK = 9.0
@@ -46,15 +48,6 @@ def init_state(exp_avg: Tensor) -> dict[str, Tensor]:
             "prev_lr": torch.zeros((), dtype=exp_avg.dtype, device=exp_avg.device)}
 
 
-def adam_gain(beta1: float, step: int) -> float:
-    return (1 - beta1) / (1 - beta1**step)
-
-
-def _ratio_weight(count: int, beta: float) -> float:
-    """rho = sum w^2 / (sum w)^2 of a bias-corrected EWMA of `count` samples (1 / n_eff)."""
-    return (1 - beta) * (1 + beta**count) / ((1 + beta) * -math.expm1(count * math.log(beta)))
-
-
 def curvature_estimate(state: dict[str, Tensor], step: int, noise_beta: float) -> Tensor:
     """h_hat before clipping: the IV ratio N / D, shrunk to 0 where it is not resolved (D8); no mutation."""
     count = step - 2  # the first sample (step 2) has z = 0: no information
@@ -63,7 +56,7 @@ def curvature_estimate(state: dict[str, Tensor], step: int, noise_beta: float) -
         return torch.zeros_like(num)
     tiny = torch.finfo(den.dtype).tiny
     raw = torch.where(den > 0, num / den.clamp_min(tiny), torch.zeros_like(num))
-    rho = _ratio_weight(count, noise_beta)
+    rho = 1 / ewma_effective_samples(count, noise_beta)  # sum w^2 / (sum w)^2
     se_sq = state["curvature_resid"] * (rho / (1 - rho)) / den.clamp_min(tiny)
     return raw * (1 - SHRINK * se_sq / raw.square().clamp_min(tiny)).clamp_min_(0)
 
@@ -88,7 +81,7 @@ def transport(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, param: Tensor, 
         dtheta.sub_(param * decay).div_(1 - decay)
     y = grad - state["prev_grad"]
     if step >= 3:  # z_{t-1} = dtheta + a k_{t-1} g_{t-1}; at step 2 it is 0 (m_1 = g_1)
-        instrument = state["prev_grad"].mul(adam_gain(beta1, step - 1)).div_(inverse_step).add_(dtheta)
+        instrument = state["prev_grad"].mul(adam_coefficients(beta1, step - 1).gain).div_(inverse_step).add_(dtheta)
         state["curvature_num"].mul_(noise_beta).addcmul_(y, instrument, value=1 - noise_beta)
         state["curvature_den"].mul_(noise_beta).addcmul_(dtheta, instrument, value=1 - noise_beta)
         den = state["curvature_den"]
@@ -118,7 +111,7 @@ def step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, state
         param.mul_(1 - lr * weight_decay)
     if shift is not None:
         exp_avg.add_(shift)  # the prediction m^-_t
-    exp_avg.lerp_(observed, adam_gain(beta1, step))
+    exp_avg.lerp_(observed, adam_coefficients(beta1, step).gain)
     exp_avg_sq.mul_(beta2).addcmul_(observed, observed, value=1 - beta2)
     denom = exp_avg_sq.div(1 - beta2**step).sqrt_().add_(eps)
     param.addcdiv_(exp_avg, denom, value=-lr)
