@@ -1,11 +1,15 @@
-"""Shared fixtures for the optimizer tests: a small real network, a fixed data stream, a training loop."""
+"""Shared fixtures for the optimizer tests: a small real network, a fixed data stream, a training loop, and a
+parameter at lr = 0 through which an optimizer filters a given series."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from kalman_optim import KalmanAdam
 
 
 def small_network(dtype=torch.float32, seed=0) -> torch.nn.Module:
@@ -61,3 +65,20 @@ def twin(model):
 
 def max_relative_difference(params_a, params_b) -> float:
     return max(((a - b).abs() / b.abs().clamp_min(1e-12)).max().item() for a, b in zip(params_a, params_b))
+
+
+def filtered_posterior(observations, **options):
+    """Feed float64 observations (steps x coordinates) as the gradients of one parameter at lr = 0 (it stays still,
+    so the optimizer is a pure filter): returns (optimizer, parameter, posterior means, posterior variances,
+    second moments), one row per step."""
+    p = torch.nn.Parameter(torch.zeros(observations.shape[1], dtype=torch.float64))
+    optimizer = KalmanAdam([p], **{"lr": 0.0, "weight_decay": 0.0, **options})
+    means, variances, second = [], [], []
+    for g in observations:
+        p.grad = torch.from_numpy(g.copy())
+        optimizer.step()
+        mean, variance = optimizer.gradient_posterior(p)
+        means.append(mean.numpy().copy())
+        variances.append(variance.numpy().copy())
+        second.append(optimizer.state[p]["exp_avg_sq"].numpy().copy())
+    return optimizer, p, np.array(means), np.array(variances), np.array(second)

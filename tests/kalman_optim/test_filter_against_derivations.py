@@ -9,6 +9,7 @@ from derivations import d1_steady_state as d1
 from derivations import d2_adam_is_kalman as d2
 from derivations import d3_uncertainty as d3
 from kalman_optim import KalmanAdam
+from tests.kalman_optim.helpers import filtered_posterior
 
 
 def local_level_series(q, r, steps, coordinates, seed):
@@ -35,17 +36,7 @@ def textbook_kalman(observations, q_of_t, r, prior_variance):
 
 def run_optimizer(observations, **options):
     """Feed the observations as gradients (lr = 0 keeps the parameter still); collect the posterior."""
-    p = torch.nn.Parameter(torch.zeros(observations.shape[1], dtype=torch.float64))
-    optimizer = KalmanAdam([p], lr=0.0, weight_decay=0.0, **options)
-    means, variances, second = [], [], []
-    for g in observations:
-        p.grad = torch.from_numpy(g.copy())
-        optimizer.step()
-        mean, variance = optimizer.gradient_posterior(p)
-        means.append(mean.numpy().copy())
-        variances.append(variance.numpy().copy())
-        second.append(optimizer.state[p]["exp_avg_sq"].numpy().copy())
-    return np.array(means), np.array(variances), np.array(second)
+    return filtered_posterior(observations, **options)[2:]
 
 
 def r_hat_from_moments(means, second_moments, beta1, beta2):

@@ -12,7 +12,7 @@ from kalman_optim import KalmanAdam
 from kalman_optim.closed_forms import constant_noise_gain
 from kalman_optim.noise_models import innovation
 from kalman_optim.schedules import student_t_quantile
-from tests.kalman_optim.helpers import small_network, train
+from tests.kalman_optim.helpers import filtered_posterior, small_network, train
 
 
 def local_level(ratio_to_filter, beta, r, steps, coordinates, seed, trend=0.0):
@@ -65,16 +65,8 @@ def textbook_innovation_readout(observations, beta1, noise_beta, stride):
 
 
 def posterior_path(observations, **options):
-    p = torch.nn.Parameter(torch.zeros(observations.shape[1], dtype=torch.float64))
-    optimizer = KalmanAdam([p], lr=0.0, weight_decay=0.0, noise="innovation", **options)
-    means, variances = [], []
-    for g in observations:
-        p.grad = torch.from_numpy(g.copy())
-        optimizer.step()
-        mean, variance = optimizer.gradient_posterior(p)
-        means.append(mean.numpy().copy())
-        variances.append(variance.numpy().copy())
-    return optimizer, p, np.array(means), np.array(variances)
+    """(optimizer, parameter, means, variances) of mode "innovation" filtering `observations` at lr = 0."""
+    return filtered_posterior(observations, noise="innovation", **options)[:4]
 
 
 @pytest.mark.parametrize("coordinates", [1, 64, 3000], ids=["scalar", "vector", "sampled"])
