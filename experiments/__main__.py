@@ -20,7 +20,7 @@ from pathlib import Path
 from experiments import registry
 from experiments.plotting import FigureOutput, format_number, macro_name
 from experiments.provenance import REPO_ROOT, atomic_write
-from experiments.runner import PROFILES, RESULTS_ROOT, complete, load_experiment_results, result_problems, run_experiment
+from experiments.runner import PROFILES, RESULTS_ROOT, complete, run_experiment, scan_results
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -86,16 +86,15 @@ def cmd_figures(args: argparse.Namespace) -> None:
         profile = args.profile
         if args.prefer_full and "full" in module.PROFILES and complete(module, "full", args.root):
             profile = "full"
-        found = result_problems(module, profile, args.root)
+        runs, found = scan_results(module, profile, args.root)
         if found and not args.allow_incomplete:
             command = f"python -m experiments run {name} --profile {profile} --root {args.root}"
             problems += [f"  {line}\n    regenerate with: {command}" for line in found]
-        modules.append((name, module, profile))
+        modules.append((name, module, profile, runs))
     if problems:
         # Nothing is written: a paper built from a silently smaller set of results would change its numbers.
         raise SystemExit("error: results are missing, corrupt or stale; nothing was written:\n" + "\n".join(problems))
-    for name, module, profile in modules:
-        runs = load_experiment_results(module, profile, args.root)
+    for name, module, profile, runs in modules:
         if not runs:
             print(f"{name}: no {profile} results; skipped (run: python -m experiments run {name} --profile {profile})")
             continue

@@ -74,6 +74,7 @@ NAME = "e2_gradient_noise"
 TITLE = "Gradient noise in real training: per-coordinate q, r, optimal beta, whiteness, and interval calibration"
 
 MODES = ("adam", "constant", "adaptive", "innovation", "innovation-fast")
+CALIBRATED_MODES = ("innovation", "innovation-fast")  # D7's read-out: the noise ground truth and long runs
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ADAM_BETA1 = 0.9
@@ -138,7 +139,7 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
                           record_windows=mode == "adam", window_length=length, window_starts=starts,
                           coords_per_tensor=int(settings["coords_per_tensor"]), lags=int(settings["lags"]),
                           level_lags=[] if static else list(settings["level_lags"]), seed=int(seed))
-            if mode.startswith("innovation") and not static and settings.get("noise_truth_every"):
+            if mode in CALIBRATED_MODES and not static and settings.get("noise_truth_every"):
                 config["noise_truth_every"] = int(settings["noise_truth_every"])
             if mode in settings.get("long_modes", []) and not static:
                 # The calibrated modes also through a longer run (the first steps are all transient).
@@ -489,7 +490,7 @@ class CalibrationCheckpoints:
             self._load_snapshot(step - 1)
             with torch.enable_grad():
                 means, variances = noise_truth.per_example_moments(self.task, self.scratch)
-            batch = int(getattr(self.task, "batch_size"))
+            batch = int(self.task.batch_size)
             noise = noise_truth.innovation_noise_check(optimizer, params, means, [v / batch for v in variances],
                                                        self.levels)
 
@@ -869,7 +870,7 @@ def table_calibration_by_layer(runs: list[dict], out: FigureOutput, levels: Sequ
     """Coverage of the calibrated modes per layer type (training runs, pooled over checkpoints and seeds)."""
     rows = []
     for task in tasks_of(runs):
-        for mode in [m for m in MODES if m.startswith("innovation")]:
+        for mode in CALIBRATED_MODES:
             checkpoints = [c for run in select(runs, task, mode) for c in run["metrics"]["calibration"]]
             for kind in sorted({k for c in checkpoints for k in c["totals"]}):
                 total = sum(c["totals"].get(kind, 0) for c in checkpoints)
@@ -956,11 +957,11 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         if ratios:
             out[f"{name}LevelChangeOneStep"] = float(np.mean([by_lag.get(1, math.nan) for by_lag in ratios.values()]))
             out[f"{name}LevelChangeTenSteps"] = float(np.mean([by_lag.get(10, math.nan) for by_lag in ratios.values()]))
-        for mode in [m for m in MODES if m.startswith("innovation")]:
+        for mode in CALIBRATED_MODES:
+            late = [c for run in select(runs, task, mode) for c in run["metrics"]["calibration"]
+                    if c["step"] > run["config"]["steps"] // 2 and c["total"]]  # the second half of each run
             for level, word in ((0.95, "NinetyFive"), (0.9, "Ninety"), (0.5, "Fifty")):
-                late = [c for run in select(runs, task, mode) for c in run["metrics"]["calibration"]
-                        if c["step"] > run["config"]["steps"] // 2 and c["total"]]
-                if late:  # the second half of the run
+                if late:
                     out[f"{name}{_camel(mode)}LateCoverage{word}"] = (
                         sum(c["inside"][str(level)]["all"] for c in late) / sum(c["total"] for c in late))
             out[f"{name}{_camel(mode)}Steps"] = max((r["config"]["steps"] for r in select(runs, task, mode)), default=0)

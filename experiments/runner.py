@@ -118,37 +118,50 @@ def schema_problem(result: Any) -> str | None:
     return f"provenance lacks {', '.join(missing)}" if missing else None
 
 
-def result_problems(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> list[str]:
-    """Every planned run of the profile whose result is missing, unreadable, invalid or stale (its config hash is
-    not the plan's), one line each naming the file; [] when the profile is complete and valid."""
+def _read_validated(path: Path, expected_hash: str) -> tuple[dict | None, str | None]:
+    """(result, None) for a valid, current result file, else (None, one line saying what is wrong with it)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"missing: {path}"
+    except (OSError, ValueError) as error:
+        return None, f"corrupt: {path} ({type(error).__name__}: {error})"
+    problem = schema_problem(result)
+    if problem is not None:
+        return None, f"invalid: {path} ({problem})"
+    if result["config_hash"] != expected_hash:
+        return None, f"stale: {path} (its config is not the current plan's)"
+    return result, None
+
+
+def _walk_plan(module: ModuleType, profile: str, root: Path, read) -> tuple[list[dict[str, Any]], list[str]]:
+    """Follow `module.plan` (whose later stages depend on earlier results) over the results on disk, reading each
+    planned run with `read(path, config_hash) -> (result or None, problem or None)`: the results in plan order and
+    the problems found."""
     settings = settings_for(module, profile)
     seeds = list(settings.get("seeds", [0]))
     done: dict[str, dict] = {}
     problems: dict[str, str] = {}
     while True:
+        specs = module.plan(settings, seeds, done)
         added = False
-        for spec in module.plan(settings, seeds, done):
+        for spec in specs:
             if spec.run_id in done or spec.run_id in problems:
                 continue
-            path = run_path(root, profile, module.NAME, spec.run_id)
-            try:
-                result = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                problems[spec.run_id] = f"missing: {path}"
-                continue
-            except (OSError, ValueError) as error:
-                problems[spec.run_id] = f"corrupt: {path} ({type(error).__name__}: {error})"
-                continue
-            problem = schema_problem(result)
-            if problem is not None:
-                problems[spec.run_id] = f"invalid: {path} ({problem})"
-            elif result["config_hash"] != config_hash(spec.config):
-                problems[spec.run_id] = f"stale: {path} (its config is not the current plan's)"
-            else:
+            result, problem = read(run_path(root, profile, module.NAME, spec.run_id), config_hash(spec.config))
+            if result is not None:
                 done[spec.run_id] = result
                 added = True
+            elif problem is not None:
+                problems[spec.run_id] = problem
         if not added:
-            return list(problems.values())
+            return [done[s.run_id] for s in specs if s.run_id in done], list(problems.values())
+
+
+def scan_results(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> tuple[list[dict[str, Any]], list[str]]:
+    """The valid, current results of the runs the plan asks for, and one line naming the file for every planned
+    run whose result is missing, unreadable, schema-invalid or stale (its config hash is not the plan's)."""
+    return _walk_plan(module, profile, root, _read_validated)
 
 
 def settings_for(module: ModuleType, profile: str) -> dict[str, Any]:
@@ -226,21 +239,7 @@ def run_experiment(
 
 def load_experiment_results(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> list[dict[str, Any]]:
     """The results of the runs `module.plan` asks for that exist on disk (no execution)."""
-    settings = settings_for(module, profile)
-    seeds = list(settings.get("seeds", [0]))
-    done: dict[str, dict] = {}
-    while True:
-        specs = module.plan(settings, seeds, done)
-        added = False
-        for spec in specs:
-            if spec.run_id in done:
-                continue
-            existing = load_result(run_path(root, profile, module.NAME, spec.run_id), config_hash(spec.config))
-            if existing is not None:
-                done[spec.run_id] = existing
-                added = True
-        if not added:
-            return [done[s.run_id] for s in specs if s.run_id in done]
+    return _walk_plan(module, profile, root, lambda path, expected: (load_result(path, expected), None))[0]
 
 
 def complete(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> bool:
