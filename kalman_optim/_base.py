@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from kalman_optim import fused as fused_path
 from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
 from kalman_optim.noise_models import STATE_KEYS, innovation, transport
@@ -34,6 +35,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     beta_range=(0.5, 0.999),
     maximize=False,
     foreach=None,
+    fused=None,
     skip_nonfinite=False,
     nonfinite_skips=0,
 )
@@ -105,6 +107,12 @@ class KalmanOptimizerBase(Optimizer):
                     raise TypeError(f"{type(self).__name__} needs floating-point parameters, got {p.dtype}")
                 self._check_state_shapes(p, group_index, len(params))
                 params.append(p)
+            if group["fused"] and params and not fused_path.fusable(params):
+                raise ValueError(
+                    f"Invalid fused: fused=True supports plain CPU and CUDA tensors; param group {group_index} has "
+                    f"{type(params[0]).__name__} parameters on {params[0].device.type} (DTensor/FSDP2 parameters take "
+                    "the foreach path: fused=None or False)"
+                )
             plan.append((group, params))
         return plan
 
@@ -151,6 +159,32 @@ class KalmanOptimizerBase(Optimizer):
         # As measured on CPU (shared/REFERENCES.md), the plain loop beats foreach there; on CUDA foreach wins.
         return bool(params) and all(p.is_cuda for p in params)
 
+    def _use_fused(self, group: dict, params: list[Tensor]) -> bool:
+        """fused=True: the compiled path (eager with one warning if no compiler); None: compiled when a compiler is
+        available and the group is large enough for the one-time compile to pay off (fused.AUTO_MIN_ELEMENTS)."""
+        choice = group["fused"]
+        if choice is False or not params or not fused_path.fusable(params):
+            return False
+        available = fused_path.compiler_available(params[0].device.type)
+        if choice is None:
+            return available and sum(p.numel() for p in params) >= fused_path.AUTO_MIN_ELEMENTS
+        if not available:
+            self._kernel_cache(group).disable(f"no compiler for {params[0].device.type} tensors (inductor needs a C++ "
+                                              "compiler on CPU, Triton on CUDA)")
+            return False
+        return self._kernel_cache(group).disabled_reason is None
+
+    def _kernel_cache(self, group: dict) -> fused_path.KernelCache:
+        """The compiled kernels of a param group (created lazily: not part of state_dict, pickling or deepcopy)."""
+        caches = self.__dict__.setdefault("_kernel_caches", {})
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        return caches.setdefault(index, fused_path.KernelCache())
+
+    @property
+    def fused_compilations(self) -> int:
+        """Graphs compiled by the fused path so far (constant after the first steps: nothing recompiles)."""
+        return sum(cache.compilations for cache in self.__dict__.get("_kernel_caches", {}).values())
+
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
@@ -195,19 +229,23 @@ class KalmanOptimizerBase(Optimizer):
         work_params, grads, states, steps = self._gather(group, params)
         keys = STATE_KEYS[group["noise"]]
         adaptive = {key: [s[key] for s in states] for key in keys} if keys else None
-        self._functional_step(
-            work_params,
-            grads,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            steps,
-            adaptive,
-            foreach=self._use_foreach(group, params),
-            **self._functional_options(group),
-        )
+        tensors = (work_params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps, adaptive)
+        options = self._functional_options(group)
+        if self._use_fused(group, params):
+            remaining = self._fused_functional_step(self._kernel_cache(group), *tensors, **options)
+            if not remaining:
+                self._write_back(params, work_params)
+                return
+            # The fused path became unavailable (a compiler failure, warned once): the rest takes the eager path.
+            tensors = tuple(_pick(values, remaining) for values in tensors[:5]) + (
+                None if adaptive is None else {key: _pick(values, remaining) for key, values in adaptive.items()},)
+        self._functional_step(*tensors, foreach=self._use_foreach(group, params), **options)
         self._write_back(params, work_params)
 
     def _functional_step(self, *tensors, **options) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fused_functional_step(self, cache, *tensors, **options) -> list[int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _functional_options(self, group: dict) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -283,6 +321,10 @@ class KalmanOptimizerBase(Optimizer):
         mean, variance = self.gradient_posterior(p)
         half_width = variance.sqrt().mul_(quantile)
         return mean - half_width, mean + half_width
+
+
+def _pick(values: list, index: list[int]) -> list:
+    return [values[i] for i in index]
 
 
 def group_scalars(group: dict) -> dict[str, Any]:

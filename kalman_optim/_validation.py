@@ -135,6 +135,11 @@ def validate_optimizer_hyperparameters(group: dict) -> None:
     noise_beta = _real(group["noise_beta"], "noise_beta")
     if not 0.0 < noise_beta < 1.0:
         raise ValueError(f"Invalid noise_beta: must be in the open interval (0, 1), got {noise_beta}")
+    for name in ("foreach", "fused"):
+        if name in group and group[name] is not None and not isinstance(group[name], bool):
+            raise TypeError(f"Invalid {name}: must be None or a bool, got {group[name]!r}")
+    if group.get("foreach") and group.get("fused"):
+        raise ValueError("Invalid foreach/fused: foreach=True and fused=True cannot both be set (choose one path)")
     beta_range = group["beta_range"]
     if (
         not isinstance(beta_range, (tuple, list))

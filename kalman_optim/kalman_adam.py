@@ -8,6 +8,7 @@ import torch
 
 from kalman_optim._base import COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
 from kalman_optim.functional import kalman_adam
+from kalman_optim.fused import fused_kalman_adam
 
 
 class KalmanAdam(KalmanOptimizerBase):
@@ -52,7 +53,13 @@ class KalmanAdam(KalmanOptimizerBase):
         beta_range: (low, high) clipping range of the per-coordinate EWMA coefficient (mode "adaptive").
         decoupled_weight_decay: True for AdamW's decay, False for Adam's L2 penalty added to the gradient.
         maximize: maximize the objective.
-        foreach: None picks the faster path for the device (foreach on CUDA, the plain loop on CPU).
+        foreach: None picks the faster eager path for the device (foreach on CUDA, the plain loop on CPU).
+        fused: True runs each step as compiled kernels (torch.compile/inductor: C++/OpenMP on CPU, Triton on
+            CUDA; every mode; compiled once per param group on the first step, nothing recompiles as the step,
+            the learning rate or the gains change). None (default) uses it when a compiler is found and the group
+            holds at least 1e6 elements (below that the one-time compile costs more than it saves); without a
+            compiler, fused=True runs the eager path with one warning. Equal to the eager path to float
+            rounding, not bit for bit (mode "adam" is bit-exact AdamW on the eager paths only).
         skip_nonfinite: if a gradient has a NaN/inf, skip the whole step (parameters and state untouched)
             and count it in ``nonfinite_skips``; False (default) behaves as torch's Adam.
 
@@ -79,6 +86,7 @@ class KalmanAdam(KalmanOptimizerBase):
         decoupled_weight_decay: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         skip_nonfinite: bool = False,
     ):
         defaults = dict(
@@ -96,6 +104,7 @@ class KalmanAdam(KalmanOptimizerBase):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             skip_nonfinite=skip_nonfinite,
         )
         self._validate_group(defaults)
@@ -106,6 +115,9 @@ class KalmanAdam(KalmanOptimizerBase):
 
     def _functional_step(self, *tensors, **options):
         kalman_adam(*tensors, **options)
+
+    def _fused_functional_step(self, cache, *tensors, **options):
+        return fused_kalman_adam(cache, *tensors, **options)
 
     def _functional_options(self, group):
         return dict(group_scalars(group), decoupled_weight_decay=bool(group["decoupled_weight_decay"]))

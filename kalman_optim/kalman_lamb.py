@@ -9,6 +9,7 @@ import torch
 from kalman_optim._base import COMMON_DEFAULTS, KalmanOptimizerBase, group_scalars
 from kalman_optim._validation import _real, validate_optimizer_hyperparameters
 from kalman_optim.functional import kalman_lamb
+from kalman_optim.fused import fused_kalman_lamb
 
 LAMB_DEFAULTS = dict(precision_weighting=True, precision_floor=0.01, trust_clip=None)
 
@@ -39,7 +40,7 @@ class KalmanLAMB(KalmanOptimizerBase):
     where P is each coordinate's posterior variance (k_t r_hat; D7's read-out with noise="innovation", the
     calibrated one): coordinates whose gradient estimate is uncertain count less in the layer statistic. The
     weights are 1 / (P / mean(P) + floor), not the BLUE's 1 / P: scale-free and bounded by 1 / floor.
-    ``noise`` and the other filter options are KalmanAdam's (not "transport").
+    ``noise`` and the other filter options, ``foreach`` and ``fused`` included, are KalmanAdam's (not "transport").
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class KalmanLAMB(KalmanOptimizerBase):
         beta_range: tuple[float, float] = (0.5, 0.999),
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         skip_nonfinite: bool = False,
     ):
         defaults = dict(
@@ -76,6 +78,7 @@ class KalmanLAMB(KalmanOptimizerBase):
             beta_range=beta_range,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             skip_nonfinite=skip_nonfinite,
         )
         self._validate_group(defaults)
@@ -90,6 +93,9 @@ class KalmanLAMB(KalmanOptimizerBase):
 
     def _functional_step(self, *tensors, **options):
         kalman_lamb(*tensors, **options)
+
+    def _fused_functional_step(self, cache, *tensors, **options):
+        return fused_kalman_lamb(cache, *tensors, **options)
 
     def _functional_options(self, group):
         scalars = group_scalars(group)

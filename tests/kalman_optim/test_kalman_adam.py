@@ -145,3 +145,58 @@ def test_steady_state_gain_matches_betas_meaning():
     optimizer.step()
     after = optimizer.state[p]["exp_avg"]
     assert math.isclose(((after - before) / (11.0 - before)).item(), 0.3, rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------ options that the path comparisons cannot see
+def _feed(optimizer, param, gradients):
+    """Step a single-coordinate-vector parameter at lr = 0 through `gradients` (rows); return exp_avg after each."""
+    means = []
+    for g in gradients:
+        param.grad = g.clone()
+        optimizer.step()
+        means.append(optimizer.state[param]["exp_avg"].clone())
+    return means
+
+
+@pytest.mark.parametrize("path", [False, True], ids=["loop", "foreach"])
+def test_noise_statistics_use_noise_beta_not_beta2(path):
+    """diff_sq_avg (mode "adaptive") and R (mode "innovation") are EWMAs with coefficient noise_beta, recomputed here by
+    hand from the gradients; noise_beta = 0.8 is far from beta2 = 0.999 and from beta1 = 0.9."""
+    torch.manual_seed(0)
+    grads = torch.randn(12, 5, dtype=torch.float64)
+    nb, beta1 = 0.8, 0.9
+    p = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    adaptive = KalmanAdam([p], lr=0.0, noise="adaptive", noise_beta=nb, foreach=path)
+    _feed(adaptive, p, grads)
+    diffs = grads[1:] - grads[:-1]
+    expected = sum((1 - nb) * nb ** (len(diffs) - 1 - i) * d**2 for i, d in enumerate(diffs))
+    torch.testing.assert_close(adaptive.state[p]["diff_sq_avg"], expected, rtol=1e-12, atol=0)
+
+    q = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    innovation = KalmanAdam([q], lr=0.0, noise="innovation", noise_beta=nb, foreach=path)
+    means = _feed(innovation, q, grads)
+    expected = torch.zeros(5, dtype=torch.float64)
+    for t in range(2, len(grads) + 1):  # R <- nb R + (1 - nb)(1 - k_t) nu_t^2, nu_t = g_t - m_hat_{t-1}
+        nu = grads[t - 1] - means[t - 2] / (1 - beta1 ** (t - 1))
+        k = (1 - beta1) / (1 - beta1**t)
+        expected = nb * expected + (1 - nb) * (1 - k) * nu**2
+    torch.testing.assert_close(innovation.state[q]["innovation_sq_avg"], expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("path", [False, True], ids=["loop", "foreach"])
+def test_adaptive_gain_stays_inside_beta_range(path):
+    """The per-coordinate gain k = (m_t - m_{t-1}) / (g_t - m_{t-1}) lies in [1 - beta_max, 1 - beta_min] once the
+    start-up factor has decayed: coordinate 0 is a fast random walk (its unclipped gain would be near 1), coordinate
+    1 white noise (a noisy gain estimate around 0)."""
+    generator = torch.Generator().manual_seed(3)
+    walk = torch.cumsum(10 * torch.randn(400, generator=generator, dtype=torch.float64), 0)
+    grads = torch.stack([walk + 0.01 * torch.randn(400, generator=generator, dtype=torch.float64),
+                         torch.randn(400, generator=generator, dtype=torch.float64)], dim=1)
+    p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    # betas[0] inside the range: the young statistics are blended with it (D4); noise_beta = 0.9 makes them old by step 300
+    optimizer = KalmanAdam([p], lr=0.0, betas=(0.55, 0.999), noise="adaptive", beta_range=(0.5, 0.6), noise_beta=0.9,
+                           foreach=path)
+    means = _feed(optimizer, p, grads)
+    gains = torch.stack([(means[t] - means[t - 1]) / (grads[t] - means[t - 1]) for t in range(300, 400)])
+    assert gains.min() >= 0.4 - 1e-9 and gains.max() <= 0.5 + 1e-9
+    assert gains[:, 0].min() > 0.5 - 1e-6  # the upper clip binds on the walk

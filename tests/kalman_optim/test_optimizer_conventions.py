@@ -12,7 +12,8 @@ from tests.kalman_optim.helpers import batches, loss_fn, small_network, train
 OPTIMIZERS = {
     "adam": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, **kw}),
     "constant": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "constant", **kw}),
-    "adaptive-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "adaptive", "variance_adaptation": True, **kw}),
+    "adam-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "variance_adaptation": True, "adaptation_scale": 3.0, **kw}),
+    "adaptive-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "adaptive", "variance_adaptation": True, "adaptation_scale": 0.5, **kw}),
     "innovation-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "innovation", "variance_adaptation": True, "adaptation_scale": 2.0, "noise_beta": 0.95, **kw}),
     "transport": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "transport", "noise_beta": 0.95, **kw}),
     "lamb": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, **kw}),
@@ -123,9 +124,11 @@ def test_closure_is_called_and_its_loss_returned(make):
 
 
 @ALL
-def test_maximize_equals_minimizing_the_negated_objective(make):
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_maximize_equals_minimizing_the_negated_objective(make, foreach):
     model_max, model_min = small_network(), small_network()
-    opt_max, opt_min = make(model_max.parameters(), maximize=True), make(model_min.parameters())
+    opt_max = make(model_max.parameters(), maximize=True, foreach=foreach)
+    opt_min = make(model_min.parameters(), foreach=foreach)
     for x, y in batches(10):
         opt_max.zero_grad()
         (-loss_fn(model_max, x, y)).backward()

@@ -1,0 +1,475 @@
+r"""The fused path: each mode's whole per-step update compiled into one kernel pass per tensor.
+
+The update of a bucket of tensors (same device, dtype and step count) is written once more here as a pure
+function of tensors, with every per-step scalar (gains, bias corrections, learning rate, the step's phase)
+packed into one small tensor `coefficients`. torch.compile/inductor turns it into C++/OpenMP (CPU) or Triton
+(CUDA) kernels that read and write each state tensor once. Because the scalars are tensor data, not Python
+constants, nothing recompiles as the step count, the learning rate (schedulers, tensor lr) or the gains
+change; a kernel is compiled once per optimizer bucket (the first step) and reused.
+
+The math is the reference path's (functional.py and noise_models/), step for step; tests compare the two
+over 1000 steps in every mode. Branches that depend on the step (no innovation at step 1, no lag statistic
+before step 3, ...) are tensor selects on 0/1 flags in `coefficients`, so one graph serves every step.
+Options that change the structure of the graph (mode, variance adaptation, precision weighting,
+maximize, which weight decay) are Python constants of the kernel: changing one compiles a new kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+import shutil
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
+from kalman_optim.functional import AdaptiveNoiseConfig, _group_by_step
+from kalman_optim.noise_models import innovation, transport
+from kalman_optim.schedules import (
+    adam_coefficients,
+    ewma_effective_samples,
+    moment_coefficients,
+    second_moment_coefficients,
+    state_noise_bias,
+)
+
+__all__ = ["AUTO_MIN_ELEMENTS", "KernelCache", "compiler_available", "fused_kalman_adam", "fused_kalman_lamb"]
+
+#: fused=None compiles a group only from this many elements on: the compile costs seconds once (about 0.4 s per
+#: tensor on a 2-core CPU, `make bench` reports it), the eager step of a small group microseconds.
+AUTO_MIN_ELEMENTS = 1_000_000
+#: Kernels one optimizer compiles at most (buckets x option changes); beyond, it falls back to the eager path.
+MAX_KERNELS = 16
+
+
+# ------------------------------------------------------------------------------------------ availability
+@functools.lru_cache(maxsize=8)
+def compiler_available(device_type: str) -> bool:
+    """Whether inductor can compile for the device: a C++ compiler on CPU, Triton on CUDA."""
+    if not torch._dynamo.is_dynamo_supported():
+        return False
+    if device_type == "cpu":
+        return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if name)
+    if device_type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return False
+
+
+def fusable(tensors: list[Tensor]) -> bool:
+    """Plain CPU/CUDA tensors only (a DTensor's shards take the eager path, which reduces across ranks)."""
+    return all(type(t) is Tensor and t.device.type in ("cpu", "cuda") for t in tensors)
+
+
+# Each kernel's graphs are cached apart (torch >= 2.12), so many optimizers in one process do not share (and
+# exhaust) dynamo's per-function recompile limit.
+_ISOLATED = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
+
+
+class KernelCache:
+    """The compiled kernels of one optimizer, keyed by bucket and structure; counts graph compilations."""
+
+    def __init__(self) -> None:
+        self.kernels: dict[tuple, Callable] = {}
+        self.compilations = 0
+        self.disabled_reason: str | None = None
+
+    def get(self, key: tuple, function: Callable, flags: dict[str, Any]) -> Callable | None:
+        if self.disabled_reason is not None:
+            return None
+        kernel = self.kernels.get(key)
+        if kernel is None:
+            if len(self.kernels) >= MAX_KERNELS:
+                self.disable(f"more than {MAX_KERNELS} distinct buckets or option sets were compiled")
+                return None
+            kernel = self.kernels[key] = self._compile(function, flags)
+        return kernel
+
+    def _compile(self, function: Callable, flags: dict[str, Any]) -> Callable:
+        def counting_inductor(graph, example_inputs):
+            from torch._inductor.compile_fx import compile_fx
+
+            self.compilations += 1
+            return compile_fx(graph, example_inputs)
+
+        return torch.compile(functools.partial(function, **flags), backend=counting_inductor, fullgraph=True,
+                             dynamic=False, **_ISOLATED)
+
+    def disable(self, reason: str) -> None:
+        if self.disabled_reason is None:
+            warnings.warn(f"kalman_optim: fused step disabled ({reason}); running the eager foreach path", stacklevel=4)
+        self.disabled_reason = reason
+
+
+# ------------------------------------------------------------------------------------ per-step scalars
+# Scalars are computed in Python doubles exactly as the reference computes them, and every kernel applies them in
+# the reference's order of operations (a * x + b for mul_/addcmul_, divisions where it divides, lerp where it
+# lerps): inductor keeps float32 arithmetic in float32 without contraction, so most results agree bit for bit.
+def _flag(condition: bool) -> float:
+    return 1.0 if condition else 0.0
+
+
+def _one_minus_power(beta: float, count: int) -> float:
+    """1 - beta^count as the reference computes it; 1.0 (a harmless divisor) where count <= 0 leaves it unused."""
+    return 1 - beta**count if count > 0 else 1.0
+
+
+def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_gain: float | None,
+                   config: AdaptiveNoiseConfig | None, dtype: torch.dtype) -> dict[str, float]:
+    """The per-step scalars of the two moment filters and of the mode's noise statistics (reference: functional)."""
+    second = second_moment_coefficients(noise, beta2, step, prior_gain)
+    out = dict(second_decay=second.decay, second_weight=second.weight, correction2=second.correction)
+    if noise == "adaptive":
+        nb = config.noise_beta
+        lam_min, lam_max = config.noise_ratio_bounds
+        lam_prior = float(beta_to_noise_ratio(config.prior_beta))
+        n_sq, n_lag = step - 1, step - 2
+        weight = 1 - nb**n_lag
+        out.update(
+            correction1=1.0, gain=0.0, noise_beta=nb, one_minus_noise_beta=1 - nb,
+            has_diff=_flag(n_sq >= 1), has_lag=_flag(n_lag >= 1), early=_flag(n_lag <= 0),
+            lag_norm=_one_minus_power(nb, n_lag), sq_norm=_one_minus_power(nb, n_sq),
+            early_gain=float(constant_noise_gain(config.prior_beta, step)),
+            early_noise_norm=(1 - nb**n_sq) * (2 + lam_prior) if n_sq > 0 else 1.0,
+            statistics_weight=weight, prior_term=(1 - weight) * lam_prior, lam_min=lam_min, lam_max=lam_max,
+            start_up_on=_flag(max(config.beta_max, config.prior_beta) ** (2 * step - 1) >= torch.finfo(dtype).eps),
+            exponent=float(2 * step - 1), step=float(step),
+        )
+    elif noise == "innovation":
+        nb, first = config.noise_beta, adam_coefficients(beta1, step)
+        count = innovation.lag_samples(step)
+        out.update(
+            first_weight=first.weight, correction1=first.correction, gain=1.0,
+            prediction_norm=_one_minus_power(beta1, step - 1), observed=_flag(step >= 2),
+            noise_beta=nb if step >= 2 else 1.0, r_weight=(1 - nb) * (1 - first.gain) if step >= 2 else 0.0,
+            lag_on=_flag(count > 0), kept=1 - adam_coefficients(beta1, step - 1).gain if step >= 2 else 0.0,
+            weight_norm=-math.expm1((step - 2) * math.log(nb)) if count > 0 else 1.0,
+            lag_beta=innovation.LAG_BETA, lag_num_alpha=-(1 - innovation.LAG_BETA),
+            lag_den_alpha=(1 - adam_coefficients(beta1, step - 1).gain) * (1 - innovation.LAG_BETA) if step >= 2 else 0.0,
+            lag_count=ewma_effective_samples(count, innovation.LAG_BETA),
+            phi_max=1.0 / (1.0 - first.gain) if first.gain < 1 else 1.0,
+            phi_slope=2 * first.gain - 1, phi_offset=1 - first.gain,
+            posterior_norm=-math.expm1((step - 1) * math.log(nb)) if step >= 2 else 1.0,
+        )
+    else:
+        first = moment_coefficients(noise, beta1, step, prior_gain)
+        out.update(first_weight=first.weight, correction1=first.correction, gain=first.gain)
+    return out
+
+
+
+# ---------------------------------------------------------------------------------- traced helpers
+def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return torch.where(flag > 0.5, a, b)
+
+
+def _adaptive(g, extra, s, new):
+    """functional._single_tensor_adaptive_update + adaptive_noise_estimates: (gain, r_hat), new statistics."""
+    tiny = torch.finfo(g.dtype).tiny
+    diff = g - extra["prev_grad"]
+    sq = _where(s["has_diff"], extra["diff_sq_avg"] * s["noise_beta"] + s["one_minus_noise_beta"] * diff * diff,
+                extra["diff_sq_avg"])
+    lag = _where(s["has_lag"], extra["diff_lag_avg"] * s["noise_beta"] + s["one_minus_noise_beta"] * diff * extra["prev_diff"],
+                 extra["diff_lag_avg"])
+    new.update(prev_grad=g, prev_diff=_where(s["has_diff"], diff, extra["prev_diff"]), diff_sq_avg=sq, diff_lag_avg=lag)
+    c1 = lag / s["lag_norm"]
+    r_hat = (-c1).clamp_min(0)
+    ratio = (sq / s["sq_norm"] + 2 * c1).clamp_min(0)
+    ratio = torch.clamp(ratio / r_hat.clamp_min(tiny), s["lam_min"], s["lam_max"])
+    ratio = ratio * s["statistics_weight"] + s["prior_term"]
+    root = ratio.sqrt()
+    gain = (root * 2) / (root + (ratio + 4).sqrt())
+    log_beta = torch.log1p(-gain)
+    half = torch.tanh(log_beta * s["step"])  # 1 - beta^(2t) without expm1 (inaccurate in inductor's float32)
+    start_up = (torch.exp(log_beta * s["exponent"]) + 1) / ((half * -2) / (1 - half))
+    gain = _where(s["start_up_on"], gain * start_up, gain)
+    gain = _where(s["early"], s["early_gain"].expand_as(g), gain)
+    r_hat = _where(s["early"], sq / s["early_noise_norm"], r_hat)
+    return gain, r_hat
+
+
+def _innovation(g, m, extra, s, new):
+    """noise_models.innovation.observe: the new per-coordinate R and pooled lag statistics."""
+    tiny = torch.finfo(g.dtype).tiny
+    innov = g - m / s["prediction_norm"]
+    sample = innovation.sample_of(innov)
+    previous = extra["lag_prev"]
+    diff = sample - s["kept"] * previous
+    scale = innovation.sample_of(extra["innovation_sq_avg"]) / s["weight_norm"]
+    weights = torch.where(scale > 0, scale.clamp_min(tiny).reciprocal(), torch.zeros_like(scale))
+    weighted = previous * weights
+    num = extra["lag_num"] * s["lag_beta"] + s["lag_num_alpha"] * torch.dot(weighted, diff)
+    den = extra["lag_den"] * s["lag_beta"] + s["lag_den_alpha"] * torch.dot(weighted, previous)
+    new.update(lag_num=_where(s["lag_on"], num, extra["lag_num"]), lag_den=_where(s["lag_on"], den, extra["lag_den"]),
+               lag_prev=_where(s["observed"], sample, previous),
+               innovation_sq_avg=extra["innovation_sq_avg"] * s["noise_beta"] + s["r_weight"] * innov * innov)
+
+
+def _innovation_posterior(g, new, s):
+    """noise_models.innovation.posterior_variance (after `_innovation`)."""
+    tiny = torch.finfo(g.dtype).tiny
+    den = new["lag_den"]
+    count = s["lag_count"] * innovation.sample_count(g.numel())
+    measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(tiny), torch.ones_like(den))
+    phi = (measured * count + innovation.PRIOR_COUNT) / (count + innovation.PRIOR_COUNT)
+    phi = torch.minimum(phi.clamp_min(0), s["phi_max"])
+    factor = (phi * s["phi_slope"] + s["phi_offset"]) / s["posterior_norm"]
+    return new["innovation_sq_avg"] * factor
+
+
+def _moments(g: Tensor, m: Tensor, v: Tensor, extra: dict[str, Tensor], s: dict[str, Tensor], *, noise: str,
+             posterior: bool) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, Tensor | None]:
+    """New (m, v, extra state), and with `posterior` the noise read-out (gain, r_hat) with P = gain * r_hat (D3/D4/D7);
+    functional._single_tensor_moments."""
+    new: dict[str, Tensor] = {}
+    gain = r_hat = None
+    if noise == "adaptive":
+        gain, r_hat = _adaptive(g, extra, s, new)
+        m = torch.lerp(m, g, gain)
+    elif noise == "innovation":
+        _innovation(g, m, extra, s, new)
+        m = torch.lerp(m, g, s["first_weight"])
+        if posterior:
+            gain, r_hat = s["gain"], _innovation_posterior(g, new, s)
+    else:
+        m = torch.lerp(m, g, s["first_weight"])
+    v = v * s["second_decay"] + s["second_weight"] * g * g
+    if posterior and noise in ("adam", "constant"):
+        gain = s["gain"]
+    return m, v, new, gain, r_hat
+
+
+def _zero_memory_noise(mean_sq: Tensor, v: Tensor, s: dict[str, Tensor]) -> Tensor:
+    """functional.observation_noise_from_moments: max(v_hat (1 - 4 ulp) - m_hat^2, 0) / c (D3)."""
+    return (v * s["excess_scale"] - mean_sq).clamp_min(0) / s["noise_bias"]
+
+
+def _unpack(coefficients: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+    return {name: coefficients[i] for i, name in enumerate(names)}
+
+
+# ------------------------------------------------------------------------------------------ kernels
+def _adam_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, variance_adaptation,
+                 coupled_decay, maximize):
+    """KalmanAdam (modes adam, constant, adaptive, innovation; with or without variance adaptation):
+    functional._single_tensor_kalman_adam."""
+    s = _unpack(coefficients, names)
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        g = -g if maximize else g
+        if coupled_decay:
+            g = g + s["weight_decay"] * p
+        extra = {key: values[i] for key, values in extras.items()}
+        m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=variance_adaptation)
+        direction = m_new
+        if variance_adaptation:  # D3, functional._variance_adapted_direction
+            mean_sq = (m_new / s["correction1"]).square()
+            if r_hat is None:
+                variance = _zero_memory_noise(mean_sq, v_new, s) * s["scale_gain"]
+            else:
+                variance = r_hat * gain * s["adaptation_scale"]
+            variance = (variance + mean_sq).clamp_min(torch.finfo(p.dtype).tiny)
+            direction = _where(s["has_posterior"], mean_sq / variance * m_new, m_new)
+        denom = v_new.sqrt() / s["sqrt_correction2"] + s["eps"]
+        p.copy_(p * s["param_decay"] + s["neg_step_size"] * (direction / denom))
+        m.copy_(m_new)
+        v.copy_(v_new)
+        for key, value in new.items():
+            extra[key].copy_(value)
+
+
+def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, coupled_decay, maximize):
+    """Mode transport (D8): noise_models.transport.step."""
+    s = _unpack(coefficients, names)
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        tiny = torch.finfo(p.dtype).tiny
+        g = -g if maximize else g
+        if coupled_decay:
+            g = g + s["weight_decay"] * p
+        prev_grad, num, den, resid = (extras[key][i] for key in transport.STATE_KEYS[:4])
+        prev_lr = extras["prev_lr"][i]
+        inverse_step = ((v / s["previous_correction2"]).sqrt() + s["eps"]) / prev_lr.clamp_min(1e-30)
+        dtheta = -(m / inverse_step)
+        if not coupled_decay:  # the decoupled decay is part of the last step (D8)
+            decay = prev_lr * s["weight_decay"]
+            dtheta = (dtheta - p * decay) / (1 - decay)
+        y = g - prev_grad
+        instrument = prev_grad * s["previous_gain"] / inverse_step + dtheta
+        on = s["statistics_on"]
+        num_new = _where(on, num * s["noise_beta"] + s["one_minus_noise_beta"] * y * instrument, num)
+        den_new = _where(on, den * s["noise_beta"] + s["one_minus_noise_beta"] * dtheta * instrument, den)
+        raw = torch.where(den_new > 0, num_new / den_new.clamp_min(tiny), torch.zeros_like(den_new))
+        residual = y - raw * dtheta
+        resid_new = _where(on, resid * s["noise_beta"] + s["one_minus_noise_beta"] * residual * residual, resid)
+        # transport.curvature_estimate on the new statistics
+        raw = torch.where(den_new > 0, num_new / den_new.clamp_min(tiny), torch.zeros_like(den_new))
+        se_sq = resid_new * s["standard_error_factor"] / den_new.clamp_min(tiny)
+        curvature = raw * (1 - transport.SHRINK * se_sq / raw.square().clamp_min(tiny)).clamp_min(0)
+        curvature = torch.minimum(curvature.clamp_min(0), inverse_step * transport.KAPPA)
+        m_new = _where(s["transport_on"], m + curvature * dtheta, m)
+        m_new = torch.lerp(m_new, g, s["gain"])
+        v_new = v * s["beta2"] + s["one_minus_beta2"] * g * g
+        denom = (v_new / s["correction2"]).sqrt() + s["eps"]
+        p.copy_(p * s["param_decay"] + s["neg_lr"] * (m_new / denom))
+        m.copy_(m_new)
+        v.copy_(v_new)
+        num.copy_(num_new)
+        den.copy_(den_new)
+        resid.copy_(resid_new)
+        prev_grad.copy_(g)
+        prev_lr.copy_(s["lr"])
+
+
+def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, precision_weighting,
+                 decay, maximize, trust_clip, precision_floor):
+    """KalmanLAMB (D5): functional.kalman_lamb."""
+    s = _unpack(coefficients, names)
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        g = -g if maximize else g
+        extra = {key: values[i] for key, values in extras.items()}
+        m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=precision_weighting)
+        mean = m_new / s["correction1"]
+        update = mean / ((v_new / s["correction2"]).sqrt() + s["eps"])
+        if decay:
+            update = update + s["weight_decay"] * p
+        param_norm = torch.linalg.vector_norm(p)
+        plain_norm = torch.linalg.vector_norm(update)
+        update_norm = plain_norm
+        if precision_weighting:  # functional.precision_weighted_norm
+            if r_hat is None:
+                r_hat = _zero_memory_noise(mean.square(), v_new, s)
+            variance = gain * r_hat
+            mean_variance = variance.mean()
+            relative = torch.where(mean_variance > 0, variance / mean_variance, torch.zeros_like(variance))
+            weights = (relative + precision_floor).reciprocal()
+            weighted = (weights * update.square()).sum() / weights.sum()
+            update_norm = _where(s["has_posterior"], (weighted * update.numel()).sqrt(), plain_norm)
+        ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
+        if trust_clip is not None:
+            ratio = ratio.clamp_max(trust_clip)
+        p.copy_(p + s["neg_lr"] * (update * ratio))
+        m.copy_(m_new)
+        v.copy_(v_new)
+        for key, value in new.items():
+            extra[key].copy_(value)
+
+
+# ------------------------------------------------------------------------------------- entry points
+def _run(cache: KernelCache, job) -> bool:
+    """Run one bucket through its compiled kernel; False (bucket unchanged) when the fused path is unavailable."""
+    kernel, flags, scalars, key, tensors = job
+    names = tuple(scalars)
+    compiled = cache.get((*key, names), kernel, dict(flags, names=names))
+    if compiled is None:
+        return False
+    params = tensors[0]
+    coefficients = torch.tensor([scalars[name] for name in names], dtype=params[0].dtype, device=params[0].device)
+    try:
+        compiled(*tensors, coefficients)
+    except Exception as error:
+        if not _is_compile_error(error):
+            raise
+        # Compilation fails before the kernel runs, so the bucket is unchanged.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        cache.disable(f"compilation failed: {type(error).__name__}: {first_line}")
+        return False
+    return True
+
+
+def _is_compile_error(error: Exception) -> bool:
+    from subprocess import CalledProcessError
+
+    from torch._dynamo.exc import BackendCompilerFailed, InternalTorchDynamoError, Unsupported
+
+    return isinstance(error, (BackendCompilerFailed, InternalTorchDynamoError, Unsupported, CalledProcessError, OSError))
+
+
+def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states):
+    for (device, dtype, step), index in _group_by_step(steps, params).items():
+        pick = lambda values: [values[i] for i in index]  # noqa: E731
+        # 0-dim state (pooled statistics, the previous lr) enters as a 1-element view: dynamo would treat a 0-dim CPU
+        # input as a Python number and specialize the compiled graph on its value.
+        extra = {key: [t.view(1) if t.dim() == 0 else t for t in pick(values)] for key, values in (states or {}).items()}
+        yield step, (device, dtype, tuple(index)), (pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), extra)
+
+
+def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states=None, *, noise,
+                      beta1, beta2, lr, weight_decay, eps, decoupled_weight_decay=True, maximize=False, prior_gain=None,
+                      variance_adaptation=False, adaptation_scale=1.0, adaptive_config=None) -> list[int]:
+    """functional.kalman_adam on the fused path. Returns the indices of the tensors it did not step (none unless
+    the fused path became unavailable, e.g. no compiler): the caller steps those on the eager path."""
+    coupled = weight_decay != 0 and not decoupled_weight_decay
+    jobs = []
+    for step, key, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
+        if noise == "transport":
+            kernel, flags = _transport_kernel, dict(coupled_decay=coupled, maximize=maximize)
+            scalars = transport_scalars(step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                        coupled=coupled, noise_beta=adaptive_config.noise_beta)
+        else:
+            kernel = _adam_kernel
+            flags = dict(noise=noise, variance_adaptation=variance_adaptation, coupled_decay=coupled, maximize=maximize)
+            scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config,
+                                     dtype=key[1])
+            decay = 1 - lr * weight_decay if weight_decay != 0 and decoupled_weight_decay else 1.0
+            scalars.update(param_decay=decay, weight_decay=weight_decay, eps=eps, neg_step_size=-(lr / scalars["correction1"]),
+                           sqrt_correction2=scalars["correction2"] ** 0.5, adaptation_scale=adaptation_scale,
+                           scale_gain=adaptation_scale * scalars["gain"],
+                           has_posterior=_flag(not (noise == "innovation" and step < 2)),
+                           **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
+        jobs.append((kernel, flags, scalars, ("adam", *key), tensors))
+    return _run_all(cache, jobs)
+
+
+def transport_scalars(step: int, *, lr, beta1, beta2, eps, weight_decay, coupled, noise_beta) -> dict[str, float]:
+    """Per-step scalars of noise_models.transport.step."""
+    count = step - 2
+    rho = 1 / ewma_effective_samples(count, noise_beta) if count >= 2 else 0.0
+    return dict(
+        lr=lr, neg_lr=-lr, eps=eps, beta2=beta2, one_minus_beta2=1 - beta2, noise_beta=noise_beta,
+        one_minus_noise_beta=1 - noise_beta, weight_decay=weight_decay,
+        param_decay=1 - lr * weight_decay if weight_decay != 0 and not coupled else 1.0,
+        previous_correction2=_one_minus_power(beta2, step - 1),
+        previous_gain=adam_coefficients(beta1, step - 1).gain if step >= 2 else 0.0,
+        statistics_on=_flag(step >= 3), transport_on=_flag(count >= 2),
+        standard_error_factor=rho / (1 - rho) if count >= 2 else 0.0,
+        gain=adam_coefficients(beta1, step).gain, correction2=1 - beta2**step,
+    )
+
+
+def _zero_memory_scalars(scalars: dict[str, float], beta1: float, beta2: float, dtype: torch.dtype) -> dict[str, float]:
+    """Scalars of functional.observation_noise_from_moments."""
+    eps = torch.finfo(dtype).eps
+    return dict(excess_scale=(1 - 4 * eps) / scalars["correction2"], noise_bias=state_noise_bias(beta1, beta2))
+
+
+def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states=None, *, noise,
+                      beta1, beta2, lr, weight_decay, eps, maximize=False, prior_gain=None, precision_weighting=True,
+                      precision_floor=0.01, trust_clip=None, adaptive_config=None) -> list[int]:
+    """functional.kalman_lamb on the fused path (same contract as `fused_kalman_adam`)."""
+    jobs = []
+    for step, key, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
+        flags = dict(noise=noise, precision_weighting=precision_weighting, decay=weight_decay != 0, maximize=maximize,
+                     trust_clip=trust_clip, precision_floor=precision_floor)
+        scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config,
+                                     dtype=key[1])
+        scalars.update(neg_lr=-lr, eps=eps, weight_decay=weight_decay,
+                       has_posterior=_flag(not (noise == "innovation" and step < 2)),
+                       **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
+        jobs.append((_lamb_kernel, flags, scalars, ("lamb", *key), tensors))
+    return _run_all(cache, jobs)
+
+
+def _run_all(cache: KernelCache, jobs) -> list[int]:
+    """Run every bucket; return the tensor indices of the buckets that did not run (for the eager path)."""
+    remaining: list[int] = []
+    for job in jobs:
+        if remaining or not _run(cache, job):
+            remaining.extend(job[3][-1])
+    return sorted(remaining)
