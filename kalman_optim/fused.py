@@ -66,7 +66,7 @@ def compiler_available(device_type: str) -> bool:
 
 def fusable(tensors: list[Tensor]) -> bool:
     """Plain CPU/CUDA tensors only (a DTensor's shards take the eager path, which reduces across ranks)."""
-    return all(type(t) is Tensor and t.device.type in ("cpu", "cuda") for t in tensors)
+    return all(type(t) in (Tensor, torch.nn.Parameter) and t.device.type in ("cpu", "cuda") for t in tensors)
 
 
 # Each kernel's graphs are cached apart (torch >= 2.12), so many optimizers in one process do not share (and

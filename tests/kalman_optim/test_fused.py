@@ -47,7 +47,7 @@ SHAPES = [(40,), (6, 25), (3, 4, 5), (1,), (2100,)]  # 2100 > innovation.SAMPLE_
 
 def _params(dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator, dtype=dtype) for shape in SHAPES]
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype)) for shape in SHAPES]
 
 
 def _gradient_stream(params, steps, seed=1):
@@ -59,7 +59,7 @@ def _gradient_stream(params, steps, seed=1):
         grads = []
         for level, p in zip(levels, params):
             level.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype), alpha=0.1)
-            grads.append(level + torch.randn(p.shape, generator=generator, dtype=p.dtype) + 0.1 * p)
+            grads.append(level + torch.randn(p.shape, generator=generator, dtype=p.dtype) + 0.1 * p.detach())
         yield grads
 
 
@@ -107,13 +107,13 @@ def test_nothing_recompiles_with_a_scheduler_a_tensor_lr_or_new_gradients():
 def test_groups_with_several_dtypes_shapes_and_step_counts():
     """Each (dtype, step count) bucket is one kernel; a half-precision group is stepped in float32 and rounded once."""
     float32, float64 = _params(torch.float32), _params(torch.float64, seed=2)
-    half = [p.to(torch.bfloat16) for p in _params(torch.float32, seed=3)]
+    half = [torch.nn.Parameter(p.detach().to(torch.bfloat16)) for p in _params(torch.float32, seed=3)]
     groups = lambda ps: [{"params": ps[0] + ps[1]}, {"params": ps[2], "lr": 3e-3}]  # noqa: E731
     copies = [copy.deepcopy(x) for x in (float32, float64, half)]
     fused = KalmanAdam(groups([float32, float64, half]), lr=1e-3, noise="innovation", fused=True)
     eager = KalmanAdam(groups(copies), lr=1e-3, noise="innovation", fused=False)
     everything = float32 + float64 + half
-    for step, grads in enumerate(_gradient_stream([p.float() for p in everything], 12)):
+    for step, grads in enumerate(_gradient_stream([p.detach().float() for p in everything], 12)):
         for params in (everything, copies[0] + copies[1] + copies[2]):
             for index, (p, g) in enumerate(zip(params, grads)):
                 # The first tensor misses two steps, so its step count differs from the others'.
@@ -138,7 +138,7 @@ def test_state_dict_round_trip_across_paths(save_fused):
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    resumed_params = [p.clone() for p in params]
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     resumed = KalmanAdam(resumed_params, noise="transport", fused=not save_fused, foreach=None)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     for grads in stream:
@@ -215,7 +215,7 @@ def test_a_step_that_raises_on_the_fused_path_changes_nothing():
         for p, g in zip(params, grads):
             p.grad = g
         optimizer.step()
-    before = copy.deepcopy((params, optimizer.state_dict()))
+    before = copy.deepcopy(([p.detach() for p in params], optimizer.state_dict()))
     optimizer.param_groups[0]["lr"] = -1.0
     params[1].grad = torch.randn(6, 25)
     with pytest.raises(ValueError, match="Invalid learning rate"):

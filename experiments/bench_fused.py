@@ -1,0 +1,258 @@
+r"""Fused (compiled) optimizer steps against torch's fastest AdamW, with the copy bandwidth as the limit (issue 13).
+
+    python -m experiments.bench_fused [--sizes 1e7 3e7] [--tensor-size 1e6] [--repeats N] [--quick]
+        [--out results/bench/fused_cpu.json] [--device cpu|cuda]
+
+Set-up: N fp32 parameters in tensors of `--tensor-size` elements (the large matrices of a network), random
+gradients set once, lr 1e-3, weight decay 1e-2. Candidates: torch AdamW eager (foreach), fused (torch's own kernel)
+and compiled (torch.compile of its step: the baseline of the issue), and every KalmanAdam / KalmanLAMB mode with
+fused=True.
+
+Warm-up, measured: each candidate's first step (the compile) and the steps after it, one candidate at a time;
+"steps to steady" is the first step from which every warm-up step is within 1.5x the candidate's median.
+Timing: interleaved rounds in a seeded shuffled order (as experiments/bench_step.py); per candidate the median,
+the ratio to compiled AdamW and to the fastest AdamW, and the achieved bandwidth = bytes moved per step / median
+time, as a fraction of the measured copy bandwidth (median of `dst.copy_(src)` on N floats, 8 N bytes moved).
+Bytes moved per element are D6's count (reads + writes of parameter, gradient and state) for the variants it
+lists, and the same count for the modes added later (innovation: +R read and written; transport: 5 more tensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from experiments.bench_step import StepTimer, format_size, markdown_table, quantiles, state_bytes_per_parameter, text_table
+from experiments.provenance import atomic_write
+from experiments.provenance import provenance as shared_provenance
+from kalman_optim import KalmanAdam, KalmanLAMB
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SEED, LR, WEIGHT_DECAY = 0, 1e-3, 1e-2
+WARMUP_STEPS = 8
+STEADY_FACTOR = 1.5
+BASELINE = "AdamW [compiled]"
+
+#: name -> (builder, bytes moved per element: reads + writes of 4-byte floats, D6's count)
+CANDIDATES: dict[str, tuple[Callable, int]] = {
+    "AdamW [foreach]": (lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True), 28),
+    "AdamW [fused]": (lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 28),
+    BASELINE: (lambda ps: _compiled(torch.optim.AdamW(ps, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True)), 28),
+    "KalmanAdam adam": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 28),
+    "KalmanAdam constant": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="constant", fused=True), 28),
+    "KalmanAdam adam+VA": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True,
+                                                 fused=True), 28),
+    "KalmanAdam adaptive": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="adaptive", fused=True), 60),
+    "KalmanAdam innovation": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
+                                                    fused=True), 36),
+    "KalmanAdam innovation+VA": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
+                                                       variance_adaptation=True, fused=True), 36),
+    "KalmanAdam transport": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="transport",
+                                                   fused=True), 60),
+    "KalmanLAMB": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, precision_weighting=False, fused=True), 40),
+    "KalmanLAMB precision": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 40),
+    "KalmanLAMB precision innovation": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
+                                                              fused=True), 48),
+}
+
+#: The issue's targets: (candidate, text, ratio bound, "over" candidate). D6 bytes ratio of adaptive/transport 60/28.
+TARGETS = [
+    ("KalmanAdam adam", "adam <= 1.00x compiled AdamW", 1.00, BASELINE),
+    ("KalmanAdam constant", "constant <= 1.00x compiled AdamW", 1.00, BASELINE),
+    ("KalmanAdam adam+VA", "variance adaptation <= 1.05x compiled AdamW", 1.05, BASELINE),
+    ("KalmanAdam adaptive", "adaptive <= 1.1 x 60/28 = 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
+    ("KalmanAdam transport", "transport (D8) <= 1.1 x 60/28 = 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
+    ("KalmanLAMB precision", "precision-weighted LAMB <= 1.1x plain LAMB fused", 1.1, "KalmanLAMB"),
+]
+MIN_BANDWIDTH_FRACTION = 0.5
+
+
+def _compiled(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """torch's recipe for a compiled optimizer: torch.compile of its step (compiled on the first call)."""
+    optimizer.step = torch.compile(optimizer.step)
+    return optimizer
+
+
+def make_parameters(total: int, tensor_size: int, device: torch.device, seed: int) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [tensor_size] * (total // tensor_size) + ([total % tensor_size] if total % tensor_size else [])
+    params = []
+    for size in sizes:
+        param = torch.nn.Parameter(torch.randn(size, generator=generator).to(device))
+        param.grad = torch.randn(size, generator=generator).to(device)
+        params.append(param)
+    return params
+
+
+def copy_bandwidth(total: int, device: torch.device, repeats: int = 20) -> float:
+    """Bytes per second of dst.copy_(src) on `total` floats (8 bytes moved per element), median of `repeats`."""
+    src, dst = torch.randn(total, device=device), torch.empty(total, device=device)
+    times = []
+    for _ in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 8 * total / quantiles(times[2:])[1]
+
+
+def warm_up(optimizer, timer: StepTimer) -> dict[str, Any]:
+    """Time the first WARMUP_STEPS steps one by one (the first includes the compile)."""
+    times = [timer(optimizer)[0] for _ in range(WARMUP_STEPS)]
+    return dict(first_step_s=times[0], warmup_times_s=times, compilations=getattr(optimizer, "fused_compilations", None))
+
+
+def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, device: torch.device, seed: int, bar):
+    params = make_parameters(total, tensor_size, device, seed)
+    timer = StepTimer(device)
+    optimizers, warm = {}, {}
+    for name in names:
+        optimizers[name] = CANDIDATES[name][0](params)
+        warm[name] = warm_up(optimizers[name], timer)
+        bar.update(WARMUP_STEPS)
+    bandwidth = copy_bandwidth(total, device)
+    rng, order = random.Random(f"{seed}/{total}"), list(names)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
+                times[name].append(timer(optimizers[name])[0])
+                bar.update(1)
+    finally:
+        gc.enable()
+    medians = {name: quantiles(values)[1] for name, values in times.items()}
+    fastest_adamw = min((n for n in names if n.startswith("AdamW")), key=medians.get)
+    stats = {}
+    for name in names:
+        median = medians[name]
+        steady = next(i for i in range(WARMUP_STEPS + 1)
+                      if all(t <= STEADY_FACTOR * median for t in warm[name]["warmup_times_s"][i:]))
+        moved = CANDIDATES[name][1] * total
+        stats[name] = dict(
+            median_s=median, q25_s=quantiles(times[name])[0], q75_s=quantiles(times[name])[2],
+            ratio_to_compiled_adamw=median / medians[BASELINE], ratio_to_fastest_adamw=median / medians[fastest_adamw],
+            bytes_moved_per_element=CANDIDATES[name][1], bandwidth_fraction=moved / median / bandwidth,
+            state_bytes_per_param=state_bytes_per_parameter(optimizers[name], params),
+            steps_to_steady=steady + 1, **warm[name], times_s=times[name],
+        )
+    del optimizers, params
+    gc.collect()
+    return dict(size=total, tensor_size=tensor_size, tensors=-(-total // tensor_size), rounds=rounds,
+                copy_bandwidth_bytes_per_s=bandwidth, fastest_adamw=fastest_adamw, candidates=stats)
+
+
+def evaluate_targets(result: dict) -> list[dict]:
+    rows = []
+    for name, text, bound, over in TARGETS:
+        entry = result["candidates"][name]
+        ratio = entry["median_s"] / result["candidates"][over]["median_s"]
+        rows.append(dict(target=text, candidate=name, versus=over, size=result["size"], ratio=ratio, bound=bound,
+                         met=bool(ratio <= bound)))
+    for name, entry in result["candidates"].items():
+        if not name.startswith("AdamW"):
+            rows.append(dict(target=f"{name}: >= 50% of copy bandwidth", candidate=name, versus="copy",
+                             size=result["size"], ratio=entry["bandwidth_fraction"], bound=MIN_BANDWIDTH_FRACTION,
+                             met=bool(entry["bandwidth_fraction"] >= MIN_BANDWIDTH_FRACTION)))
+    return rows
+
+
+def tables(report: dict):
+    results = report["results"]
+    header = ["candidate", "B/param", "B moved/elem"] + [
+        f"N={format_size(r['size'])}: x compiled AdamW / x fastest AdamW / % copy bw" for r in results
+    ] + ["first step s", "steps to steady"]
+    rows = []
+    for name in report["candidates"]:
+        last = results[-1]["candidates"][name]
+        rows.append([name, f"{last['state_bytes_per_param']:.1f}", str(last["bytes_moved_per_element"])] + [
+            f"{r['candidates'][name]['ratio_to_compiled_adamw']:.2f} / {r['candidates'][name]['ratio_to_fastest_adamw']:.2f}"
+            f" / {100 * r['candidates'][name]['bandwidth_fraction']:.0f}%" for r in results
+        ] + [f"{last['first_step_s']:.1f}", str(last["steps_to_steady"])])
+    target_header = ["target", "N", "measured", "met"]
+    target_rows = [[t["target"], format_size(t["size"]), f"{t['ratio']:.2f}", "met" if t["met"] else "NOT met"]
+                   for t in report["targets"]]
+    return header, rows, target_header, target_rows
+
+
+def describe(report: dict) -> str:
+    p, c = report["provenance"], report["config"]
+    bandwidths = ", ".join(f"N={format_size(r['size'])}: {r['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
+                           for r in report["results"])
+    return (f"{p['device_name']} ({p['device']}), {p['threads']} threads, torch {p['torch']}, commit "
+            f"{(p['git_commit'] or 'unknown')[:12]}{' (dirty)' if p['git_dirty'] else ''}, {p['date_utc']}. Tensors of "
+            f"{format_size(c['tensor_size'])} fp32 elements; {c['rounds']} interleaved rounds after {WARMUP_STEPS} warm-up "
+            f"steps per candidate (seed {c['seed']}). Copy bandwidth: {bandwidths}. Last two columns: at the largest N.")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench_fused", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=None, help="total parameter counts (default 1e7 3e7)")
+    parser.add_argument("--tensor-size", type=float, default=1e6, help="elements per tensor (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per size (default 30; --quick 5)")
+    parser.add_argument("--quick", action="store_true", help="1e6 parameters in tensors of 1e5, 5 rounds")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.tensor_size, args.repeats = args.sizes or [1e6], 1e5, args.repeats or 5
+    args.sizes = [int(s) for s in (args.sizes or [1e7, 3e7])]
+    args.tensor_size, args.repeats = int(args.tensor_size), args.repeats or 30
+    if args.repeats < 1 or args.tensor_size < 1 or any(s < 1 for s in args.sizes):
+        parser.error("--sizes, --tensor-size and --repeats must be >= 1")
+    for needed in (BASELINE, "KalmanLAMB"):
+        if needed not in args.candidates:
+            args.candidates.insert(0, needed)
+    args.out = args.out or REPO_ROOT / "results" / "bench" / f"fused_{args.device}.json"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    device = torch.device(args.device)
+    names = [n for n in CANDIDATES if n in args.candidates]
+    config = dict(sizes=args.sizes, tensor_size=args.tensor_size, rounds=args.repeats, seed=args.seed, lr=LR,
+                  weight_decay=WEIGHT_DECAY, dtype="float32", threads=torch.get_num_threads(), device=args.device,
+                  warmup_steps=WARMUP_STEPS, steady_factor=STEADY_FACTOR)
+    total_steps = len(args.sizes) * len(names) * (WARMUP_STEPS + args.repeats)
+    with tqdm(total=total_steps, desc="optimizer steps", disable=args.no_progress, file=sys.stderr, mininterval=2.0) as bar:
+        results = [bench_size(size, args.tensor_size, names, args.repeats, device, args.seed, bar) for size in args.sizes]
+    report = dict(benchmark="fused optimizer steps (experiments/bench_fused.py, issue 13)",
+                  provenance=shared_provenance(device, argv, args.seed, module="experiments.bench_fused"),
+                  config=config, candidates=names, results=results,
+                  targets=[row for result in results for row in evaluate_targets(result)])
+    atomic_write(args.out, json.dumps(report, indent=1) + "\n")
+    header, rows, target_header, target_rows = tables(report)
+    atomic_write(args.out.with_suffix(".md"), "\n\n".join([
+        f"# Fused optimizer steps ({args.device})", f"Generated by `{report['provenance']['command']}`.", describe(report),
+        "## Step time and bandwidth", markdown_table(header, rows), "## Targets (issue 13)",
+        markdown_table(target_header, target_rows)]) + "\n")
+    print(describe(report))
+    print(text_table(header, rows))
+    print(text_table(target_header, target_rows))
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
