@@ -84,11 +84,12 @@ def adaptive_noise_estimates(
     # float resolution for the largest possible beta, the start-up factor is exactly 1 and is skipped.
     beta_ceiling = max(config.beta_max, config.prior_beta)
     if beta_ceiling ** (2 * step - 1) >= torch.finfo(dtype).eps:
-        log_beta = torch.log1p(gain.neg())
-        # 1 - beta^(2t) = -2 tanh(t log beta) / (1 - tanh(t log beta)): as accurate as -expm1(2t log beta), and the same
-        # formula on the fused path, where inductor's float32 expm1 (exp - 1) loses up to 4% for small arguments.
-        half = torch.tanh(log_beta * step)
-        start_up = torch.exp(log_beta * (2 * step - 1)).add_(1).div_(half.mul(-2).div_(half.neg().add_(1)))
+        # With h = tanh(t log beta): beta^(2t) = (1 + h) / (1 - h), so the factor is ((1 - h) beta + 1 + h) / (-2 h beta):
+        # one log1p and one tanh, free of cancellation (no 1 - beta^(2t), no expm1, whose float32 version in inductor
+        # is exp - 1 and loses up to 4% for small arguments), and the same formula on the fused path.
+        beta = gain.neg().add_(1)
+        half = torch.tanh(torch.log1p(gain.neg()).mul_(step))
+        start_up = half.neg().add_(1).mul_(beta).add_(half).add_(1).div_(half.mul(-2).mul_(beta))
         gain.mul_(start_up)
     return gain, r_hat
 

@@ -141,7 +141,7 @@ def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_g
             early_noise_norm=(1 - nb**n_sq) * (2 + lam_prior) if n_sq > 0 else 1.0,
             statistics_weight=weight, prior_term=(1 - weight) * lam_prior, lam_min=lam_min, lam_max=lam_max,
             start_up_on=_flag(max(config.beta_max, config.prior_beta) ** (2 * step - 1) >= torch.finfo(dtype).eps),
-            exponent=float(2 * step - 1), step=float(step),
+            step=float(step),
         )
     elif noise == "innovation":
         nb, first = config.noise_beta, adam_coefficients(beta1, step)
@@ -187,9 +187,9 @@ def _adaptive(g, extra, s, new):
     ratio = ratio * s["statistics_weight"] + s["prior_term"]
     root = ratio.sqrt()
     gain = (root * 2) / (root + (ratio + 4).sqrt())
-    log_beta = torch.log1p(-gain)
-    half = torch.tanh(log_beta * s["step"])  # 1 - beta^(2t) without expm1 (inaccurate in inductor's float32)
-    start_up = (torch.exp(log_beta * s["exponent"]) + 1) / ((half * -2) / (1 - half))
+    beta = 1 - gain
+    half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's start-up factor via h = tanh(t log beta), as functional
+    start_up = ((1 - half) * beta + half + 1) / (half * -2 * beta)
     gain = _where(s["start_up_on"], gain * start_up, gain)
     gain = _where(s["early"], s["early_gain"].expand_as(g), gain)
     r_hat = _where(s["early"], sq / s["early_noise_norm"], r_hat)
