@@ -2,7 +2,7 @@
 #
 #   make reproduce        set up .venv if missing, then rebuild everything that is out of date
 #   make test             set up .venv if missing, then run the test-suite
-#   make bench            optimizer step-time / memory benchmark -> results/bench/step_$(BENCH_DEVICE).json
+#   make bench            optimizer step-time / memory benchmark -> results/bench/{step,fused}_$(BENCH_DEVICE).json
 #
 # Switches:
 #   PYTHON=python3        use an existing interpreter (e.g. a GPU machine's system torch, no network):
@@ -10,7 +10,8 @@
 #   TORCH_PIN=...         the torch requirement installed into .venv (default: the CPU build torch==2.13.0).
 #   PROFILE=smoke|full    experiment profile of `make experiments` / `make reproduce` (default smoke: ~15 min on 2 CPUs).
 #   DEVICE=auto|cpu|cuda  device of the experiments (auto: cuda when available).
-#   BENCH_DEVICE=cpu|cuda  device of `make bench`; BENCH_ARGS=... more options (e.g. --quick, --layout both).
+#   BENCH_DEVICE=cpu|cuda  device of `make bench`; BENCH_ARGS=... more options (e.g. --quick, --layout both);
+#                         BENCH_FUSED_ARGS=... options of the fused-path benchmark (e.g. --quick).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -25,6 +26,7 @@ PROFILE ?= smoke
 DEVICE ?= auto
 BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
+BENCH_FUSED_ARGS ?=
 PYTEST_ARGS ?=
 
 ifeq ($(strip $(PYTHON)),)
@@ -53,7 +55,7 @@ help:
 	@echo "make reproduce   set up (if needed) and rebuild what is out of date"
 	@echo "make test        set up (if needed) and run the tests"
 	@echo "make derivations run the sympy derivations, write paper/generated/ and derivations/executed/"
-	@echo "make bench       time optimizer steps against AdamW -> results/bench/step_$(BENCH_DEVICE).json (~4 min)"
+	@echo "make bench       time optimizer steps against AdamW -> results/bench/{step,fused}_$(BENCH_DEVICE).json (~20 min)"
 	@echo "make experiments run the $(PROFILE) experiments -> results/$(PROFILE)/ (smoke: ~15 min on 2 CPUs)"
 	@echo "make figures     figures, tables, number macros from the results -> paper/figures, paper/generated"
 	@echo "make paper       build paper/build/paper.pdf (installs LaTeX with apt-get when root)"
@@ -113,9 +115,11 @@ $(DERIVATION_LATEX): $(DERIVATION_SOURCES) $(DERIVATION_TOOLS) | $(SETUP)
 derivations: $(DERIVATION_LATEX)
 
 # Optimizer step time and state memory against torch's AdamW (issue #4): a measurement, not a test.
-# Writes results/bench/step_$(BENCH_DEVICE).json (with provenance) and .md; takes ~4 min on 2 CPU cores.
+# Writes results/bench/step_$(BENCH_DEVICE).json and fused_$(BENCH_DEVICE).json (with provenance) and .md files;
+# ~4 min plus ~15 min (the fused path's compiles included) on 2 CPU cores.
 bench: | $(SETUP)
 	$(PY) -m experiments.bench_step --device $(BENCH_DEVICE) --out results/bench/step_$(BENCH_DEVICE).json $(BENCH_ARGS)
+	$(PY) -m experiments.bench_fused --device $(BENCH_DEVICE) --out results/bench/fused_$(BENCH_DEVICE).json $(BENCH_FUSED_ARGS)
 
 # Every experiment of the profile, every time: completed runs (results/<profile>/<experiment>/*.json) are
 # skipped in seconds, and a missing, corrupt or stale one (deleted, truncated, or from another config) is redone.

@@ -25,7 +25,7 @@ CONFIGS = {
     "innovation-va": (KalmanAdam, dict(noise="innovation", variance_adaptation=True, adaptation_scale=2.0)),
     "transport": (KalmanAdam, dict(noise="transport", noise_beta=0.95)),
     "transport-l2": (KalmanAdam, dict(noise="transport", decoupled_weight_decay=False)),
-    "lamb": (KalmanLAMB, dict(noise="adam", precision_weighting=False, trust_clip=3.0)),
+    "lamb": (KalmanLAMB, dict(noise="adam", precision_weighting=False, trust_clip=0.5)),  # the clip binds
     "lamb-pw-constant": (KalmanLAMB, dict(noise="constant", precision_floor=0.1)),
     "lamb-pw-adaptive-maximize": (KalmanLAMB, dict(noise="adaptive", maximize=True)),
     "lamb-pw-innovation": (KalmanLAMB, dict(noise="innovation", noise_beta=0.95)),
