@@ -19,7 +19,7 @@ CONFIGS = {
     "adam-l2-maximize": (KalmanAdam, dict(noise="adam", decoupled_weight_decay=False, maximize=True)),
     "constant-prior": (KalmanAdam, dict(noise="constant", prior_variance=0.5)),
     "adam-va": (KalmanAdam, dict(noise="adam", variance_adaptation=True, adaptation_scale=3.0)),
-    "adaptive-va": (KalmanAdam, dict(noise="adaptive", variance_adaptation=True, noise_beta=0.95,
+    "adaptive-va": (KalmanAdam, dict(noise="adaptive", variance_adaptation=True, adaptation_scale=0.5, noise_beta=0.95,
                                      beta_range=(0.6, 0.99))),
     "innovation": (KalmanAdam, dict(noise="innovation", noise_beta=0.9)),
     "innovation-va": (KalmanAdam, dict(noise="innovation", variance_adaptation=True, adaptation_scale=2.0)),
