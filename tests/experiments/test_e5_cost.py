@@ -115,3 +115,32 @@ def test_figures_without_a_bench_report(tiny_runs, tmp_path, monkeypatch):
     e5.figures(tiny_runs, FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
     table = (tmp_path / "e5_cost.md").read_text()
     assert "E5 smoke cpu" in table and "bench" not in table
+
+
+def _fused_report(size=30_000_000):
+    entry = lambda ratio, fraction: dict(  # noqa: E731
+        median_s=0.01 * ratio, ratio_to_compiled_adamw=ratio, ratio_to_fastest_adamw=ratio, bandwidth_fraction=fraction,
+        bytes_moved_per_element=28, state_bytes_per_param=8.0, first_step_s=5.0)
+    candidates = {"AdamW [compiled]": entry(1.0, 0.6), "AdamW [fused]": entry(0.8, 0.7),
+                  "KalmanAdam adam": entry(0.8, 0.7), "KalmanLAMB": entry(2.0, 0.4), "KalmanLAMB precision": entry(3.0, 0.3)}
+    return dict(provenance=dict(git_commit="abcdef0123", threads=2), results=[dict(
+        size=size, tensors=30, rounds=30, bandwidth_bytes_per_s=4e10, copy_bandwidth_bytes_per_s=2e10,
+        in_place_bandwidth_bytes_per_s=4e10, candidates=candidates)])
+
+
+def test_fused_numbers_and_table(tmp_path):
+    numbers = e5.fused_numbers(_fused_report())
+    assert numbers["FusedCpuAdamCompiled"] == 0.8 and numbers["FusedCpuTorchFusedCompiled"] == 0.8
+    assert numbers["FusedCpuAdamBandwidth"] == 70 and numbers["FusedCpuBandwidth"] == 40.0
+    assert numbers["FusedCpuLambPrecisionOverLamb"] == 1.5 and numbers["FusedCpuCommit"] == "abcdef0"
+    assert e5.fused_numbers(None) == {}
+    e5.fused_table(_fused_report(), FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
+    table = (tmp_path / "e5_fused.md").read_text()
+    assert "| KalmanAdam adam | 8 | 28 | 0.80 | 0.80 | 70 | 5.0 |" in table
+
+
+def test_a_damaged_fused_report_stops_the_build_with_its_name(tmp_path):
+    (tmp_path / "fused_cpu.json").write_text('{"results": [')
+    with pytest.raises(ValueError, match="fused_cpu.json.*make bench"):
+        e5.fused_report("cpu", tmp_path)
+    assert e5.fused_report("cpu", tmp_path / "missing") is None
