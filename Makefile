@@ -8,7 +8,7 @@
 #   PYTHON=python3        use an existing interpreter (e.g. a GPU machine's system torch, no network):
 #                         no venv is created and nothing is installed; missing packages are named.
 #   TORCH_PIN=...         the torch requirement installed into .venv (default: the CPU build torch==2.13.0).
-#   PROFILE=smoke|full    experiment profile of `make experiments` / `make reproduce` (default smoke: ~15 min on 2 CPUs).
+#   PROFILE=smoke|paper|full experiment profile of `make experiments` / `make reproduce` (default smoke: ~15 min on 2 CPUs).
 #   DEVICE=auto|cpu|cuda  device of the experiments (auto: cuda when available).
 #   BENCH_DEVICE=cpu|cuda  device of `make bench`; BENCH_ARGS=... more options (e.g. --quick, --layout both);
 #                         BENCH_FUSED_ARGS=... options of the fused-path benchmark (e.g. --quick).

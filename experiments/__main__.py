@@ -1,8 +1,8 @@
 """Command line of the experiments.
 
     python -m experiments list
-    python -m experiments run NAME|all [--profile smoke|full] [--seeds 0 1 2] [--device auto|cpu|cuda] [--force]
-    python -m experiments figures [--profile smoke|full] [--prefer-full]
+    python -m experiments run NAME|all [--profile smoke|paper|full] [--seeds 0 1 2] [--device auto|cpu|cuda] [--force]
+    python -m experiments figures [--profile smoke|paper|full] [--prefer-full]
 
 `run` writes results/<profile>/<experiment>/<run_id>.json (skipping completed runs); `figures` turns the
 results into paper/figures/*.pdf|png, paper/generated/*.tex tables and paper/generated/numbers.tex macros.

@@ -64,3 +64,37 @@ def binomial_ci(successes: int, trials: int, level: float = 0.95) -> Estimate:
     # Rounding can put a bound a hair outside [0, 1] or past p itself at k = 0 or k = n.
     low, high = max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
     return Estimate(p, low, high, trials, level)
+
+
+def paired_t_p_value(values: Sequence[float], baseline: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test of values[i] - baseline[i] against 0 (nan with fewer than 2 finite
+    pairs; 1 when every difference is 0)."""
+    if len(values) != len(baseline):
+        raise ValueError(f"paired_t_p_value needs equal lengths, got {len(values)} and {len(baseline)}")
+    d = np.asarray([a - b for a, b in zip(values, baseline)], dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return math.nan
+    if not np.any(d):
+        return 1.0
+    if d.std(ddof=1) == 0:
+        return 0.0
+    return float(scipy_stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def holm_reject(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise error rate `alpha`.
+
+    Sort the m p-values; reject the k-th smallest while p_(k) <= alpha / (m - k + 1) (k = 1..m), stop at the first
+    that is not. A nan p-value (too few seeds) is never rejected and still counts in m."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (math.isnan(p_values[i]), p_values[i]))
+    reject = [False] * m
+    for rank, index in enumerate(order):
+        p = p_values[index]
+        if math.isnan(p) or p > alpha / (m - rank):
+            break
+        reject[index] = True
+    return reject

@@ -166,3 +166,27 @@ def test_wilson_intervals_mirror_under_swapping_successes_and_failures(trials, d
     estimate, mirrored = binomial_ci(successes, trials), binomial_ci(trials - successes, trials)
     assert estimate.low == pytest.approx(1 - mirrored.high, abs=1e-12)
     assert estimate.high == pytest.approx(1 - mirrored.low, abs=1e-12)
+
+
+def test_holm_rejects_step_down_and_stops_at_the_first_failure():
+    from experiments.stats import holm_reject
+    # m = 4: thresholds 0.0125, 0.0167, 0.025, 0.05 for the sorted p-values.
+    assert holm_reject([0.01, 0.04, 0.016, 0.5]) == [True, False, True, False]
+    assert holm_reject([0.013, 0.001, 0.9, 0.02]) == [True, True, False, True]  # 0.001, 0.013 <= .0167, 0.02 <= .025
+    assert holm_reject([0.03, 0.04]) == [False, False]  # 0.03 > 0.05 / 2: nothing is rejected
+    assert holm_reject([float("nan"), 0.001]) == [False, True]  # a nan counts in m, never rejected
+    assert holm_reject([]) == []
+    with pytest.raises(ValueError, match="alpha"):
+        holm_reject([0.1], alpha=0)
+
+
+def test_paired_t_p_value_matches_scipy_and_edge_cases():
+    from scipy import stats as scipy_stats
+
+    from experiments.stats import paired_t_p_value
+    a, b = [1.0, 2.0, 3.5, 4.0], [0.5, 2.5, 2.0, 3.0]
+    assert paired_t_p_value(a, b) == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+    assert paired_t_p_value([1.0, 2.0], [1.0, 2.0]) == 1.0
+    assert paired_t_p_value([1.0], [0.0]) != paired_t_p_value([1.0], [0.0])  # nan: one pair
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_t_p_value([1.0], [1.0, 2.0])

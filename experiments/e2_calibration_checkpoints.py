@@ -1,0 +1,123 @@
+"""Calibration checkpoints: at chosen steps of a training run, the full-batch gradient (the truth the optimizer's
+state estimates) against KalmanAdam's intervals, the per-example noise truth, and the process noise measured
+directly as the change of the full-batch gradient over a few steps."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from experiments import noise_truth, training
+from experiments.e2_design import QUANTILES, finite_or_none, layer_type
+
+
+class CalibrationCheckpoints:
+    """At each checkpoint c: the full-batch gradient G(theta_{c-1}) at the parameters where g_c was taken,
+    against the optimizer's intervals after filtering g_c; optionally also G(theta_{c-1-l}) for `level_lags` l,
+    which measures the process noise directly (below)."""
+
+    def __init__(self, task: training.Task, checkpoints: Sequence[int], levels: Sequence[float],
+                 full_gradient_examples: int | None, level_lags: Sequence[int] = (), noise_truth_every: int = 0):
+        self.task, self.checkpoints, self.levels = task, sorted(checkpoints), list(levels)
+        # Every n-th checkpoint also measures the per-example gradient variance (the true r, noise_truth.py).
+        self.noise_truth_every = int(noise_truth_every)
+        self.examples = full_gradient_examples
+        self.level_lags = [lag for lag in level_lags if lag >= 1]
+        self.scratch = copy.deepcopy(task.model)  # parameters are loaded into it for each full gradient
+        self.names = [n for n, p in task.model.named_parameters() if p.requires_grad]
+        # Parameter snapshots theta_s for every step s = c - 1 - l needed (l = 0 and the level lags).
+        self.last_use: dict[int, int] = {}  # snapshot step -> the last checkpoint that needs it
+        for c in self.checkpoints:
+            for lag in [0, *self.level_lags]:
+                if c - 1 - lag >= 0:
+                    self.last_use[c - 1 - lag] = max(c, self.last_use.get(c - 1 - lag, 0))
+        self.snapshots: dict[int, list[torch.Tensor]] = {}
+        self._maybe_remember(0)
+        self.results: list[dict[str, Any]] = []
+
+    def _parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def _maybe_remember(self, step: int) -> None:
+        if step in self.last_use:
+            self.snapshots[step] = [p.detach().clone() for p in self._parameters(self.task.model)]
+
+    def _load_snapshot(self, step: int) -> None:
+        with torch.no_grad():
+            for target, source in zip(self._parameters(self.scratch), self.snapshots[step]):
+                target.copy_(source)
+
+    def _full_gradient_at(self, step: int) -> list[torch.Tensor]:
+        self._load_snapshot(step)
+        with torch.enable_grad():
+            return self.task.full_gradient(self.scratch, self.examples)
+
+    def __call__(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        if step in self.checkpoints:
+            self.results.append(self.measure(step, optimizer))
+            self.snapshots = {s: v for s, v in self.snapshots.items() if self.last_use[s] > step}
+        self._maybe_remember(step)
+
+    def measure(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Coverage counts per level and layer type, |z| quantiles, and level-change sums.
+
+        A coordinate whose true gradient and filtered mean are both exactly 0 (a dead unit that never got a
+        gradient) is "inactive": its zero-width interval is trivially right, so it is counted apart, not as
+        covered. Level change over l steps, per layer type: sum_i (G_i(theta_{c-1}) - G_i(theta_{c-1-l}))^2
+        and the noise sum_i (g_i,c - G_i(theta_{c-1}))^2 (one mini-batch's squared sampling error, E = r_i);
+        under the local-level model their ratio is l * lambda (a random walk's increments add up)."""
+        truth = self._full_gradient_at(step - 1)
+        earlier = {lag: self._full_gradient_at(step - 1 - lag) for lag in self.level_lags if step - 1 - lag >= 0}
+        params = self._parameters(self.task.model)
+        inside: dict[float, dict[str, int]] = {level: {} for level in self.levels}
+        totals: dict[str, int] = {}
+        noise_sq: dict[str, float] = {}
+        change_sq: dict[int, dict[str, float]] = {lag: {} for lag in earlier}
+        scores, zero_variance, inactive = [], 0, 0
+        with torch.no_grad():
+            for j, (name, p, true) in enumerate(zip(self.names, params, truth)):
+                kind = layer_type(name)
+                mean, variance = optimizer.gradient_posterior(p)
+                active = (true != 0) | (mean != 0)
+                inactive += int((~active).sum())
+                totals[kind] = totals.get(kind, 0) + int(active.sum())
+                for level in self.levels:
+                    low, high = optimizer.confidence_interval(p, level)
+                    count = int(((true >= low) & (true <= high) & active).sum())
+                    inside[level][kind] = inside[level].get(kind, 0) + count
+                error = (true - mean).abs().double()[active]
+                sd = variance.double().sqrt()[active]
+                zero_variance += int((sd <= 0).sum())
+                # |z| = |true - mean| / sd; a zero-width interval gives inf unless it is exactly right.
+                degenerate = torch.where(error > 0, torch.full_like(error, math.inf), torch.zeros_like(error))
+                scores.append(torch.where(sd > 0, error / sd.clamp_min(1e-300), degenerate).cpu())
+                noise_sq[kind] = noise_sq.get(kind, 0.0) + float((p.grad.double() - true.double()).square().sum())
+                for lag, gradients in earlier.items():
+                    change = float((true.double() - gradients[j].double()).square().sum())
+                    change_sq[lag][kind] = change_sq[lag].get(kind, 0.0) + change
+        z_all = torch.cat(scores).numpy()
+        noise = None
+        index = self.checkpoints.index(step)
+        if self.noise_truth_every and index % self.noise_truth_every == self.noise_truth_every - 1:
+            self._load_snapshot(step - 1)
+            with torch.enable_grad():
+                means, variances = noise_truth.per_example_moments(self.task, self.scratch)
+            batch = int(self.task.batch_size)
+            noise = noise_truth.innovation_noise_check(optimizer, params, means, [v / batch for v in variances],
+                                                       self.levels)
+
+        def with_all(by_type: dict) -> dict:
+            return dict(by_type, all=sum(by_type.values()))
+
+        return dict(step=step, total=sum(totals.values()), totals=totals, inactive=inactive, zero_variance=zero_variance,
+                    inside={str(level): with_all(by_type) for level, by_type in inside.items()},
+                    abs_z_quantiles=[finite_or_none(v) for v in np.quantile(z_all, QUANTILES, method="inverted_cdf")],
+                    noise_sq=with_all(noise_sq), level_change_sq={str(lag): with_all(v) for lag, v in change_sq.items()},
+                    noise_truth=noise)

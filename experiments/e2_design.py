@@ -1,0 +1,63 @@
+"""E2's fixed design, shared by its plan, its measurements and its reports: the KalmanAdam modes compared, the
+interval levels and quantiles recorded, the training phases, the filter models whose innovations are tested,
+the names of tasks, modes and layer types, and how numbers are stored in the result files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MODES = ("adam", "constant", "adaptive", "innovation", "innovation-fast")
+CALIBRATED_MODES = ("innovation", "innovation-fast")  # D7's read-out: the noise ground truth and long runs
+LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+ADAM_BETA1 = 0.9
+PHASES = ("early", "middle", "late")
+TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "shakespeare": "Shakespeare transformer"}
+MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive", "innovation": "innovation (D7)",
+               "innovation-fast": "innovation, noise β 0.9"}
+WHITENESS_MODELS = ("fitted", "iid", "adam")  # plotted; "moment" (the D4 lambda) is stored as well
+WHITENESS_LABELS = {"fitted": "fitted λ (ML)", "iid": "i.i.d. (λ = 0)", "adam": "β = 0.9", "moment": "fitted λ (D4)"}
+
+
+# ------------------------------------------------------------------------------------------ layer types
+def layer_type(name: str) -> str:
+    """Coarse kind of a parameter tensor from its module path (SmallCNN / CharTransformer names)."""
+    kind = "bias" if name.endswith("bias") else "weight"
+    if "norm" in name:
+        return "layernorm"
+    if name.startswith("token"):
+        return "embedding (tied)"
+    if name.startswith("position"):
+        return "position"
+    if "attn" in name:
+        return f"attention {kind}"
+    if "linear1" in name or "linear2" in name:
+        return f"MLP {kind}"
+    if name.startswith("features"):
+        return f"conv {kind}"
+    if name.startswith("head.3"):
+        return f"output {kind}"
+    if name.startswith("head"):
+        return f"hidden linear {kind}"
+    return name
+
+
+# The layer types in the models' order, for tables and figures (result files store them sorted by name).
+TYPE_ORDER = ("all", "conv weight", "conv bias", "hidden linear weight", "hidden linear bias", "output weight",
+              "output bias", "embedding (tied)", "position", "attention weight", "attention bias", "MLP weight",
+              "MLP bias", "layernorm")
+
+
+# ------------------------------------------------------------------------------------------ stored numbers
+def finite_or_none(value: float) -> float | None:
+    """JSON-safe number: inf / NaN become None (printed as ∞ / n/a)."""
+    return float(value) if math.isfinite(value) else None
+
+
+def quantiles(values: np.ndarray) -> list[float | None]:
+    """QUANTILES of `values` without interpolation (inverted CDF), so infinite values stay exact."""
+    if values.size == 0:
+        return [None] * len(QUANTILES)
+    return [finite_or_none(v) for v in np.quantile(values, QUANTILES, method="inverted_cdf")]
