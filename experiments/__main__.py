@@ -2,6 +2,7 @@
 
     python -m experiments list
     python -m experiments run NAME|all [--profile smoke|paper|full] [--seeds 0 1 2] [--device auto|cpu|cuda] [--force]
+        [--shard K/N]
     python -m experiments figures [--profile smoke|paper|full] [--prefer-full]
 
 `run` writes results/<profile>/<experiment>/<run_id>.json (skipping completed runs); `figures` turns the
@@ -34,6 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     run.add_argument("--force", action="store_true", help="rerun completed runs")
     run.add_argument("--root", type=Path, default=RESULTS_ROOT, help="results folder (default: results/)")
+    run.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                     help="run only the runs of shard K of N (start N processes, then one call without --shard)")
     man = sub.add_parser("manifest", help="write results/<profile>/.manifest (a hash per result file) when it changed")
     man.add_argument("--profile", choices=PROFILES, default="smoke")
     man.add_argument("--root", type=Path, default=RESULTS_ROOT)
@@ -48,6 +51,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                      help="draw what exists and skip experiments with missing, corrupt or stale results "
                           "(for development; the paper's build never uses it)")
     return parser.parse_args(argv)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N, e.g. 0/2, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"expected 0 <= K < N, got {text!r}")
+    return k, n
 
 
 def names_for(name: str) -> list[str]:
@@ -69,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         module = registry.load(name)
         start = time.perf_counter()
         runs = run_experiment(module, args.profile, seeds=args.seeds, device=args.device, force=args.force,
-                              root=args.root)
+                              root=args.root, shard=args.shard)
         print(f"{name}: {len(runs)} runs complete in {args.root / args.profile / name}/ "
               f"({time.perf_counter() - start:.1f} s this call)", flush=True)
 

@@ -202,8 +202,15 @@ def run_experiment(
     force: bool = False,
     root: Path = RESULTS_ROOT,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every planned run of `module` not yet completed; return all of its results, in plan order."""
+    """Run every planned run of `module` not yet completed; return all of its results, in plan order.
+
+    With shard = (k, n) only the runs whose id hashes to k mod n are executed (n processes share the cores; each
+    reads the others' results from disk when it plans again); it returns the results present when it stops, and
+    a later call without a shard runs what the shards left (e.g. stages that became ready after a shard stopped)."""
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"Invalid shard: expected (k, n) with 0 <= k < n, got {shard!r}")
     settings = settings_for(module, profile)
     seeds = list(seeds) if seeds is not None else list(settings.get("seeds", [0]))
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -224,11 +231,11 @@ def run_experiment(
             if existing is not None:
                 done[spec.run_id] = existing
                 loaded = True
-            else:
+            elif shard is None or in_shard(spec.run_id, shard):
                 pending.append(spec)
         if not pending:
             if not loaded:  # plan() was given every result it asked for and asked for nothing new
-                return [done[s.run_id] for s in specs]
+                return [done[s.run_id] for s in specs if s.run_id in done]
             continue  # loaded results may unlock a later stage
         bar = tqdm(pending, desc=f"{module.NAME} [{profile}]", unit="run", disable=not progress, leave=False)
         for spec in bar:
@@ -237,6 +244,12 @@ def run_experiment(
             atomic_write_json(run_path(root, profile, module.NAME, spec.run_id), result)
             done[spec.run_id] = result
             redone.add(spec.run_id)
+
+
+def in_shard(run_id: str, shard: tuple[int, int]) -> bool:
+    """Whether run `run_id` belongs to shard k of n (a stable hash of the id, the same in every process)."""
+    k, n = shard
+    return int(hashlib.sha256(run_id.encode()).hexdigest(), 16) % n == k
 
 
 def load_experiment_results(module: ModuleType, profile: str, root: Path = RESULTS_ROOT) -> list[dict[str, Any]]:

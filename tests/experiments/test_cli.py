@@ -68,6 +68,22 @@ def test_run_by_prefix_skips_completed_runs_and_forces_reruns(toy_registry, tmp_
     assert executions(toy_registry) == ids + ids
 
 
+def test_shards_split_the_runs_and_a_final_call_completes_them(toy_registry, tmp_path):
+    from experiments.runner import in_shard
+    root = tmp_path / "results"
+    ids = [f"run{i}_seed0" for i in range(4)]
+    main(["run", "toy", "--root", str(root), "--device", "cpu", "--shard", "0/2"])
+    first = executions(toy_registry)
+    assert first == [i for i in ids if in_shard(i, (0, 2))]
+    main(["run", "toy", "--root", str(root), "--device", "cpu", "--shard", "1/2"])
+    second = executions(toy_registry)[len(first):]
+    assert sorted(first + second) == ids and not set(first) & set(second)
+    main(["run", "toy", "--root", str(root), "--device", "cpu"])  # nothing left: nothing runs again
+    assert len(executions(toy_registry)) == 4 and run_files(root) == ids
+    with pytest.raises(SystemExit):
+        main(["run", "toy", "--root", str(root), "--shard", "2/2"])
+
+
 def test_run_all_with_seeds_and_profile(toy_registry, tmp_path):
     root = tmp_path / "results"
     main(["run", "all", "--profile", "full", "--seeds", "3", "4", "--root", str(root), "--device", "cpu"])
