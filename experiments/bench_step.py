@@ -78,7 +78,8 @@ KALMAN_ADAM_MODES = {
     "adaptive": dict(noise="adaptive"),
     "adam+VA": dict(noise="adam", variance_adaptation=True),
 }
-# foreach=None is the library's default (it picks the path for the device); both paths are also forced.
+# The eager paths (fused=False; experiments/bench_fused.py times the fused one): foreach=None is the library's
+# default eager choice for the device; both eager paths are also forced.
 PATHS = {"default": None, "foreach": True, "loop": False}
 
 
@@ -108,9 +109,10 @@ def candidates(device: torch.device) -> list[Candidate]:
     for mode, options in KALMAN_ADAM_MODES.items():
         for path, foreach in PATHS.items():
             suffix = "" if path == "default" else f" [{path}]"
-            out.append(Candidate(f"KalmanAdam {mode}{suffix}", "KalmanAdam", dict(options, foreach=foreach), mode, path))
-    out.append(Candidate("KalmanLAMB", "KalmanLAMB", dict(precision_weighting=False, foreach=None)))
-    out.append(Candidate("KalmanLAMB precision", "KalmanLAMB", dict(precision_weighting=True, foreach=None)))
+            out.append(Candidate(f"KalmanAdam {mode}{suffix}", "KalmanAdam", dict(options, foreach=foreach, fused=False),
+                                 mode, path))
+    out.append(Candidate("KalmanLAMB", "KalmanLAMB", dict(precision_weighting=False, foreach=None, fused=False)))
+    out.append(Candidate("KalmanLAMB precision", "KalmanLAMB", dict(precision_weighting=True, foreach=None, fused=False)))
     return out
 
 
@@ -370,7 +372,7 @@ def describe_run(report: dict) -> str:
         f"(seed {c['seed']}).\n"
         f"Ratio = median step time / median of the fastest AdamW at that size [IQR of the per-round ratios]; "
         f"baseline: {', '.join(sorted({r['baseline'] for r in report['results']}))}. "
-        f"B/param = optimizer-state bytes per parameter (step excluded). No suffix = foreach=None (library default).\n"
+        f"B/param = optimizer-state bytes per parameter (step excluded). No suffix = foreach=None, fused=False (the default eager path; bench_fused.py times fused=True).\n"
         f"The JSON also holds every per-round time and the median minor page faults per step (fresh memory for "
         f"temporaries, which depends on the allocator's state: see the environment in the provenance)."
     )

@@ -1,8 +1,8 @@
 r"""E5: what a Kalman optimizer step costs -- step time and optimizer-state memory against parameter count.
 
 The seed asks: what does it cost per step, and is the memory the same as an EWMA's? E5 answers with
-measurements, as ratios to torch.optim.AdamW timed in the same run, for the library-default path
-(foreach=None) of every variant:
+measurements, as ratios to torch.optim.AdamW timed in the same run, for the default eager path
+(foreach=None, fused=False; the fused path is `make bench`'s results/bench/fused_cpu.json) of every variant:
 
 * KalmanAdam noise="adam" (AdamW exactly), "constant", "adaptive", and "adam" + variance adaptation;
 * KalmanLAMB without (plain LAMB) and with precision weighting.
@@ -394,7 +394,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     ax.set_title(f"state memory, fp32, step excluded\n(measured: {source_name})", fontsize=8)
     ax.legend(loc="upper right")
     fig.suptitle(f"E5: optimizer step cost relative to torch AdamW ({out.profile} profile; "
-                 "library-default path; shaded: IQR of per-round ratios)")
+                 "eager path, foreach=None, fused=False; shaded: IQR of per-round ratios)")
     out.save(fig, "e5_cost")
 
     header = ["variant", "state B/param", "D6 state B/param", "D6 bytes moved ×AdamW"]
