@@ -1,4 +1,5 @@
-"""Small real models for the experiments: a CNN for Fashion-MNIST and a character-level transformer."""
+"""Small real models for the experiments: a CNN and a ResNet with BatchNorm for Fashion-MNIST, and a
+character-level transformer."""
 
 from __future__ import annotations
 
@@ -20,6 +21,51 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """Residual basic block: conv3x3 - BN - ReLU - conv3x3 - BN, plus the shortcut, then ReLU.
+
+    The shortcut is the identity when the shape is kept, else a strided 1x1 conv with BN (He et al. 2016, option B)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.residual = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),  # BN supplies the bias
+            nn.BatchNorm2d(out_channels), nn.ReLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        )
+        reshaped = stride != 1 or in_channels != out_channels
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels),
+        ) if reshaped else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.residual(x) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A compact ResNet for 1x28x28 images: stem conv3x3 - BN - ReLU, three stages of one BasicBlock each
+    (channels c1, c2, c3; the last two halve the resolution: 28 -> 14 -> 7), global average pooling, linear head.
+    `stem_stride` = 2 halves the input in the stem (stages at 14, 7, 4 pixels: ~1/4 of the compute).
+
+    Why a second vision model: every convolution is followed by BatchNorm, so the loss is invariant to the scale
+    of the convolution weights. Their gradient is orthogonal to them and shrinks as 1/|w|, so the effective
+    (angular) step depends on the weight norm (lr/|w|^2 for SGD, lr/|w| for Adam-type steps): weight decay acts as
+    a learning-rate schedule, and LAMB's layer-wise trust ratio |w|/|update| removes the dependence. That is a
+    different optimization problem from SmallCNN's (no normalization) and the pre-norm transformer's (LayerNorm
+    normalizes each block's input, not its weights' output, so those weights are not scale-invariant)."""
+
+    def __init__(self, channels: tuple[int, int, int] = (16, 32, 64), classes: int = 10, stem_stride: int = 1):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.stem = nn.Sequential(nn.Conv2d(1, c1, 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(c1),
+                                  nn.ReLU())
+        self.stages = nn.Sequential(BasicBlock(c1, c1), BasicBlock(c1, c2, stride=2), BasicBlock(c2, c3, stride=2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c3, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
 
 
 class CharTransformer(nn.Module):

@@ -1,4 +1,4 @@
-"""Training on real data for the experiments: the optimizers compared, two tasks, and one training loop.
+"""Training on real data for the experiments: the optimizers compared, three tasks, and one training loop.
 
 Tasks keep their whole data set on the device and sample mini-batches with a seeded generator, so there
 is no data-loader bottleneck and a run is deterministic in its seed on CPU.
@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from experiments.data import fashion_mnist, shakespeare
-from experiments.models import CharTransformer, SmallCNN
+from experiments.models import CharTransformer, SmallCNN, SmallResNet
 from kalman_optim import KalmanAdam, KalmanLAMB
 
 # ------------------------------------------------------------------------------------------ optimizers
@@ -98,6 +98,11 @@ class FashionMNISTTask(Task):
 
     def __init__(self, device: torch.device, batch_size: int = 128, train_size: int | None = None,
                  eval_size: int | None = None, channels: tuple[int, int] = (16, 32), hidden: int = 64):
+        self._load_data(device, batch_size, train_size, eval_size)
+        self.model = SmallCNN(channels, hidden).to(device)
+
+    def _load_data(self, device: torch.device, batch_size: int, train_size: int | None, eval_size: int | None) -> None:
+        """The first `train_size` training images and the first `eval_size` of each evaluation split, on `device`."""
         data = fashion_mnist()
         n = data.train_x.shape[0] if train_size is None else min(train_size, data.train_x.shape[0])
         e = None if eval_size is None else eval_size
@@ -105,7 +110,6 @@ class FashionMNISTTask(Task):
         self.splits = {"val": (data.val_x[:e].to(device), data.val_y[:e].to(device)),
                        "test": (data.test_x[:e].to(device), data.test_y[:e].to(device))}
         self.batch_size, self.device = batch_size, device
-        self.model = SmallCNN(channels, hidden).to(device)
 
     def batch(self, generator):
         index = torch.randint(0, self.train_x.shape[0], (self.batch_size,), generator=generator).to(self.device)
@@ -129,6 +133,47 @@ class FashionMNISTTask(Task):
             grads = torch.autograd.grad(loss * (y.shape[0] / n), params)
             for t, g in zip(total, grads):
                 t.add_(g)
+        return total
+
+
+class FashionMNISTResNetTask(FashionMNISTTask):
+    """SmallResNet (BatchNorm, residual blocks) on Fashion-MNIST: the same data, splits and batches as
+    FashionMNISTTask, a deeper network whose normalization layers make most weights scale-invariant.
+
+    Evaluation runs the model in eval mode (Task.evaluate), i.e. on BatchNorm's running statistics."""
+
+    name = "fashion_mnist_resnet"
+
+    def __init__(self, device: torch.device, batch_size: int = 128, train_size: int | None = None,
+                 eval_size: int | None = None, channels: tuple[int, int, int] = (16, 32, 64), stem_stride: int = 1):
+        self._load_data(device, batch_size, train_size, eval_size)
+        self.model = SmallResNet(tuple(channels), stem_stride=stem_stride).to(device)
+
+    def full_gradient(self, model, max_examples=None):
+        """Mean of the mini-batch gradients over consecutive chunks of `batch_size` of the first `max_examples`
+        training images (all by default), BatchNorm in training mode (weighted by chunk size).
+
+        In training mode an image's loss depends on the batch statistics of its batch, so there is no
+        batch-independent full-batch loss; this is the gradient training sees, averaged over one fixed partition
+        of the training set into mini-batches (eval mode would differentiate another function, on running
+        statistics). The running statistics are restored afterwards: the call leaves the model as it found it."""
+        n = self.train_x.shape[0] if max_examples is None else min(max_examples, self.train_x.shape[0])
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in params]
+        saved = [(buffer, buffer.clone()) for buffer in model.buffers()]  # BN running mean/var and batch counts
+        was_training = model.training
+        model.train()
+        try:
+            for i in range(0, n, self.batch_size):
+                x, y = self.train_x[i:min(i + self.batch_size, n)], self.train_y[i:min(i + self.batch_size, n)]
+                loss, _ = self.loss(model, x, y)
+                for t, g in zip(total, torch.autograd.grad(loss * (y.shape[0] / n), params)):
+                    t.add_(g)
+        finally:
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+            model.train(was_training)
         return total
 
 
@@ -195,7 +240,9 @@ class ShakespeareTask(Task):
         return total
 
 
-TASKS: dict[str, Callable[..., Task]] = {"fashion_mnist": FashionMNISTTask, "shakespeare": ShakespeareTask}
+TASKS: dict[str, Callable[..., Task]] = {
+    "fashion_mnist": FashionMNISTTask, "fashion_mnist_resnet": FashionMNISTResNetTask, "shakespeare": ShakespeareTask,
+}
 
 
 def make_task(name: str, device: torch.device, **kwargs: Any) -> Task:

@@ -1,4 +1,5 @@
-"""E4 at a tiny size: the two-stage plan with grid widening, the AdamW sanity row, and the outputs."""
+"""E4 at a tiny size: the two-stage plan with grid widening, the AdamW sanity row, and the outputs (three tasks,
+and the two of the smoke profile without the ResNet)."""
 
 import math
 
@@ -13,7 +14,9 @@ CPU = torch.device("cpu")
 TINY = dict(
     tasks=dict(fashion_mnist=dict(train_size=256, eval_size=128, batch_size=32, channels=(4, 8), hidden=16),
                shakespeare=dict(batch_size=4, context=16, width=16, layers=1, heads=2, eval_windows=16,
-                                train_chars=20000)),
+                                train_chars=20000),
+               fashion_mnist_resnet=dict(train_size=256, eval_size=128, batch_size=32, channels=(4, 8, 8),
+                                         stem_stride=2)),
     optimizers=["AdamW", "KalmanAdam-adam", "KalmanLAMB-PW"],
     lr_low=1e-3, lr_high=1e-1, lr_count=3, max_extra_lrs=1, weight_decay=0.0, tuning_seed=0, target_slack=0.05,
     steps=10, eval_every=5, seeds=[0, 1],
@@ -135,26 +138,61 @@ def test_tiny_experiment_completes_both_stages(tiny_runs):
 
 def test_kalman_adam_with_adam_noise_tracks_adamw_exactly(tiny_runs):
     largest, pairs = e4.sanity_difference(tiny_runs)
-    assert pairs >= 2 * 3 + 2  # every grid lr of both tasks plus seed 1 at the best lr
+    assert pairs >= 3 * (3 + 1)  # every grid lr of the three tasks plus seed 1 at the best lr
     assert largest < 1e-5
     rows = {(r.task, r.optimizer): r for r in e4.summarize(tiny_runs)}
     for task in TINY["tasks"]:
         assert rows[(task, "KalmanAdam-adam")].tuning.best_lr == rows[(task, "AdamW")].tuning.best_lr
 
 
+class PanelRecorder(FigureOutput):
+    """A FigureOutput that also records the titled panels (axes) of every figure it saves."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.panels: dict[str, list[str]] = {}
+
+    def save(self, fig, name):
+        self.panels[name] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        return super().save(fig, name)
+
+
 def test_figures_table_and_numbers_are_written(tiny_runs, tmp_path):
-    out = FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
+    out = PanelRecorder(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
     e4.figures(tiny_runs, out)
     for name in ("e4_lr_sweep.pdf", "e4_lr_sweep.png", "e4_curves.pdf", "e4_curves.png", "e4_results.tex",
                  "e4_results.md"):
         assert (tmp_path / name).stat().st_size > 0, name
+    assert out.panels["e4_lr_sweep"] == [e4.TASK_TITLES[t] for t in e4.TASKS]  # one panel per task, in order
+    assert len(out.panels["e4_curves"]) == 3
     table = (tmp_path / "e4_results.md").read_text()
     assert all(name in table for name in TINY["optimizers"]) and "baseline" in table
+    assert "| Fashion-MNIST ResNet | AdamW |" in table and "| Fashion-MNIST | AdamW |" in table
     numbers = e4.numbers(tiny_runs)
-    for prefix in ("Fashion", "Shakespeare"):
+    for prefix in ("Fashion", "ResNet", "Shakespeare"):
         assert 0.0 < numbers[f"{prefix}AdamWTestAccuracy"] <= 1.0
         assert math.isfinite(numbers[f"{prefix}LAMBPWLossDiff"])
         assert numbers[f"{prefix}BestKalmanVariant"] == "KalmanLAMB-PW"
     assert numbers["SanityMaxAbsDifference"] < 1e-5 and numbers["Seeds"] == 2
     assert all(k.isalpha() and k[0].isupper() for k in numbers)
     assert all(isinstance(v, str) or math.isfinite(v) for v in numbers.values())
+
+
+def test_outputs_without_the_resnet_task_have_no_panel_or_numbers_for_it(tiny_runs, tmp_path):
+    """The smoke and full profiles do not train the ResNet: its panels, rows and numbers are simply absent."""
+    runs = [r for r in tiny_runs if r["config"]["task"] != "fashion_mnist_resnet"]
+    out = PanelRecorder(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
+    e4.figures(runs, out)
+    assert out.panels["e4_lr_sweep"] == [e4.TASK_TITLES["fashion_mnist"], e4.TASK_TITLES["shakespeare"]]
+    assert len(out.panels["e4_curves"]) == 2
+    assert "ResNet" not in (tmp_path / "e4_results.md").read_text()
+    numbers = e4.numbers(runs)
+    assert "FashionAdamWTestAccuracy" in numbers and not any(k.startswith("ResNet") for k in numbers)
+
+
+def test_resnet_is_in_the_paper_profile_only():
+    """Adding it elsewhere would leave the committed smoke (and full) results incomplete."""
+    assert "fashion_mnist_resnet" in e4.PROFILES["paper"]["tasks"]
+    assert all("fashion_mnist_resnet" not in e4.PROFILES[p]["tasks"] for p in ("smoke", "full"))
+    assert set(e4.TASKS) == set(e4.TASK_TITLES) == set(e4.TASK_KEYS) == set(e4.TASK_TABLE_NAMES)
+    assert all(key.isalpha() for key in e4.TASK_KEYS.values())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from experiments import training
+from experiments.models import SmallResNet
 from kalman_optim import KalmanAdam, KalmanLAMB
 
 CPU = torch.device("cpu")
@@ -38,7 +39,11 @@ def test_steps_to_target():
     assert training.steps_to_target([10, 20], [3.0, 2.0], 1.0) is None
 
 
+RESNET = dict(train_size=512, eval_size=256, batch_size=32, channels=(4, 8, 16), stem_stride=2)  # tiny and fast
+
+
 @pytest.mark.parametrize("task_name, kwargs", [("fashion_mnist", dict(train_size=512, eval_size=256, batch_size=32)),
+                                               ("fashion_mnist_resnet", RESNET),
                                                ("shakespeare", dict(batch_size=4, context=16, width=16, layers=1,
                                                                     heads=2, eval_windows=16))])
 def test_training_is_deterministic_and_learns(task_name, kwargs):
@@ -72,6 +77,53 @@ def test_full_gradient_is_the_mean_of_per_batch_gradients():
     direct = torch.autograd.grad(loss, list(task.model.parameters()))
     for a, b in zip(full, direct):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _batchnorm_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for b in m.buffers()]
+
+
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_small_resnet_has_batchnorm_residual_blocks_and_ten_logits(stem_stride):
+    torch.manual_seed(0)
+    model = SmallResNet((4, 8, 16), stem_stride=stem_stride)
+    assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+    # Stem, two per block and the two reshaping shortcuts (stages 2 and 3): 9 BatchNorm layers.
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 9
+    assert isinstance(model.stages[0].shortcut, torch.nn.Identity)
+    assert isinstance(model.stages[1].shortcut, torch.nn.Sequential)
+
+
+def test_resnet_task_evaluates_in_eval_mode_deterministically():
+    torch.manual_seed(0)
+    task = training.make_task("fashion_mnist_resnet", CPU, **RESNET)
+    model = task.model
+    model.train()
+    x = task.train_x[:64]
+    model(x)  # move the running statistics off their initial values
+    buffers = _batchnorm_buffers(model)
+    first, second = task.evaluate(model, "val"), task.evaluate(model, "val")
+    assert first == second and model.training  # evaluation restores training mode
+    assert all(torch.equal(a, b) for a, b in zip(buffers, _batchnorm_buffers(model)))  # running stats untouched
+    model.eval()
+    with torch.no_grad():  # eval mode: an image's logits do not depend on the rest of its batch
+        torch.testing.assert_close(model(x)[:1], model(x[:1]), rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_full_gradient_is_the_mean_of_mini_batch_gradients_and_keeps_running_stats():
+    torch.manual_seed(0)
+    task = training.make_task("fashion_mnist_resnet", CPU, **dict(RESNET, train_size=96, batch_size=32))
+    model = task.model
+    model.eval()
+    buffers = _batchnorm_buffers(model)
+    full = task.full_gradient(model)
+    assert not model.training and all(torch.equal(a, b) for a, b in zip(buffers, _batchnorm_buffers(model)))
+    model.train()  # the reference: BatchNorm on the statistics of each mini-batch of 32
+    params = list(model.parameters())
+    chunks = [torch.autograd.grad(task.loss(model, task.train_x[i:i + 32], task.train_y[i:i + 32])[0], params)
+              for i in range(0, 96, 32)]
+    for index, total in enumerate(full):
+        torch.testing.assert_close(total, sum(c[index] for c in chunks) / 3, rtol=1e-4, atol=1e-6)
 
 
 def test_unknown_task_is_rejected():
