@@ -134,7 +134,7 @@ $(RESULTS_MANIFEST): experiments
 # committed full-profile results where complete, otherwise the $(PROFILE) ones.
 figures: $(FIGURES_STAMP)
 
-$(FIGURES_STAMP): $(RESULTS_MANIFEST) $(EXPERIMENT_CODE) $(wildcard results/full/*/*.json) $(wildcard results/bench/*.json)
+$(FIGURES_STAMP): $(RESULTS_MANIFEST) $(EXPERIMENT_CODE) $(wildcard results/full/*/*.json) $(wildcard results/paper/*/*.json) $(wildcard results/bench/*.json)
 	$(PY) -m experiments figures --profile $(PROFILE) --prefer-full
 
 # LaTeX from Debian: installed here when running as root, otherwise named.

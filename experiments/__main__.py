@@ -7,7 +7,7 @@
 
 `run` writes results/<profile>/<experiment>/<run_id>.json (skipping completed runs); `figures` turns the
 results into paper/figures/*.pdf|png, paper/generated/*.tex tables and paper/generated/numbers.tex macros.
-With --prefer-full, an experiment whose full-profile results are all present is drawn from those.
+With --prefer-full, an experiment whose full-profile (else paper-profile) results are all present is drawn from those.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     fig = sub.add_parser("figures", help="figures, tables and number macros from the results")
     fig.add_argument("--profile", choices=PROFILES, default="smoke")
     fig.add_argument("--prefer-full", action="store_true",
-                     help="use results/full/ for every experiment whose full results are complete")
+                     help="use results/full/, else results/paper/, for every experiment whose results there are complete")
     fig.add_argument("--root", type=Path, default=RESULTS_ROOT)
     fig.add_argument("--figure-dir", type=Path, default=REPO_ROOT / "paper" / "figures")
     fig.add_argument("--table-dir", type=Path, default=REPO_ROOT / "paper" / "generated")
@@ -97,8 +97,11 @@ def cmd_figures(args: argparse.Namespace) -> None:
     for name in registry.available():
         module = registry.load(name)
         profile = args.profile
-        if args.prefer_full and "full" in module.PROFILES and complete(module, "full", args.root):
-            profile = "full"
+        if args.prefer_full:  # the largest scale whose results are all present: full, then paper (issue 14)
+            for candidate in ("full", "paper"):
+                if candidate != args.profile and candidate in module.PROFILES and complete(module, candidate, args.root):
+                    profile = candidate
+                    break
         runs, found = scan_results(module, profile, args.root)
         if found and not args.allow_incomplete:
             command = f"python -m experiments run {name} --profile {profile} --root {args.root}"

@@ -144,6 +144,22 @@ def test_figures_prefer_full_results_only_when_they_are_complete(toy_registry, t
     assert "full (4 runs)" in (table_dir / "profile_summary.tex").read_text()
 
 
+def test_figures_prefer_complete_paper_results_when_full_ones_are_not(toy_registry, tmp_path, monkeypatch):
+    monkeypatch.setitem(toy.PROFILES, "paper", {"runs": 3, "scale": 1.0, "seeds": [0]})
+    root, table_dir = tmp_path / "results", tmp_path / "generated"
+    figures = ["figures", "--root", str(root), "--figure-dir", str(tmp_path / "figures"), "--table-dir",
+               str(table_dir), "--prefer-full"]
+    main(["run", "toy", "--root", str(root), "--device", "cpu"])
+    main(["run", "toy", "--profile", "full", "--seeds", "0", "--root", str(root), "--device", "cpu"])  # incomplete
+    main(["run", "toy", "--profile", "paper", "--root", str(root), "--device", "cpu"])
+    main(figures)
+    macros = macro_lines(table_dir / "numbers.tex")
+    assert macros["KORToyProfile"] == "paper" and macros["KORToyRunCount"] == "3"
+    main(["run", "toy", "--profile", "full", "--root", str(root), "--device", "cpu"])
+    main(figures)  # complete full results win over paper ones
+    assert macro_lines(table_dir / "numbers.tex")["KORToyProfile"] == "full"
+
+
 def test_figures_with_a_wrong_root_is_an_error_and_writes_nothing(toy_registry, tmp_path):
     table_dir = tmp_path / "generated"
     with pytest.raises(SystemExit, match=r"no smoke results under .*none.*run: python -m experiments run all"):
