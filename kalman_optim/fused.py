@@ -308,8 +308,7 @@ def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients
         raw = torch.where(den_new > 0, num_new / den_new.clamp_min(tiny), torch.zeros_like(den_new))
         residual = y - raw * dtheta
         resid_new = _where(on, resid * s["noise_beta"] + s["one_minus_noise_beta"] * residual * residual, resid)
-        # transport.curvature_estimate on the new statistics
-        raw = torch.where(den_new > 0, num_new / den_new.clamp_min(tiny), torch.zeros_like(den_new))
+        # transport.curvature_estimate on the new statistics (h_raw above is already their ratio)
         se_sq = resid_new * s["standard_error_factor"] / den_new.clamp_min(tiny)
         curvature = raw * (1 - transport.SHRINK * se_sq / raw.square().clamp_min(tiny)).clamp_min(0)
         curvature = torch.minimum(curvature.clamp_min(0), inverse_step * transport.KAPPA)
