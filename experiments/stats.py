@@ -52,6 +52,19 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float], level:
     return mean_ci([a - b for a, b in zip(values, baseline)], level)
 
 
+def paired_ratio(values: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> Estimate:
+    """Geometric mean of values[i] / baseline[i] (paired by seed) with the t-interval of the log ratios mapped back:
+    exp(mean_i log r_i +- t s / sqrt(n)); a ratio of counts (e.g. steps) is skewed, its logarithm much less so.
+    Every value must be positive."""
+    if len(values) != len(baseline):
+        raise ValueError(f"paired_ratio needs equal lengths, got {len(values)} and {len(baseline)}")
+    if any(not (a > 0 and b > 0) for a, b in zip(values, baseline)):
+        raise ValueError(f"paired_ratio needs positive values, got {list(values)} and {list(baseline)}")
+    logs = mean_ci([math.log(a / b) for a, b in zip(values, baseline)], level)
+    return Estimate(*(math.exp(v) if not math.isnan(v) else math.nan for v in (logs.mean, logs.low, logs.high)),
+                    logs.n, level)
+
+
 def binomial_ci(successes: int, trials: int, level: float = 0.95) -> Estimate:
     """Observed frequency with a Wilson score interval (coverage of confidence intervals)."""
     if trials <= 0:

@@ -118,6 +118,44 @@ def test_paired_differences_target_and_counts_from_synthetic_runs():
     assert numbers["FashionAdamWLr"] == 1e-2
 
 
+def test_steps_ratio_to_adamw_is_paired_by_seed_and_geometric():
+    """Curves reach the target at different steps per seed; the ratio pairs seed i with AdamW's seed i."""
+    settings = dict(SYNTHETIC, optimizers=["AdamW", "KalmanAdam-constant"], max_extra_lrs=0)
+    runs = simulate(settings, [0, 1, 2], lambda c: (1.0 + abs(math.log10(c["lr"]) + 2),))
+    # Rewrite the best-lr curves: AdamW reaches 1.05 at steps 10, 20, 40 (seeds 0, 1, 2); the Kalman variant at
+    # 5, 10, 20: half the steps on every seed, so the paired ratio is 0.5 with a zero-width interval.
+    reach = {"AdamW": {0: 10, 1: 20, 2: 40}, "KalmanAdam-constant": {0: 5, 1: 10, 2: 20}}
+    for r in runs.values():
+        c = r["config"]
+        if c["lr"] == 1e-2:
+            step = reach[c["optimizer"]][c["seed"]]
+            r["curves"]["eval_steps"] = [5, 10, 20, 40]
+            r["curves"]["val_loss"] = [1.0 if s >= step else 2.0 for s in (5, 10, 20, 40)]
+    rows = {r.optimizer: r for r in e4.summarize(list(runs.values()))}
+    ratio = rows["KalmanAdam-constant"].steps_ratio_to_baseline
+    assert ratio.n == 3 and ratio.mean == pytest.approx(0.5)
+    assert ratio.low == pytest.approx(0.5) and ratio.high == pytest.approx(0.5)
+    # Unpaired means would give 11.7 / 23.3 = 0.5 too, but a seed that AdamW never reaches is left out of the pairs.
+    for r in runs.values():
+        c = r["config"]
+        if c["lr"] == 1e-2 and c["optimizer"] == "AdamW" and c["seed"] == 2:
+            r["curves"]["val_loss"] = [2.0] * 4
+    rows = {r.optimizer: r for r in e4.summarize(list(runs.values()))}
+    assert rows["KalmanAdam-constant"].steps_ratio_to_baseline.n == 2
+    numbers = e4.numbers(list(runs.values()))
+    assert numbers["FashionConstantStepsRatio"] == pytest.approx(rows["KalmanAdam-constant"].steps_ratio_to_baseline.mean)
+    assert "SanityComparedRuns" not in numbers  # no KalmanAdam-adam runs: no sanity numbers (not "0 of 0")
+
+
+def test_task_optimizers_restrict_one_task_and_reject_unknown_names():
+    settings = dict(SYNTHETIC, tasks=dict(fashion_mnist={}, shakespeare={}), optimizers=["AdamW", "LAMB"],
+                    task_optimizers=dict(shakespeare=["LAMB"]))
+    tasks_and_optimizers = {(s.config["task"], s.config["optimizer"]) for s in e4.plan(settings, [0], {})}
+    assert tasks_and_optimizers == {("fashion_mnist", "AdamW"), ("fashion_mnist", "LAMB"), ("shakespeare", "LAMB")}
+    with pytest.raises(ValueError, match="task_optimizers"):
+        e4.plan(dict(settings, task_optimizers=dict(shakespeare=["SGD"])), [0], {})
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e4_results")

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from experiments.stats import Estimate, binomial_ci, mean_ci, paired_difference
+from experiments.stats import Estimate, binomial_ci, mean_ci, paired_difference, paired_ratio
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 samples = st.lists(finite, min_size=2, max_size=30)
@@ -190,3 +190,23 @@ def test_paired_t_p_value_matches_scipy_and_edge_cases():
     assert paired_t_p_value([1.0], [0.0]) != paired_t_p_value([1.0], [0.0])  # nan: one pair
     with pytest.raises(ValueError, match="equal lengths"):
         paired_t_p_value([1.0], [1.0, 2.0])
+
+
+def test_paired_ratio_is_the_exponentiated_interval_of_the_log_ratios():
+    values, baseline = [200.0, 300.0, 400.0], [400.0, 300.0, 800.0]
+    logs = mean_ci([math.log(0.5), 0.0, math.log(0.5)])
+    ratio = paired_ratio(values, baseline)
+    assert ratio.n == 3
+    assert ratio.mean == pytest.approx(math.exp(logs.mean))
+    assert (ratio.low, ratio.high) == (pytest.approx(math.exp(logs.low)), pytest.approx(math.exp(logs.high)))
+    assert ratio.low < ratio.mean < ratio.high
+    # Swapping the roles inverts the ratio and its interval.
+    inverse = paired_ratio(baseline, values)
+    assert inverse.mean == pytest.approx(1 / ratio.mean) and inverse.low == pytest.approx(1 / ratio.high)
+
+
+def test_paired_ratio_rejects_non_positive_values_and_unequal_lengths():
+    with pytest.raises(ValueError, match="positive"):
+        paired_ratio([1.0, 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_ratio([1.0], [1.0, 2.0])
