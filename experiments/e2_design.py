@@ -14,7 +14,8 @@ LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ADAM_BETA1 = 0.9
 PHASES = ("early", "middle", "late")
-TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "shakespeare": "Shakespeare transformer"}
+TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "fashion_mnist_resnet": "Fashion-MNIST ResNet (BatchNorm)",
+               "shakespeare": "Shakespeare transformer"}
 MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive", "innovation": "innovation (D7)",
                "innovation-fast": "innovation, noise β 0.9"}
 WHITENESS_MODELS = ("fitted", "iid", "adam")  # plotted; "moment" (the D4 lambda) is stored as well
@@ -23,10 +24,14 @@ WHITENESS_LABELS = {"fitted": "fitted λ (ML)", "iid": "i.i.d. (λ = 0)", "adam"
 
 # ------------------------------------------------------------------------------------------ layer types
 def layer_type(name: str) -> str:
-    """Coarse kind of a parameter tensor from its module path (SmallCNN / CharTransformer names)."""
+    """Coarse kind of a parameter tensor from its module path (SmallCNN / CharTransformer / SmallResNet names)."""
     kind = "bias" if name.endswith("bias") else "weight"
     if "norm" in name:
         return "layernorm"
+    if name.startswith(("stem.", "stages.")):  # SmallResNet: Conv2d at .0 and .3 of each Sequential, BatchNorm2d else
+        return "conv weight" if name.endswith((".0.weight", ".3.weight")) else f"batchnorm {kind}"
+    if name.startswith("head.2."):  # SmallResNet's output Linear (SmallCNN's head.2 is a ReLU)
+        return f"output {kind}"
     if name.startswith("token"):
         return "embedding (tied)"
     if name.startswith("position"):
@@ -47,7 +52,7 @@ def layer_type(name: str) -> str:
 # The layer types in the models' order, for tables and figures (result files store them sorted by name).
 TYPE_ORDER = ("all", "conv weight", "conv bias", "hidden linear weight", "hidden linear bias", "output weight",
               "output bias", "embedding (tied)", "position", "attention weight", "attention bias", "MLP weight",
-              "MLP bias", "layernorm")
+              "MLP bias", "layernorm", "batchnorm weight", "batchnorm bias")
 
 
 # ------------------------------------------------------------------------------------------ stored numbers

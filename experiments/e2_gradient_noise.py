@@ -96,6 +96,11 @@ PROFILES: dict[str, dict[str, Any]] = {
             "shakespeare": dict(task_kwargs=dict(batch_size=32, context=SMOKE_CONTEXT, eval_windows=64,
                                                  train_chars=512 * (SMOKE_CONTEXT + 1), window_pool=512),
                                 lr=3e-3, full_gradient_examples=None),
+            # The fourth task (issue 14): E4's paper ResNet (BatchNorm) on the CNN's 2000-image set; its "true"
+            # gradient averages the mini-batch gradients over a fixed partition of that set (BN in training mode).
+            "fashion_mnist_resnet": dict(task_kwargs=dict(train_size=2000, eval_size=500, batch_size=128,
+                                                          channels=[12, 24, 48], stem_stride=2), lr=1e-3,
+                                         full_gradient_examples=None),
         },
         steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=list(range(30, 301, 15)),
         coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation", "innovation-fast"],

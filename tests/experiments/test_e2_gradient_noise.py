@@ -154,6 +154,20 @@ def test_layer_types():
     assert e2.layer_type("token.weight") == "embedding (tied)"
 
 
+def test_layer_types_of_the_resnet_cover_every_parameter():
+    from experiments.models import SmallResNet
+
+    model = SmallResNet((4, 8, 8), stem_stride=2)
+    kinds = {name: e2.layer_type(name) for name, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        expected = ("conv weight" if p.dim() == 4 else "output " + name.rsplit(".", 1)[1] if name.startswith("head")
+                    else "batchnorm " + name.rsplit(".", 1)[1])
+        assert kinds[name] == expected, name
+    from experiments.e2_design import TYPE_ORDER
+
+    assert set(kinds.values()) <= set(TYPE_ORDER)
+
+
 # ------------------------------------------------------------------------------------------ plan / execute
 def test_plan():
     specs = e2.plan(TINY, [0, 1], {})
