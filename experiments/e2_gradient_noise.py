@@ -96,16 +96,31 @@ PROFILES: dict[str, dict[str, Any]] = {
             "shakespeare": dict(task_kwargs=dict(batch_size=32, context=SMOKE_CONTEXT, eval_windows=64,
                                                  train_chars=512 * (SMOKE_CONTEXT + 1), window_pool=512),
                                 lr=3e-3, full_gradient_examples=None),
-            # The fourth task (issue 14): E4's paper ResNet (BatchNorm) on the CNN's 2000-image set; its "true"
-            # gradient averages the mini-batch gradients over a fixed partition of that set (BN in training mode).
-            "fashion_mnist_resnet": dict(task_kwargs=dict(train_size=2000, eval_size=500, batch_size=128,
-                                                          channels=[12, 24, 48], stem_stride=2), lr=1e-3,
-                                         full_gradient_examples=None),
         },
         steps=300, eval_every=150, window_length=50, window_starts=[11, 61, 111], checkpoints=list(range(30, 301, 15)),
         coords_per_tensor=128, lags=10, level_lags=[1, 10], static_modes=["adam", "innovation", "innovation-fast"],
         noise_truth_every=3, long_modes=["innovation", "innovation-fast"], long_steps=900,
         long_checkpoints=list(range(60, 901, 40)), seeds=[0, 1, 2]),
+    # Paper scale on the 2-core CPU (issue 14): 2000 steps, checkpoints spread over the whole run, 8192 training
+    # images / 2048 windows (the "true" gradient is still exact over the set the mini-batches come from), the three
+    # tasks; modes adam (= AdamW), adaptive and the calibrated innovation (two noise windows), 2 seeds; the
+    # per-example noise truth at every fifth checkpoint (not for the ResNet: with BatchNorm in training mode a
+    # single example's gradient is not a term of the mini-batch gradient).
+    "paper": dict(
+        tasks={
+            "fashion_mnist": dict(task_kwargs=dict(train_size=8192, eval_size=1000, batch_size=128), lr=1e-3,
+                                  full_gradient_examples=None),
+            "shakespeare": dict(task_kwargs=dict(batch_size=32, context=SMOKE_CONTEXT, eval_windows=128,
+                                                 train_chars=2048 * (SMOKE_CONTEXT + 1), window_pool=2048),
+                                lr=3e-3, full_gradient_examples=None),
+            "fashion_mnist_resnet": dict(task_kwargs=dict(train_size=8192, eval_size=1000, batch_size=128,
+                                                          channels=[12, 24, 48], stem_stride=2), lr=1e-3,
+                                         full_gradient_examples=None, noise_truth=False),
+        },
+        modes=["adam", "adaptive", "innovation", "innovation-fast"],
+        steps=2000, eval_every=500, window_length=200, window_starts=[101, 901, 1801],
+        checkpoints=[100] + list(range(200, 2001, 200)), coords_per_tensor=128, lags=10, level_lags=[1, 10],
+        static_modes=["adam", "innovation"], noise_truth_every=5, seeds=[0, 1]),
     # Full: all 55,000 training images; Shakespeare: a pool of 4096 windows tiling the start of the stream.
     "full": dict(
         tasks={
@@ -131,7 +146,8 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
         raise ValueError(f"Invalid checkpoints {settings['checkpoints']}: expected steps in 1..{steps}")
     specs = []
     for task, task_settings in settings["tasks"].items():
-        runs = [(mode, False, seed) for mode in MODES for seed in seeds]
+        modes = [m for m in MODES if m in settings.get("modes", MODES)]
+        runs = [(mode, False, seed) for mode in modes for seed in seeds]
         runs += [(mode, True, seed) for mode in settings.get("static_modes", []) for seed in seeds[:1]]
         for mode, static, seed in runs:
             config = dict(task=task, task_kwargs=dict(task_settings["task_kwargs"]), mode=mode, static=static,
@@ -142,7 +158,8 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
                           record_windows=mode == "adam", window_length=length, window_starts=starts,
                           coords_per_tensor=int(settings["coords_per_tensor"]), lags=int(settings["lags"]),
                           level_lags=[] if static else list(settings["level_lags"]), seed=int(seed))
-            if mode in CALIBRATED_MODES and not static and settings.get("noise_truth_every"):
+            if (mode in CALIBRATED_MODES and not static and settings.get("noise_truth_every")
+                    and task_settings.get("noise_truth", True)):
                 config["noise_truth_every"] = int(settings["noise_truth_every"])
             if mode in settings.get("long_modes", []) and not static:
                 # The calibrated modes also through a longer run (the first steps are all transient).

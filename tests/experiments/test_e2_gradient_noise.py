@@ -169,6 +169,18 @@ def test_layer_types_of_the_resnet_cover_every_parameter():
 
 
 # ------------------------------------------------------------------------------------------ plan / execute
+def test_paper_plan_runs_its_modes_on_three_tasks_and_no_per_example_truth_under_batchnorm():
+    from experiments.runner import settings_for
+
+    settings = settings_for(e2, "paper")
+    specs = e2.plan(settings, settings["seeds"], {})
+    assert {s.config["task"] for s in specs} == {"fashion_mnist", "shakespeare", "fashion_mnist_resnet"}
+    assert {s.config["mode"] for s in specs} == {"adam", "adaptive", "innovation", "innovation-fast"}
+    truth = {(s.config["task"], s.config["mode"]) for s in specs if s.config.get("noise_truth_every")}
+    assert truth == {(t, m) for t in ("fashion_mnist", "shakespeare") for m in ("innovation", "innovation-fast")}
+    assert max(settings["checkpoints"]) == settings["steps"]  # checkpoints through the whole run
+
+
 def test_plan():
     specs = e2.plan(TINY, [0, 1], {})
     ids = [s.run_id for s in specs]
