@@ -122,11 +122,13 @@ def test_figures_write_figures_tables_and_number_macros(toy_registry, tmp_path, 
     assert sorted(p.name for p in table_dir.iterdir()) == ["numbers.tex", "profile_summary.tex", "toy_losses.md",
                                                             "toy_losses.tex"]
     macros = macro_lines(table_dir / "numbers.tex")
-    assert set(macros) == {"KORToyProfile", "KORToyMeanLoss", "KORToyRunCount", "KORToyTopThreeLoss"}
+    assert set(macros) == {"KORToyProfile", "KORToyRunHours", "KORToyMeanLoss", "KORToyRunCount", "KORToyTopThreeLoss"}
     assert macros["KORToyProfile"] == "smoke" and macros["KORToyRunCount"] == "4"
+    hours = sum(json.loads(p.read_text())["wall_time_s"] for p in (root / "smoke" / toy.NAME).glob("*.json")) / 3600
+    assert macros["KORToyRunHours"] == f"{hours:.1f}"
     losses = [json.loads(p.read_text())["metrics"]["loss"] for p in (root / "smoke" / toy.NAME).glob("*.json")]
     assert float(macros["KORToyMeanLoss"]) == pytest.approx(sum(losses) / 4, rel=5e-3)
-    assert (table_dir / "profile_summary.tex").read_text().endswith("\\texttt{TOY} smoke (4 runs).\n")
+    assert (table_dir / "profile_summary.tex").read_text().endswith("\\texttt{TOY} smoke (4 runs, 0.0 h).\n")
 
 
 def test_figures_prefer_full_results_only_when_they_are_complete(toy_registry, tmp_path, monkeypatch):
@@ -141,7 +143,7 @@ def test_figures_prefer_full_results_only_when_they_are_complete(toy_registry, t
     main(figures)
     macros = macro_lines(table_dir / "numbers.tex")
     assert macros["KORToyProfile"] == "full" and macros["KORToyRunCount"] == "4"
-    assert "full (4 runs)" in (table_dir / "profile_summary.tex").read_text()
+    assert "full (4 runs, " in (table_dir / "profile_summary.tex").read_text()
 
 
 def test_figures_prefer_complete_paper_results_when_full_ones_are_not(toy_registry, tmp_path, monkeypatch):
@@ -199,9 +201,9 @@ def test_figures_refuse_missing_corrupt_invalid_or_stale_results(toy_registry, t
     assert "KORToyProfile" in (table_dir / "numbers.tex").read_text()
 
 
-def test_profile_summary_names_each_experiment_profile_and_run_count():
-    text = profile_summary([("e1_synthetic", "full", 27), ("e4_training", "smoke", 80)])
-    assert text.splitlines()[1] == r"\texttt{E1} full (27 runs); \texttt{E4} smoke (80 runs)."
+def test_profile_summary_names_each_experiment_profile_run_count_and_hours():
+    text = profile_summary([("e1_synthetic", "full", 27, 0.04), ("e4_training", "smoke", 80, 12.25)])
+    assert text.splitlines()[1] == r"\texttt{E1} full (27 runs, 0.0 h); \texttt{E4} smoke (80 runs, 12.2 h)."
 
 
 def test_manifest_changes_exactly_when_a_result_file_does(toy_registry, tmp_path):
