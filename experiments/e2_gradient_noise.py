@@ -234,6 +234,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         return out
     out["Steps"] = int(training_runs[0]["config"]["steps"])
     out["Seeds"] = len({int(r["config"]["seed"]) for r in training_runs})
+    out["CheckpointCount"] = len(training_runs[0]["config"]["checkpoints"])
     for task in tasks_of(runs):
         name = _camel(task)
         for static, prefix in ((False, ""), (True, "Static")):

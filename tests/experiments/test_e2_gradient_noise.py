@@ -279,3 +279,4 @@ def test_figures_tables_and_numbers(tiny_runs, tmp_path):
         for mode in ("Adam", "Constant", "Adaptive"):
             assert 0 <= numbers[f"{task}{mode}CoverageNinetyFive"] <= 1
     assert numbers["Seeds"] == 1 and numbers["Steps"] == TINY["steps"]
+    assert numbers["CheckpointCount"] == len(TINY["checkpoints"])
