@@ -361,7 +361,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         out[f"{prefix}AdamWLr"] = baseline.tuning.best_lr
         out[f"{prefix}TargetValLoss"] = baseline.target
         if baseline.reached:
-            out[f"{prefix}AdamWStepsToTarget"] = baseline.steps_to_target.mean
+            out[f"{prefix}AdamWStepsToTarget"] = round(baseline.steps_to_target.mean)  # evaluations every 100 steps
         compared = [r for name, r in task_rows.items() if name not in (BASELINE, SANITY)]
         for r in compared:
             out[f"{prefix}{OPTIMIZER_KEYS[r.optimizer]}LossDiff"] = r.test_loss_vs_baseline.mean

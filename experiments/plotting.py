@@ -25,9 +25,11 @@ COLORS = ("#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56
 
 
 def style(i: int) -> dict[str, Any]:
-    """Line style number i: colour, dash pattern and marker all differ, so greyscale prints stay readable."""
-    return dict(color=COLORS[i % len(COLORS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
-                marker=MARKERS[i % len(MARKERS)], markersize=4)
+    """Line style number i: colour, dash pattern and marker all differ, so greyscale prints stay readable.
+    Past the 8 base styles each round shifts colour, dash and marker, so style i + 8 never repeats style i."""
+    shift = i // len(COLORS)
+    return dict(color=COLORS[(i + 3 * shift) % len(COLORS)], linestyle=LINESTYLES[(i + shift) % len(LINESTYLES)],
+                marker=MARKERS[(i + shift) % len(MARKERS)], markersize=4)
 
 
 plt.rcParams.update({

@@ -91,7 +91,17 @@ def test_the_first_styles_differ_in_colour_dash_and_marker():
     for key in ("color", "marker"):
         assert len({s[key] for s in first}) == len(first)
     assert len({str(s["linestyle"]) for s in first}) == len(first)
-    assert style(len(COLORS)) == style(0) and len(COLORS) == len(LINESTYLES) == len(MARKERS)
+    assert len(COLORS) == len(LINESTYLES) == len(MARKERS)
+
+
+def test_styles_past_the_first_round_do_not_repeat_one_of_it():
+    """E4 draws 12 optimizers: AdamW (style 0) and the transport mode (style 8) once looked identical."""
+    styles = [style(i) for i in range(2 * len(COLORS))]
+    keys = [(s["color"], str(s["linestyle"]), s["marker"]) for s in styles]
+    assert len(set(keys)) == len(keys)
+    for i in range(len(COLORS)):
+        later = styles[i + len(COLORS)]
+        assert later["marker"] != styles[i]["marker"] and str(later["linestyle"]) != str(styles[i]["linestyle"])
 
 
 # --- figures and tables ----------------------------------------------------------------------------------------------
