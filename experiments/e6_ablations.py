@@ -378,6 +378,11 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         out[f"{group.name}BestMinusReference"] = best.test_loss_vs_reference.mean
         reference = [r for r in rows if r.is_reference]
         out[f"{group.name}ReferenceTestLoss"] = reference[0].test_loss.mean if reference else math.nan
+    # Do the intervals separate settings? Non-reference settings whose paired 95% interval excludes 0 (uncorrected).
+    compared = [r for r in summary if not r.is_reference and r.test_loss_vs_reference.n >= 2]
+    out["ComparedCount"] = len(compared)
+    out["SeparatedCount"] = sum(r.test_loss_vs_reference.low > 0 or r.test_loss_vs_reference.high < 0
+                                for r in compared)
     narrow = _by_seed(runs, adaptive_setting(DEFAULT_NOISE_BETA, NARROW_RANGE, "").key)
     adam = _by_seed(runs, confidence_setting(None).key)
     common = sorted(set(narrow) & set(adam))

@@ -71,6 +71,10 @@ def test_summary_pairs_by_seed():
     numbers = e6.numbers(runs)
     assert numbers["PriorBestSetting"] == "diffuse" and numbers["PriorBestMinusReference"] == 0.0
     assert numbers["PriorTestLossSpread"] == pytest.approx(0.5)
+    # One setting shifted by +0.5 on both seeds (separated), one by +1 and -1 (mean 0, not separated).
+    noisy = next(x.key for x in prior.settings if x.key not in (reference, other))
+    numbers = e6.numbers(runs + [run(noisy, 0, 2.0), run(noisy, 1, 2.0)])
+    assert numbers["ComparedCount"] == 2 and numbers["SeparatedCount"] == 1
 
 
 def test_tiny_experiment_runs_and_is_deterministic(tiny_runs):
