@@ -17,7 +17,8 @@ from experiments import training
 from experiments.e4_design import (BASELINE, KALMAN_VARIANTS, OPTIMIZER_KEYS, SANITY, TASK_KEYS, TASK_TABLE_NAMES,
                                    TASK_TITLES, TASKS, Tuning, tuning_state)
 from experiments.plotting import FigureOutput, style
-from experiments.stats import Estimate, holm_reject, mean_ci, paired_difference, paired_ratio, paired_t_p_value
+from experiments.stats import (Estimate, holm_reject, mean_ci, paired_difference, paired_ratio, paired_t_p_value,
+                               significance)
 
 
 # ------------------------------------------------------------------------------------------ summaries
@@ -144,15 +145,6 @@ def sanity_difference(runs: Sequence[dict]) -> tuple[float, int]:
             if x != y:  # equal infinities (both diverged) are no difference
                 largest = max(largest, abs(float(x) - float(y)))
     return largest, pairs
-
-
-def significance(estimate: Estimate) -> int:
-    """-1 when the 95% interval lies below 0 (better than AdamW: lower loss), +1 above, 0 otherwise."""
-    if math.isfinite(estimate.high) and estimate.high < 0:
-        return -1
-    if math.isfinite(estimate.low) and estimate.low > 0:
-        return 1
-    return 0
 
 
 # ------------------------------------------------------------------------------------------ figures

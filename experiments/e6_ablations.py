@@ -34,7 +34,7 @@ import torch
 from experiments import training
 from experiments.plotting import FigureOutput
 from experiments.runner import RunSpec
-from experiments.stats import Estimate, mean_ci, paired_difference
+from experiments.stats import Estimate, mean_ci, paired_difference, significance
 from kalman_optim._base import adaptive_config
 from kalman_optim.functional import adaptive_noise_estimates
 from kalman_optim.schedules import normal_quantile
@@ -381,8 +381,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     # Do the intervals separate settings? Non-reference settings whose paired 95% interval excludes 0 (uncorrected).
     compared = [r for r in summary if not r.is_reference and r.test_loss_vs_reference.n >= 2]
     out["ComparedCount"] = len(compared)
-    out["SeparatedCount"] = sum(r.test_loss_vs_reference.low > 0 or r.test_loss_vs_reference.high < 0
-                                for r in compared)
+    out["SeparatedCount"] = sum(significance(r.test_loss_vs_reference) != 0 for r in compared)
     narrow = _by_seed(runs, adaptive_setting(DEFAULT_NOISE_BETA, NARROW_RANGE, "").key)
     adam = _by_seed(runs, confidence_setting(None).key)
     common = sorted(set(narrow) & set(adam))

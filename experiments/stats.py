@@ -61,8 +61,17 @@ def paired_ratio(values: Sequence[float], baseline: Sequence[float], level: floa
     if any(not (a > 0 and b > 0) for a, b in zip(values, baseline)):
         raise ValueError(f"paired_ratio needs positive values, got {list(values)} and {list(baseline)}")
     logs = mean_ci([math.log(a / b) for a, b in zip(values, baseline)], level)
-    return Estimate(*(math.exp(v) if not math.isnan(v) else math.nan for v in (logs.mean, logs.low, logs.high)),
-                    logs.n, level)
+    return Estimate(math.exp(logs.mean), math.exp(logs.low), math.exp(logs.high), logs.n, level)
+
+
+def significance(estimate: Estimate) -> int:
+    """Where the interval lies against 0: -1 wholly below (e.g. a lower loss than the baseline), +1 wholly above,
+    0 when it contains 0 or is not finite."""
+    if math.isfinite(estimate.high) and estimate.high < 0:
+        return -1
+    if math.isfinite(estimate.low) and estimate.low > 0:
+        return 1
+    return 0
 
 
 def binomial_ci(successes: int, trials: int, level: float = 0.95) -> Estimate:
