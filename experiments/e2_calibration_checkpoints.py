@@ -68,9 +68,11 @@ class CalibrationCheckpoints:
     def measure(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Coverage counts per level and layer type, |z| quantiles, and level-change sums.
 
-        A coordinate whose true gradient and filtered mean are both exactly 0 (a dead unit that never got a
-        gradient) is "inactive": its zero-width interval is trivially right, so it is counted apart, not as
-        covered. Level change over l steps, per layer type: sum_i (G_i(theta_{c-1}) - G_i(theta_{c-1-l}))^2
+        Coverage is counted over "live" coordinates, those whose full-batch gradient is not exactly 0. Where it
+        is exactly 0 no example reaches the coordinate (a dead ReLU unit): the truth is a known point, not random,
+        and any interval about a filtered mean that has decayed towards 0 since the unit died covers it at every
+        level. Such "dead" coordinates (mean not yet exactly 0) are counted apart with their own inside counts;
+        "inactive" ones (mean exactly 0 too) only counted. Level change over l steps, per layer type: sum_i (G_i(theta_{c-1}) - G_i(theta_{c-1-l}))^2
         and the noise sum_i (g_i,c - G_i(theta_{c-1}))^2 (one mini-batch's squared sampling error, E = r_i);
         under the local-level model their ratio is l * lambda (a random walk's increments add up)."""
         truth = self._full_gradient_at(step - 1)
@@ -80,18 +82,22 @@ class CalibrationCheckpoints:
         totals: dict[str, int] = {}
         noise_sq: dict[str, float] = {}
         change_sq: dict[int, dict[str, float]] = {lag: {} for lag in earlier}
-        scores, zero_variance, inactive = [], 0, 0
+        scores, zero_variance, inactive, dead = [], 0, 0, 0
+        dead_inside = {level: 0 for level in self.levels}
         with torch.no_grad():
             for j, (name, p, true) in enumerate(zip(self.names, params, truth)):
                 kind = layer_type(name)
                 mean, variance = optimizer.gradient_posterior(p)
-                active = (true != 0) | (mean != 0)
-                inactive += int((~active).sum())
+                active = true != 0  # live: some example's gradient reaches the coordinate
+                decaying = (true == 0) & (mean != 0)
+                inactive += int(((true == 0) & (mean == 0)).sum())
+                dead += int(decaying.sum())
                 totals[kind] = totals.get(kind, 0) + int(active.sum())
                 for level in self.levels:
                     low, high = optimizer.confidence_interval(p, level)
-                    count = int(((true >= low) & (true <= high) & active).sum())
-                    inside[level][kind] = inside[level].get(kind, 0) + count
+                    covered = (true >= low) & (true <= high)
+                    inside[level][kind] = inside[level].get(kind, 0) + int((covered & active).sum())
+                    dead_inside[level] += int((covered & decaying).sum())
                 error = (true - mean).abs().double()[active]
                 sd = variance.double().sqrt()[active]
                 zero_variance += int((sd <= 0).sum())
@@ -117,6 +123,7 @@ class CalibrationCheckpoints:
             return dict(by_type, all=sum(by_type.values()))
 
         return dict(step=step, total=sum(totals.values()), totals=totals, inactive=inactive, zero_variance=zero_variance,
+                    dead=dead, dead_inside={str(level): count for level, count in dead_inside.items()},
                     inside={str(level): with_all(by_type) for level, by_type in inside.items()},
                     abs_z_quantiles=[finite_or_none(v) for v in np.quantile(z_all, QUANTILES, method="inverted_cdf")],
                     noise_sq=with_all(noise_sq), level_change_sq={str(lag): with_all(v) for lag, v in change_sq.items()},

@@ -12,6 +12,9 @@ MODES = ("adam", "constant", "adaptive", "innovation", "innovation-fast")
 CALIBRATED_MODES = ("innovation", "innovation-fast")  # D7's read-out: the noise ground truth and long runs
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# Coverage counts coordinates whose full-batch gradient is not exactly 0 (CalibrationCheckpoints.measure); in
+# the config, so results counted over "active" coordinates (dead units with a decaying mean included) are stale.
+COVERAGE_OVER = "live"
 ADAM_BETA1 = 0.9
 PHASES = ("early", "middle", "late")
 TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "fashion_mnist_resnet": "Fashion-MNIST ResNet (BatchNorm)",

@@ -34,8 +34,9 @@ E2 measures, on the Fashion-MNIST CNN and the Shakespeare transformer:
    Shakespeare the mean over a fixed pool of windows that tile the training stream, from which the mini-batches
    are drawn, so that the expected mini-batch gradient IS the true gradient -- a mean over tiled windows is not
    the expectation over random offsets, and that mismatch alone made intervals look too narrow at lr = 0).
-   Observed coverage of `confidence_interval(p, level)` is the fraction of active coordinates (not both true
-   gradient and filtered mean exactly 0) whose true gradient lies inside. Coordinates are not independent
+   Observed coverage of `confidence_interval(p, level)` is the fraction of live coordinates (true gradient not
+   exactly 0) whose true gradient lies inside; dead units (no example reaches them, so the truth is exactly 0 and
+   any interval about the decaying mean covers it) are counted apart and reported beside it. Coordinates are not independent
    (they share the mini-batches and the parameters), so the Wilson interval over coordinates is far too
    narrow as a statement about the optimizer; the range over checkpoints and seeds is shown beside it.
    In the AdamW run the process noise is also measured directly: the change of the full-batch gradient over
@@ -67,11 +68,11 @@ from experiments import training
 from experiments.e2_calibration_checkpoints import CalibrationCheckpoints
 from experiments.e2_calibration_report import (figure_calibration, table_calibration, table_calibration_by_layer,
                                                table_process_noise)
-from experiments.e2_design import CALIBRATED_MODES, LEVELS, MODES, PHASES, WHITENESS_MODELS
+from experiments.e2_design import CALIBRATED_MODES, COVERAGE_OVER, LEVELS, MODES, PHASES, WHITENESS_MODELS
 from experiments.e2_gradient_windows import GradientWindows, summarize_window
 from experiments.e2_noise_report import figure_beta_distribution, figure_whiteness, table_noise
-from experiments.e2_results import (coverage_estimate, is_static, level_change_ratios, mean_of, select, tasks_of,
-                                    window_runs, window_summaries)
+from experiments.e2_results import (calibration_counts, coverage_estimate, dead_counts, is_static, level_change_ratios,
+                                    mean_of, select, tasks_of, window_runs, window_summaries)
 from experiments.plotting import FigureOutput
 from experiments.runner import RunSpec
 
@@ -155,7 +156,7 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
                           lr=0.0 if static else task_settings["lr"],
                           full_gradient_examples=task_settings["full_gradient_examples"],
                           steps=steps, eval_every=int(settings["eval_every"]),
-                          checkpoints=list(settings["checkpoints"]), levels=list(LEVELS),
+                          checkpoints=list(settings["checkpoints"]), levels=list(LEVELS), coverage_over=COVERAGE_OVER,
                           record_windows=mode == "adam", window_length=length, window_starts=starts,
                           coords_per_tensor=int(settings["coords_per_tensor"]), lags=int(settings["lags"]),
                           level_lags=[] if static else list(settings["level_lags"]), seed=int(seed))
@@ -264,6 +265,14 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                 if late:
                     out[f"{name}{_camel(mode)}LateCoverage{word}"] = (
                         sum(c["inside"][str(level)]["all"] for c in late) / sum(c["total"] for c in late))
+                inside, total, _ = calibration_counts(runs, task, mode, level)
+                dead_inside, dead = dead_counts(runs, task, mode, level)
+                if total:  # the coverage if dead units (truth exactly 0) were counted as well
+                    out[f"{name}{_camel(mode)}CoverageWithDead{word}"] = (inside + dead_inside) / (total + dead)
+            inside, total, _ = calibration_counts(runs, task, mode, 0.5)
+            _, dead = dead_counts(runs, task, mode, 0.5)
+            if total:
+                out[f"{name}{_camel(mode)}DeadShare"] = dead / (total + dead)
             out[f"{name}{_camel(mode)}Steps"] = max((r["config"]["steps"] for r in select(runs, task, mode)), default=0)
             checks = [c["noise_truth"] for run in select(runs, task, mode) for c in run["metrics"]["calibration"]
                       if c.get("noise_truth")]

@@ -65,6 +65,17 @@ def calibration_counts(runs: list[dict], task: str, mode: str, level: float,
     return inside, total, coverages
 
 
+def dead_counts(runs: list[dict], task: str, mode: str, level: float, static: bool = False) -> tuple[int, int]:
+    """(inside, total) of the dead coordinates (full-batch gradient exactly 0, filtered mean not yet 0) over all
+    checkpoints and seeds; they are left out of calibration_counts."""
+    inside = total = 0
+    for run in select(runs, task, mode, static):
+        for checkpoint in run["metrics"]["calibration"]:
+            inside += checkpoint["dead_inside"][str(level)]
+            total += checkpoint["dead"]
+    return inside, total
+
+
 def coverage_estimate(runs: list[dict], task: str, mode: str, level: float, static: bool = False) -> Estimate:
     """Observed coverage pooled over coordinates, checkpoints and seeds, with a Wilson interval (which treats
     coordinates as independent: they are not, so it understates the uncertainty)."""

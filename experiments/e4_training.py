@@ -86,11 +86,6 @@ PROFILES: dict[str, dict[str, Any]] = {
                                               eval_windows=256),
                              fashion_mnist_resnet=dict(batch_size=64, eval_size=2000, channels=[12, 24, 48],
                                                        stem_stride=2)),
-                  # The ResNet only with AdamW and the Adam-family variants that change its steps through the
-                  # uncertainty (VA on the zero-memory and on D7's calibrated variance) or the transition (D8's
-                  # transport): all ten did not fit the session's compute (the LAMB family runs on the other two).
-                  task_optimizers=dict(fashion_mnist_resnet=["AdamW", "KalmanAdam-VA", "KalmanAdam-innovation-VA",
-                                                             "KalmanAdam-transport"]),
                   steps=2000, eval_every=100, lr_count=7, max_extra_lrs=3, seeds=[0, 1, 2, 3, 4]),
     # Paper scale: ~2 x 8 x (7 + 4 + widening) ~ 185 runs of 2000 steps (~370k steps: ~8 minutes on one H100
     # if a step takes ~1.3 ms; not yet timed there); the whole data sets live on the device.

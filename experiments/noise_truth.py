@@ -69,7 +69,7 @@ def innovation_noise_check(optimizer, params: list[nn.Parameter], truth: list[to
         error = statistic * ((1 - k) * (1 - true_phi) + k * true_phi)  # D7's read-out with the true phi
         mean, _ = optimizer.gradient_posterior(p)
         mean = mean.double()
-        active = (true != 0) | (mean != 0)
+        active = true != 0  # live coordinates, as in CalibrationCheckpoints.measure
         total += int(active.sum())
         for level in levels:
             half = optimizer.interval_quantile(p, level) * error.sqrt()

@@ -232,6 +232,40 @@ def test_adaptive_intervals_cover_a_static_gradient():
     assert 0.8 < coverage < 0.97
 
 
+def test_dead_units_are_counted_apart_from_live_coordinates():
+    """A tensor whose full-batch gradient is exactly 0 (a dead unit: no example reaches it) while its filtered mean
+    still decays is counted as dead with its own inside counts, not in the live totals; every coordinate is
+    live, dead or inactive."""
+    from experiments import training
+    from experiments.e2_calibration_checkpoints import CalibrationCheckpoints
+    torch.manual_seed(0)
+    task = training.make_task("fashion_mnist", CPU, **TINY_TASKS["fashion_mnist"]["task_kwargs"])
+    names = [n for n, _ in task.model.named_parameters()]
+    killed = names.index("features.0.bias")  # a layer type of its own ("conv bias") shares it with features.3.bias
+    full_gradient = task.full_gradient
+
+    def with_a_dead_tensor(model, examples=None):
+        gradients = full_gradient(model, examples)
+        gradients[killed] = torch.zeros_like(gradients[killed])
+        return gradients
+
+    task.full_gradient = with_a_dead_tensor
+    optimizer = training.make_optimizer("KalmanAdam-innovation", task.model.parameters(), lr=3e-3, weight_decay=0.0)
+    calibration = CalibrationCheckpoints(task, [6], e2.LEVELS, None)
+    training.train(task, optimizer, steps=6, seed=0, eval_every=6, on_step=lambda s, _t, o: calibration(s, o),
+                   evaluate_test=False, progress=None)
+    checkpoint = calibration.results[0]
+    params = list(task.model.parameters())
+    dead_tensor = params[killed].numel()
+    assert checkpoint["total"] + checkpoint["dead"] + checkpoint["inactive"] == sum(p.numel() for p in params)
+    assert checkpoint["dead"] >= dead_tensor  # ReLU units of the tiny CNN die within a few steps as well
+    conv_biases = sum(p.numel() for n, p in zip(names, params) if n.endswith("bias") and n.startswith("features"))
+    assert checkpoint["totals"]["conv bias"] <= conv_biases - dead_tensor
+    # An exact 0 lies inside a symmetric interval about a small mean far more often than the level says.
+    assert checkpoint["dead_inside"]["0.5"] <= checkpoint["dead_inside"]["0.95"] <= checkpoint["dead"]
+    assert checkpoint["dead_inside"]["0.5"] / checkpoint["dead"] > 0.5
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2_results")
@@ -278,5 +312,9 @@ def test_figures_tables_and_numbers(tiny_runs, tmp_path):
         assert numbers[f"{task}LevelChangeOneStep"] > 0
         for mode in ("Adam", "Constant", "Adaptive"):
             assert 0 <= numbers[f"{task}{mode}CoverageNinetyFive"] <= 1
+        # Beside the live coverage: the share of dead units and the coverage with them counted.
+        assert 0 <= numbers[f"{task}InnovationDeadShare"] < 1
+        assert 0 <= numbers[f"{task}InnovationCoverageWithDeadFifty"] <= 1
+    assert "dead share" in calibration
     assert numbers["Seeds"] == 1 and numbers["Steps"] == TINY["steps"]
     assert numbers["CheckpointCount"] == len(TINY["checkpoints"])
