@@ -140,7 +140,6 @@ def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_g
             early_gain=float(constant_noise_gain(config.prior_beta, step)),
             early_noise_norm=(1 - nb**n_sq) * (2 + lam_prior) if n_sq > 0 else 1.0,
             statistics_weight=weight, prior_term=(1 - weight) * lam_prior, lam_min=lam_min, lam_max=lam_max,
-            start_up_on=_flag(max(config.beta_max, config.prior_beta) ** (2 * step - 1) >= torch.finfo(dtype).eps),
             step=float(step),
         )
     elif noise == "innovation":
@@ -171,7 +170,14 @@ def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(flag > 0.5, a, b)
 
 
-def _adaptive(g, extra, s, new):
+def start_up_active(config: AdaptiveNoiseConfig, step: int, dtype: torch.dtype) -> bool:
+    """Whether mode "adaptive"'s start-up factor can differ from 1 at `step` (functional's test). A structure flag
+    of the kernel, not a coefficient: its log1p and tanh cost about as much as the rest of the step (issue 13), so
+    the steps after it (step > ~8000 for float32 at beta_range[1] = 0.999) run a second kernel without them."""
+    return max(config.beta_max, config.prior_beta) ** (2 * step - 1) >= torch.finfo(dtype).eps
+
+
+def _adaptive(g, extra, s, new, start_up):
     """functional._single_tensor_adaptive_update + adaptive_noise_estimates: (gain, r_hat), new statistics."""
     tiny = torch.finfo(g.dtype).tiny
     diff = g - extra["prev_grad"]
@@ -188,9 +194,9 @@ def _adaptive(g, extra, s, new):
     root = ratio.sqrt()
     gain = (root * 2) / (root + (ratio + 4).sqrt())
     beta = 1 - gain
-    half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's start-up factor via h = tanh(t log beta), as functional
-    start_up = ((1 - half) * beta + half + 1) / (half * -2 * beta)
-    gain = _where(s["start_up_on"], gain * start_up, gain)
+    if start_up:
+        half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's start-up factor via h = tanh(t log beta), as functional
+        gain = gain * (((1 - half) * beta + half + 1) / (half * -2 * beta))
     gain = _where(s["early"], s["early_gain"].expand_as(g), gain)
     r_hat = _where(s["early"], sq / s["early_noise_norm"], r_hat)
     return gain, r_hat
@@ -226,13 +232,13 @@ def _innovation_posterior(g, new, s):
 
 
 def _moments(g: Tensor, m: Tensor, v: Tensor, extra: dict[str, Tensor], s: dict[str, Tensor], *, noise: str,
-             posterior: bool) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, Tensor | None]:
+             posterior: bool, start_up: bool = False) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, Tensor | None]:
     """New (m, v, extra state), and with `posterior` the noise read-out (gain, r_hat) with P = gain * r_hat (D3/D4/D7);
     functional._single_tensor_moments."""
     new: dict[str, Tensor] = {}
     gain = r_hat = None
     if noise == "adaptive":
-        gain, r_hat = _adaptive(g, extra, s, new)
+        gain, r_hat = _adaptive(g, extra, s, new, start_up)
         m = torch.lerp(m, g, gain)
     elif noise == "innovation":
         _innovation(g, m, extra, s, new)
@@ -258,7 +264,7 @@ def _unpack(coefficients: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------------------ kernels
 def _adam_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, variance_adaptation,
-                 coupled_decay, maximize):
+                 coupled_decay, maximize, start_up=False):
     """KalmanAdam (modes adam, constant, adaptive, innovation; with or without variance adaptation):
     functional._single_tensor_kalman_adam."""
     s = _unpack(coefficients, names)
@@ -267,7 +273,8 @@ def _adam_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, 
         if coupled_decay:
             g = g + s["weight_decay"] * p
         extra = {key: values[i] for key, values in extras.items()}
-        m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=variance_adaptation)
+        m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=variance_adaptation,
+                                                  start_up=start_up)
         direction = m_new
         if variance_adaptation:  # D3, functional._variance_adapted_direction
             mean_sq = (m_new / s["correction1"]).square()
@@ -327,13 +334,14 @@ def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients
 
 
 def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, precision_weighting,
-                 decay, maximize, trust_clip, precision_floor):
+                 decay, maximize, trust_clip, precision_floor, start_up=False):
     """KalmanLAMB (D5): functional.kalman_lamb."""
     s = _unpack(coefficients, names)
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         g = -g if maximize else g
         extra = {key: values[i] for key, values in extras.items()}
-        m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=precision_weighting)
+        m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=precision_weighting,
+                                                  start_up=start_up)
         mean = m_new / s["correction1"]
         update = mean / ((v_new / s["correction2"]).sqrt() + s["eps"])
         if decay:
@@ -365,7 +373,8 @@ def _run(cache: KernelCache, job) -> bool:
     """Run one bucket through its compiled kernel; False (bucket unchanged) when the fused path is unavailable."""
     kernel, flags, scalars, key, tensors = job
     names = tuple(scalars)
-    compiled = cache.get((*key, names), kernel, dict(flags, names=names))
+    # The structure flags are part of the key: a changed option (maximize, the adaptive start-up ending) gets its kernel.
+    compiled = cache.get((*key, names, tuple(sorted(flags.items()))), kernel, dict(flags, names=names))
     if compiled is None:
         return False
     params = tensors[0]
@@ -413,7 +422,8 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
                                         coupled=coupled, noise_beta=adaptive_config.noise_beta)
         else:
             kernel = _adam_kernel
-            flags = dict(noise=noise, variance_adaptation=variance_adaptation, coupled_decay=coupled, maximize=maximize)
+            flags = dict(noise=noise, variance_adaptation=variance_adaptation, coupled_decay=coupled, maximize=maximize,
+                         start_up=noise == "adaptive" and start_up_active(adaptive_config, step, key[1]))
             scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config,
                                      dtype=key[1])
             decay = 1 - lr * weight_decay if weight_decay != 0 and decoupled_weight_decay else 1.0
@@ -455,7 +465,8 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
     jobs = []
     for step, key, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
         flags = dict(noise=noise, precision_weighting=precision_weighting, decay=weight_decay != 0, maximize=maximize,
-                     trust_clip=trust_clip, precision_floor=precision_floor)
+                     trust_clip=trust_clip, precision_floor=precision_floor,
+                     start_up=noise == "adaptive" and start_up_active(adaptive_config, step, key[1]))
         scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config,
                                      dtype=key[1])
         scalars.update(neg_lr=-lr, eps=eps, weight_decay=weight_decay,

@@ -10,6 +10,7 @@ import torch
 
 from kalman_optim import KalmanAdam, KalmanLAMB
 from kalman_optim import fused as fused_path
+from kalman_optim.functional import AdaptiveNoiseConfig
 
 pytestmark = pytest.mark.skipif(not fused_path.compiler_available("cpu"), reason="no C++ compiler for inductor")
 
@@ -79,7 +80,14 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance):
     make, options = CONFIGS[name]
     reference, ref_optimizer = _run(make, options, dtype, 1000, fused=False)
     fused, fused_optimizer = _run(make, options, dtype, 1000, fused=True)
-    assert fused_optimizer.fused_compilations == 1  # one graph for all 1000 steps: nothing recompiled
+    # One graph for all 1000 steps: nothing recompiles; mode "adaptive" compiles a second one, without the start-up
+    # factor, at the step the factor becomes exactly 1 (adaptive-va's beta_range ends it at step ~800 in float32).
+    low, high = options.get("beta_range", (0.5, 0.999))
+    config = AdaptiveNoiseConfig(noise_beta=0.99, beta_min=low, beta_max=high, prior_beta=0.9)
+    start_up_ends = options["noise"] == "adaptive" and not fused_path.start_up_active(config, 1000, dtype)
+    assert fused_optimizer.fused_compilations == 1 + start_up_ends
+    if name == "adaptive-va":
+        assert start_up_ends == (dtype == torch.float32)  # both kernels are compared below
     float32 = dtype == torch.float32
     for index, (p, q) in enumerate(zip(reference, fused)):
         bound = FLOAT32_BOUNDS.get((options["noise"], "param"), tolerance) if float32 else tolerance
@@ -102,6 +110,25 @@ def test_nothing_recompiles_with_a_scheduler_a_tensor_lr_or_new_gradients():
         if step == 0:
             after_warm_up = optimizer.fused_compilations
     assert after_warm_up == 1 and optimizer.fused_compilations == 1
+
+
+def test_an_option_changed_between_steps_compiles_its_own_kernel():
+    """maximize is a structure flag of the kernel: flipping it on a group after the first compile must not reuse the
+    kernel compiled without it."""
+    stepped = []
+    for fused in (True, False):
+        params = _params(torch.float32)
+        optimizer = KalmanAdam(params, lr=1e-2, noise="constant", fused=fused, foreach=None if fused else False)
+        for step, grads in enumerate(_gradient_stream(params, 6)):
+            optimizer.param_groups[0]["maximize"] = step >= 3
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimizer.step()
+        stepped.append((params, optimizer.fused_compilations))
+    (fused, compilations), (eager, _) = stepped
+    assert compilations == 2
+    for p, q in zip(fused, eager):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 def test_groups_with_several_dtypes_shapes_and_step_counts():
