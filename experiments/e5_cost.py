@@ -218,7 +218,8 @@ def median_of(entries: list[dict], key: str) -> float:
 #: bench_fused candidate -> key of its macros (issue 13: the fused path against compiled torch AdamW).
 FUSED_VARIANTS = {
     "AdamW [fused]": "TorchFused", "KalmanAdam adam": "Adam", "KalmanAdam constant": "Constant",
-    "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive", "KalmanAdam innovation": "Innovation",
+    "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive",
+    "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp", "KalmanAdam innovation": "Innovation",
     "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam transport": "Transport", "KalmanLAMB": "Lamb",
     "KalmanLAMB precision": "LambPrecision", "KalmanLAMB precision innovation": "LambPrecisionInnovation",
 }
