@@ -273,6 +273,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
             _, dead = dead_counts(runs, task, mode, 0.5)
             if total:
                 out[f"{name}{_camel(mode)}DeadShare"] = dead / (total + dead)
+                out[f"{name}{_camel(mode)}DeadSharePercent"] = round(100 * dead / (total + dead))
             out[f"{name}{_camel(mode)}Steps"] = max((r["config"]["steps"] for r in select(runs, task, mode)), default=0)
             checks = [c["noise_truth"] for run in select(runs, task, mode) for c in run["metrics"]["calibration"]
                       if c.get("noise_truth")]
