@@ -90,8 +90,9 @@ def table_calibration(runs: list[dict], out: FigureOutput) -> None:
                       "mini-batch) lies in KalmanAdam's confidence_interval, pooled over checkpoints and seeds. "
                       "Dead share: coordinates of dead units (full-batch gradient exactly 0, filtered mean still "
                       "decaying from earlier gradients); with dead: the coverage if they are counted too (an "
-                      "interval about a mean near 0 covers an exact 0 at every level). The Wilson interval treats coordinates "
-                      "as independent, which they are not (shared mini-batches and parameters), so it understates the "
+                      "interval about a mean near 0 covers an exact 0 at every level). The Wilson interval treats "
+                      "coordinates as independent, which they are not (shared mini-batches and parameters), so it "
+                      "understates the "
                       "uncertainty; the range over checkpoints and seeds is the more honest spread. Static: the same "
                       "runs with lr = 0, where the gradient is i.i.d. noise around a constant.",
               align="lllrrrrrrrr")

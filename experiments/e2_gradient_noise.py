@@ -36,8 +36,8 @@ E2 measures, on the Fashion-MNIST CNN and the Shakespeare transformer:
    the expectation over random offsets, and that mismatch alone made intervals look too narrow at lr = 0).
    Observed coverage of `confidence_interval(p, level)` is the fraction of live coordinates (true gradient not
    exactly 0) whose true gradient lies inside; dead units (no example reaches them, so the truth is exactly 0 and
-   any interval about the decaying mean covers it) are counted apart and reported beside it. Coordinates are not independent
-   (they share the mini-batches and the parameters), so the Wilson interval over coordinates is far too
+   any interval about the decaying mean covers it) are counted apart and reported beside it. Coordinates are not
+   independent (they share the mini-batches and the parameters), so the Wilson interval over coordinates is far too
    narrow as a statement about the optimizer; the range over checkpoints and seeds is shown beside it.
    In the AdamW run the process noise is also measured directly: the change of the full-batch gradient over
    l steps, sum_i (G_i(theta_{c-1}) - G_i(theta_{c-1-l}))^2, relative to one mini-batch's squared sampling

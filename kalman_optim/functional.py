@@ -27,7 +27,8 @@ from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.noise_models import innovation, transport
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
-__all__ = ["AdaptiveNoiseConfig", "adaptive_noise_estimates", "kalman_adam", "observation_noise_from_moments"]
+__all__ = ["AdaptiveNoiseConfig", "adaptive_noise_estimates", "kalman_adam", "observation_noise_from_moments",
+           "start_up_active"]
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,8 @@ def adaptive_noise_estimates(
     # the cancellation of 1 - beta: in float32, beta = 0.999 carries a relative error of 6e-5 into 1 - beta).
     root = ratio.sqrt()
     gain = root.mul(2).div_(root.add_(ratio.add_(4).sqrt_()))
-    # k_t = (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) (D1, diffuse prior); once beta^(2t-1) is below
-    # float resolution for the largest possible beta, the start-up factor is exactly 1 and is skipped.
-    beta_ceiling = max(config.beta_max, config.prior_beta)
-    if beta_ceiling ** (2 * step - 1) >= torch.finfo(dtype).eps:
+    # k_t = (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) (D1, diffuse prior), skipped once the factor is exactly 1.
+    if start_up_active(config, step, dtype):
         # With h = tanh(t log beta): beta^(2t) = (1 + h) / (1 - h), so the factor is ((1 - h) beta + 1 + h) / (-2 h beta):
         # one log1p and one tanh, free of cancellation (no 1 - beta^(2t), no expm1, whose float32 version in inductor
         # is exp - 1 and loses up to 4% for small arguments), and the same formula on the fused path.
@@ -92,6 +91,14 @@ def adaptive_noise_estimates(
         start_up = half.neg().add_(1).mul_(beta).add_(half).add_(1).div_(half.mul(-2).mul_(beta))
         gain.mul_(start_up)
     return gain, r_hat
+
+
+def start_up_active(config: AdaptiveNoiseConfig, step: int, dtype: torch.dtype) -> bool:
+    """Whether mode "adaptive"'s start-up factor (D1) can differ from 1 at `step`: beta^(2t-1) is still above the
+    float resolution for the largest possible beta (from step ~7,970 in float32 at beta_range[1] = 0.999 it is not).
+    The fused path compiles a second kernel without the factor for the steps after it (its log1p and tanh per
+    element cost about as much as the rest of the step)."""
+    return max(config.beta_max, config.prior_beta) ** (2 * step - 1) >= torch.finfo(dtype).eps
 
 
 @functools.lru_cache(maxsize=64)

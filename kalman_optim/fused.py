@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
-from kalman_optim.functional import AdaptiveNoiseConfig, _group_by_step
+from kalman_optim.functional import AdaptiveNoiseConfig, _group_by_step, start_up_active
 from kalman_optim.noise_models import innovation, transport
 from kalman_optim.schedules import (
     adam_coefficients,
@@ -123,7 +123,7 @@ def _one_minus_power(beta: float, count: int) -> float:
 
 
 def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_gain: float | None,
-                   config: AdaptiveNoiseConfig | None, dtype: torch.dtype) -> dict[str, float]:
+                   config: AdaptiveNoiseConfig | None) -> dict[str, float]:
     """The per-step scalars of the two moment filters and of the mode's noise statistics (reference: functional)."""
     second = second_moment_coefficients(noise, beta2, step, prior_gain)
     out = dict(second_decay=second.decay, second_weight=second.weight, correction2=second.correction)
@@ -170,13 +170,6 @@ def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(flag > 0.5, a, b)
 
 
-def start_up_active(config: AdaptiveNoiseConfig, step: int, dtype: torch.dtype) -> bool:
-    """Whether mode "adaptive"'s start-up factor can differ from 1 at `step` (functional's test). A structure flag
-    of the kernel, not a coefficient: its log1p and tanh cost about as much as the rest of the step (issue 13), so
-    the steps after it (step > ~8000 for float32 at beta_range[1] = 0.999) run a second kernel without them."""
-    return max(config.beta_max, config.prior_beta) ** (2 * step - 1) >= torch.finfo(dtype).eps
-
-
 def _adaptive(g, extra, s, new, start_up):
     """functional._single_tensor_adaptive_update + adaptive_noise_estimates: (gain, r_hat), new statistics."""
     tiny = torch.finfo(g.dtype).tiny
@@ -193,9 +186,9 @@ def _adaptive(g, extra, s, new, start_up):
     ratio = ratio * s["statistics_weight"] + s["prior_term"]
     root = ratio.sqrt()
     gain = (root * 2) / (root + (ratio + 4).sqrt())
-    beta = 1 - gain
-    if start_up:
-        half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's start-up factor via h = tanh(t log beta), as functional
+    if start_up:  # a structure flag (functional.start_up_active): the steps after it compile a kernel without it
+        beta = 1 - gain
+        half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's factor via h = tanh(t log beta), as functional
         gain = gain * (((1 - half) * beta + half + 1) / (half * -2 * beta))
     gain = _where(s["early"], s["early_gain"].expand_as(g), gain)
     r_hat = _where(s["early"], sq / s["early_noise_norm"], r_hat)
@@ -232,7 +225,8 @@ def _innovation_posterior(g, new, s):
 
 
 def _moments(g: Tensor, m: Tensor, v: Tensor, extra: dict[str, Tensor], s: dict[str, Tensor], *, noise: str,
-             posterior: bool, start_up: bool = False) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, Tensor | None]:
+             posterior: bool, start_up: bool = False
+             ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, Tensor | None]:
     """New (m, v, extra state), and with `posterior` the noise read-out (gain, r_hat) with P = gain * r_hat (D3/D4/D7);
     functional._single_tensor_moments."""
     new: dict[str, Tensor] = {}
@@ -373,7 +367,7 @@ def _run(cache: KernelCache, job) -> bool:
     """Run one bucket through its compiled kernel; False (bucket unchanged) when the fused path is unavailable."""
     kernel, flags, scalars, key, tensors = job
     names = tuple(scalars)
-    # The structure flags are part of the key: a changed option (maximize, the adaptive start-up ending) gets its kernel.
+    # The structure flags are part of the key: a changed option (maximize, the end of the start-up) gets its kernel.
     compiled = cache.get((*key, names, tuple(sorted(flags.items()))), kernel, dict(flags, names=names))
     if compiled is None:
         return False
@@ -424,8 +418,7 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
             kernel = _adam_kernel
             flags = dict(noise=noise, variance_adaptation=variance_adaptation, coupled_decay=coupled, maximize=maximize,
                          start_up=noise == "adaptive" and start_up_active(adaptive_config, step, key[1]))
-            scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config,
-                                     dtype=key[1])
+            scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config)
             decay = 1 - lr * weight_decay if weight_decay != 0 and decoupled_weight_decay else 1.0
             scalars.update(param_decay=decay, weight_decay=weight_decay, eps=eps, neg_step_size=-(lr / scalars["correction1"]),
                            sqrt_correction2=scalars["correction2"] ** 0.5, adaptation_scale=adaptation_scale,
@@ -467,8 +460,7 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         flags = dict(noise=noise, precision_weighting=precision_weighting, decay=weight_decay != 0, maximize=maximize,
                      trust_clip=trust_clip, precision_floor=precision_floor,
                      start_up=noise == "adaptive" and start_up_active(adaptive_config, step, key[1]))
-        scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config,
-                                     dtype=key[1])
+        scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config)
         scalars.update(neg_lr=-lr, eps=eps, weight_decay=weight_decay,
                        has_posterior=_flag(not (noise == "innovation" and step < 2)),
                        **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))

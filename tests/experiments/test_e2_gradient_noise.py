@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from experiments import e2_gradient_noise as e2
+from experiments import training
+from experiments.e2_calibration_checkpoints import CalibrationCheckpoints
 from experiments.plotting import FigureOutput
 from tests.experiments.helpers import run_tiny
 from kalman_optim import constant_noise_gain, noise_ratio_to_beta
@@ -236,8 +238,6 @@ def test_dead_units_are_counted_apart_from_live_coordinates():
     """A tensor whose full-batch gradient is exactly 0 (a dead unit: no example reaches it) while its filtered mean
     still decays is counted as dead with its own inside counts, not in the live totals; every coordinate is
     live, dead or inactive."""
-    from experiments import training
-    from experiments.e2_calibration_checkpoints import CalibrationCheckpoints
     torch.manual_seed(0)
     task = training.make_task("fashion_mnist", CPU, **TINY_TASKS["fashion_mnist"]["task_kwargs"])
     names = [n for n, _ in task.model.named_parameters()]

@@ -10,7 +10,7 @@ import torch
 
 from kalman_optim import KalmanAdam, KalmanLAMB
 from kalman_optim import fused as fused_path
-from kalman_optim.functional import AdaptiveNoiseConfig
+from kalman_optim.functional import AdaptiveNoiseConfig, start_up_active
 
 pytestmark = pytest.mark.skipif(not fused_path.compiler_available("cpu"), reason="no C++ compiler for inductor")
 
@@ -84,7 +84,7 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance):
     # factor, at the step the factor becomes exactly 1 (adaptive-va's beta_range ends it at step ~800 in float32).
     low, high = options.get("beta_range", (0.5, 0.999))
     config = AdaptiveNoiseConfig(noise_beta=0.99, beta_min=low, beta_max=high, prior_beta=0.9)
-    start_up_ends = options["noise"] == "adaptive" and not fused_path.start_up_active(config, 1000, dtype)
+    start_up_ends = options["noise"] == "adaptive" and not start_up_active(config, 1000, dtype)
     assert fused_optimizer.fused_compilations == 1 + start_up_ends
     if name == "adaptive-va":
         assert start_up_ends == (dtype == torch.float32)  # both kernels are compared below
