@@ -86,11 +86,6 @@ PROFILES: dict[str, dict[str, Any]] = {
                                               eval_windows=256),
                              fashion_mnist_resnet=dict(batch_size=64, eval_size=2000, channels=[12, 24, 48],
                                                        stem_stride=2)),
-                  # The ResNet without the two modes that estimate the noise per coordinate (mode "adaptive"), the
-                  # slowest runs here (~5 minutes each on a shared core) and significantly worse than AdamW on both
-                  # other tasks: the eight others fit the session's compute.
-                  task_optimizers=dict(fashion_mnist_resnet=[
-                      name for name in _COMMON["optimizers"] if name != SANITY and "adaptive" not in name]),
                   steps=2000, eval_every=100, lr_count=7, max_extra_lrs=3, seeds=[0, 1, 2, 3, 4]),
     # Paper scale: ~2 x 8 x (7 + 4 + widening) ~ 185 runs of 2000 steps (~370k steps: ~8 minutes on one H100
     # if a step takes ~1.3 ms; not yet timed there); the whole data sets live on the device.
