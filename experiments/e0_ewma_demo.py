@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from experiments.e1_synthetic import adam_gains, adaptive_filter, constant_gains, gain_filter, single_threaded_on_cpu
+from experiments.local_level import adam_gains, adaptive_filter, constant_gains, gain_filter, single_threaded_on_cpu
 from experiments.plotting import COLORS, FigureOutput
 from experiments.runner import RunSpec
 from experiments.stats import mean_ci

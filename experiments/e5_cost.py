@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -48,9 +46,13 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
+from experiments.e5_bench_report import bench_reports, fused_numbers, fused_report, fused_table
 from experiments.plotting import FigureOutput, style
 from experiments.provenance import REPO_ROOT
 from experiments.runner import RunSpec
+
+# Re-exported though unused here: the fused path's macro keys are part of E5's interface.
+from experiments.e5_bench_report import FUSED_VARIANTS  # noqa: F401
 
 NAME = "e5_cost"
 TITLE = "Cost per step: step time and optimizer-state bytes vs parameter count, as ratios to torch AdamW"
@@ -75,7 +77,9 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "KalmanLAMB precision": ("LambPrecision", "KalmanLAMB precision", "KalmanLAMB precision weighting"),
 }
 ADAMW_D6 = "AdamW"
-BENCH_DIR = REPO_ROOT / "results" / "bench"  # where `make bench` writes step_<device>.json
+# Where `make bench` writes step_<device>.json and fused_<device>.json; passed to e5_bench_report at each call, so
+# that pointing this attribute elsewhere (as the tests do) redirects every read.
+BENCH_DIR = REPO_ROOT / "results" / "bench"
 
 
 # ------------------------------------------------------------------------------------------ candidates
@@ -215,87 +219,6 @@ def median_of(entries: list[dict], key: str) -> float:
     return float(np.median([e[key] for e in entries]))
 
 
-#: bench_fused candidate -> key of its macros (issue 13: the fused path against compiled torch AdamW).
-FUSED_VARIANTS = {
-    "AdamW [fused]": "TorchFused", "KalmanAdam adam": "Adam", "KalmanAdam constant": "Constant",
-    "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive",
-    "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp", "KalmanAdam innovation": "Innovation",
-    "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam transport": "Transport", "KalmanLAMB": "Lamb",
-    "KalmanLAMB precision": "LambPrecision", "KalmanLAMB precision innovation": "LambPrecisionInnovation",
-}
-
-
-def fused_report(device: str = "cpu", bench_dir: Path | None = None) -> dict | None:
-    """The committed `make bench` report of the fused path (results/bench/fused_<device>.json), None if absent.
-    A file that is present but unreadable stops the build with its name."""
-    path = Path(bench_dir or BENCH_DIR) / f"fused_{device}.json"
-    if not path.exists():
-        return None
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        report["results"][-1]["candidates"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
-        raise ValueError(f"{path}: unreadable fused-path benchmark ({error}); regenerate it with `make bench`") from error
-    return report
-
-
-def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float | int | str]:
-    """Macros Fused<Device><Variant>{Compiled,Bandwidth,FirstStep} at the largest N of bench_fused: ratio to compiled
-    torch AdamW, percent of the measured copy bandwidth, first (compiling) step in seconds."""
-    if report is None:
-        return {}
-    result = report["results"][-1]
-    prefix = f"Fused{device.capitalize()}"
-    out: dict[str, float | int | str] = {
-        f"{prefix}Size": int(result["size"]), f"{prefix}Tensors": int(result["tensors"]),
-        f"{prefix}Bandwidth": round(result["bandwidth_bytes_per_s"] / 1e9, 1),
-        f"{prefix}CopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e9, 1),
-        f"{prefix}Commit": str(report["provenance"].get("git_commit") or "unknown")[:7],
-        f"{prefix}AdamWCompiledBandwidth": round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"]),
-    }
-    for name, key in FUSED_VARIANTS.items():
-        entry = result["candidates"].get(name)
-        if entry is not None:
-            out[f"{prefix}{key}Compiled"] = round(entry["ratio_to_compiled_adamw"], 2)
-            out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
-            out[f"{prefix}{key}FirstStep"] = round(entry["first_step_s"], 1)
-    lamb, precision = result["candidates"].get("KalmanLAMB"), result["candidates"].get("KalmanLAMB precision")
-    if lamb and precision:
-        out[f"{prefix}LambPrecisionOverLamb"] = round(precision["median_s"] / lamb["median_s"], 2)
-    return out
-
-
-def fused_table(report: dict, out: FigureOutput) -> None:
-    """Table e5_fused: every fused mode at the largest N against torch AdamW's implementations."""
-    result = report["results"][-1]
-    header = ["candidate", "state B/param", "B moved/elem", "x compiled AdamW", "x fastest AdamW", "% copy bandwidth",
-              "first step (s)"]
-    rows = [[name, f"{e['state_bytes_per_param']:.0f}", str(e["bytes_moved_per_element"]),
-             f"{e['ratio_to_compiled_adamw']:.2f}", f"{e['ratio_to_fastest_adamw']:.2f}",
-             f"{100 * e['bandwidth_fraction']:.0f}", f"{e['first_step_s']:.1f}"]
-            for name, e in result["candidates"].items()]
-    out.table("e5_fused", header, rows, caption=(
-        f"Fused path (make bench, results/bench/fused_cpu.json, commit {str(report['provenance'].get('git_commit'))[:7]}): "
-        f"N={format_size(result['size'])} fp32 parameters in {result['tensors']} tensors, "
-        f"{report['provenance'].get('threads')} CPU threads, median of {result['rounds']} interleaved rounds; copy "
-        f"bandwidth of the same tensors {result['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (a copy's writes also read "
-        "their lines, so a step can exceed it). Library rows use fused=True; the first step includes the compile "
-        "(from an empty inductor cache)."))
-
-
-def bench_reports(bench_dir: Path | None = None) -> dict[str, dict]:
-    """The committed `make bench` reports present: device ('cpu', 'cuda') -> report."""
-    bench_dir = Path(bench_dir or BENCH_DIR)
-    reports = {}
-    for device in ("cpu", "cuda"):
-        path = bench_dir / f"step_{device}.json"
-        try:
-            reports[device] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return reports
-
-
 def sources(runs: list[dict], profile: str) -> list[dict]:
     """Every data source to draw: E5 runs per device, then each `make bench` report. Each has a title and series."""
     out = []
@@ -308,7 +231,7 @@ def sources(runs: list[dict], profile: str) -> list[dict]:
             key=f"e5_{device}", title=f"source: E5 {profile} run ({device})\n{prov.get('device_name', device)}\n{_threads(threads)}",
             short=f"E5 {profile} {device}", series=series_from_runs(own),
         ))
-    for device, report in bench_reports().items():
+    for device, report in bench_reports(BENCH_DIR).items():
         prov = report.get("provenance", {})
         commit = (prov.get("git_commit") or "unknown")[:7]
         out.append(dict(
@@ -413,7 +336,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
                 _, ratio, q25, q75 = found
                 row.append(f"{ratio:.2f} [{q25:.2f}, {q75:.2f}]")
         rows.append(row)
-    report = fused_report()
+    report = fused_report("cpu", BENCH_DIR)
     if report is not None:
         fused_table(report, out)
     out.table("e5_cost", header, rows, caption=(
@@ -462,8 +385,8 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     adamw = [n for n in largest if n.startswith("AdamW")]
     if adamw:
         out["StateBytesAdamW"] = median_of(largest[adamw[0]], "state_bytes_per_param")
-    out.update(bench_numbers(bench_reports()))
-    out.update(fused_numbers(fused_report()))
+    out.update(bench_numbers(bench_reports(BENCH_DIR)))
+    out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
     return out
 
 

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from experiments.e1_synthetic import single_threaded_on_cpu
+from experiments.local_level import single_threaded_on_cpu
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
 from experiments.stats import binomial_ci

@@ -1,0 +1,93 @@
+"""E5's reading of the committed `make bench` reports: the step-time reports step_<device>.json (bench_reports)
+and the fused-path report fused_<device>.json with its macros and table (fused_report, fused_numbers, fused_table).
+The report directory is always passed in: experiments/e5_cost.py owns it (BENCH_DIR) and re-exports these."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.bench_step import format_size
+from experiments.plotting import FigureOutput
+
+#: bench_fused candidate -> key of its macros (issue 13: the fused path against compiled torch AdamW).
+FUSED_VARIANTS = {
+    "AdamW [fused]": "TorchFused", "KalmanAdam adam": "Adam", "KalmanAdam constant": "Constant",
+    "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive",
+    "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp", "KalmanAdam innovation": "Innovation",
+    "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam transport": "Transport", "KalmanLAMB": "Lamb",
+    "KalmanLAMB precision": "LambPrecision", "KalmanLAMB precision innovation": "LambPrecisionInnovation",
+}
+
+
+def fused_report(device: str, bench_dir: Path) -> dict | None:
+    """The committed `make bench` report of the fused path (<bench_dir>/fused_<device>.json), None if absent.
+    A file that is present but unreadable stops the build with its name."""
+    path = Path(bench_dir) / f"fused_{device}.json"
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        report["results"][-1]["candidates"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise ValueError(
+            f"{path}: unreadable fused-path benchmark ({error}); regenerate it with `make bench`") from error
+    return report
+
+
+def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float | int | str]:
+    """Macros Fused<Device><Variant>{Compiled,Bandwidth,FirstStep} at the largest N of bench_fused: ratio to compiled
+    torch AdamW, percent of the measured copy bandwidth, first (compiling) step in seconds."""
+    if report is None:
+        return {}
+    result = report["results"][-1]
+    prefix = f"Fused{device.capitalize()}"
+    out: dict[str, float | int | str] = {
+        f"{prefix}Size": int(result["size"]), f"{prefix}Tensors": int(result["tensors"]),
+        f"{prefix}Bandwidth": round(result["bandwidth_bytes_per_s"] / 1e9, 1),
+        f"{prefix}CopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e9, 1),
+        f"{prefix}Commit": str(report["provenance"].get("git_commit") or "unknown")[:7],
+        f"{prefix}AdamWCompiledBandwidth": round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"]),
+    }
+    for name, key in FUSED_VARIANTS.items():
+        entry = result["candidates"].get(name)
+        if entry is not None:
+            out[f"{prefix}{key}Compiled"] = round(entry["ratio_to_compiled_adamw"], 2)
+            out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
+            out[f"{prefix}{key}FirstStep"] = round(entry["first_step_s"], 1)
+    lamb, precision = result["candidates"].get("KalmanLAMB"), result["candidates"].get("KalmanLAMB precision")
+    if lamb and precision:
+        out[f"{prefix}LambPrecisionOverLamb"] = round(precision["median_s"] / lamb["median_s"], 2)
+    return out
+
+
+def fused_table(report: dict, out: FigureOutput) -> None:
+    """Table e5_fused: every fused mode at the largest N against torch AdamW's implementations."""
+    result = report["results"][-1]
+    header = ["candidate", "state B/param", "B moved/elem", "x compiled AdamW", "x fastest AdamW", "% copy bandwidth",
+              "first step (s)"]
+    rows = [[name, f"{e['state_bytes_per_param']:.0f}", str(e["bytes_moved_per_element"]),
+             f"{e['ratio_to_compiled_adamw']:.2f}", f"{e['ratio_to_fastest_adamw']:.2f}",
+             f"{100 * e['bandwidth_fraction']:.0f}", f"{e['first_step_s']:.1f}"]
+            for name, e in result["candidates"].items()]
+    out.table("e5_fused", header, rows, caption=(
+        "Fused path (make bench, results/bench/fused_cpu.json, "
+        f"commit {str(report['provenance'].get('git_commit'))[:7]}): "
+        f"N={format_size(result['size'])} fp32 parameters in {result['tensors']} tensors, "
+        f"{report['provenance'].get('threads')} CPU threads, median of {result['rounds']} interleaved rounds; copy "
+        f"bandwidth of the same tensors {result['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+        "(a copy's writes also read their lines, so a step can exceed it). Library rows use fused=True; the first "
+        "step includes the compile (from an empty inductor cache)."))
+
+
+def bench_reports(bench_dir: Path) -> dict[str, dict]:
+    """The committed `make bench` reports present (<bench_dir>/step_<device>.json): device ('cpu', 'cuda') -> report."""
+    bench_dir = Path(bench_dir)
+    reports = {}
+    for device in ("cpu", "cuda"):
+        path = bench_dir / f"step_{device}.json"
+        try:
+            reports[device] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return reports
