@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 
 from experiments.e2_design import ADAM_BETA1, CALIBRATED_MODES, LEVELS, MODE_LABELS, MODES, TASK_LABELS
-from experiments.e2_results import (calibration_counts, coverage_by_step, coverage_estimate, dead_counts, format_cell,
-                                    is_static, level_change_ratios, select, tasks_of)
+from experiments.e2_results import (calibration_counts, coverage_by_seed, coverage_by_step, coverage_estimate,
+                                    dead_counts, format_cell, is_static, level_change_ratios, select, tasks_of)
 from experiments.plotting import FigureOutput, style
 from experiments.stats import binomial_ci
 from kalman_optim import beta_to_noise_ratio
@@ -76,14 +76,18 @@ def table_calibration(runs: list[dict], out: FigureOutput) -> None:
                         continue
                     e = binomial_ci(inside, total)
                     dead_inside, dead = dead_counts(runs, task, mode, level, static)
+                    per_seed = list(coverage_by_seed(runs, task, mode, level, static).values())
                     rows.append([TASK_LABELS[task], "static (lr 0)" if static else "training", MODE_LABELS[mode],
                                  f"{level:.2f}", f"{e.mean:.3f}", f"[{e.low:.3f}, {e.high:.3f}]",
-                                 f"{min(coverages):.3f} - {max(coverages):.3f}", f"{total // len(coverages):,}",
+                                 f"{min(coverages):.3f} - {max(coverages):.3f}",
+                                 f"{min(per_seed):.3f} - {max(per_seed):.3f}" if len(per_seed) > 1 else "-",
+                                 f"{total // len(coverages):,}",
                                  f"{dead / (dead + total):.3f}", f"{(inside + dead_inside) / (total + dead):.3f}",
                                  f"{len(coverages)}"])
     if not rows:
         return
     out.table("e2_calibration", ["task", "parameters", "mode", "nominal", "observed", "Wilson 95% CI", "range",
+                                 "seed range",
                                  "live coords", "dead share", "with dead", "checkpoints × seeds"], rows,
               caption=f"E2 calibration ({out.profile} profile): share of live coordinates (full-batch gradient not "
                       "exactly 0) whose full-batch training gradient (at the parameters of the last filtered "
@@ -93,9 +97,10 @@ def table_calibration(runs: list[dict], out: FigureOutput) -> None:
                       "interval about a mean near 0 covers an exact 0 at every level). The Wilson interval treats "
                       "coordinates as independent, which they are not (shared mini-batches and parameters), so it "
                       "understates the "
-                      "uncertainty; the range over checkpoints and seeds is the more honest spread. Static: the same "
+                      "uncertainty; the range over checkpoints and seeds is the more honest spread, and the seed range (each "
+                      "seed's pooled coverage, lowest to highest) the spread a rerun would show. Static: the same "
                       "runs with lr = 0, where the gradient is i.i.d. noise around a constant.",
-              align="lllrrrrrrrr")
+              align="lllrrrrrrrrr")
 
 
 def table_calibration_by_layer(runs: list[dict], out: FigureOutput, levels: Sequence[float] = (0.5, 0.9, 0.95)) -> None:

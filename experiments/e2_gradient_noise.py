@@ -71,8 +71,8 @@ from experiments.e2_calibration_report import (figure_calibration, table_calibra
 from experiments.e2_design import CALIBRATED_MODES, COVERAGE_OVER, LEVELS, MODES, PHASES, WHITENESS_MODELS
 from experiments.e2_gradient_windows import GradientWindows, summarize_window
 from experiments.e2_noise_report import figure_beta_distribution, figure_whiteness, table_noise
-from experiments.e2_results import (calibration_counts, coverage_estimate, dead_counts, is_static, level_change_ratios,
-                                    mean_of, select, tasks_of, window_runs, window_summaries)
+from experiments.e2_results import (calibration_counts, coverage_by_seed, coverage_estimate, dead_counts, is_static,
+                                    level_change_ratios, mean_of, select, tasks_of, window_runs, window_summaries)
 from experiments.plotting import FigureOutput
 from experiments.runner import RunSpec
 
@@ -293,4 +293,8 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                     e = coverage_estimate(runs, task, mode, level, static)
                     if e.n:
                         out[f"{name}{prefix}{_camel(mode)}Coverage{word}"] = e.mean
+                    per_seed = list(coverage_by_seed(runs, task, mode, level, static).values())
+                    if len(per_seed) > 1:  # the seed-to-seed spread of the pooled coverage
+                        out[f"{name}{prefix}{_camel(mode)}Coverage{word}SeedLow"] = min(per_seed)
+                        out[f"{name}{prefix}{_camel(mode)}Coverage{word}SeedHigh"] = max(per_seed)
     return out

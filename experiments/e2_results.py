@@ -65,6 +65,17 @@ def calibration_counts(runs: list[dict], task: str, mode: str, level: float,
     return inside, total, coverages
 
 
+def coverage_by_seed(runs: list[dict], task: str, mode: str, level: float, static: bool = False) -> dict[int, float]:
+    """seed -> coverage pooled over that seed's coordinates and checkpoints (the seed-to-seed spread)."""
+    counts: dict[int, list[int]] = {}
+    for run in select(runs, task, mode, static):
+        pair = counts.setdefault(int(run["config"]["seed"]), [0, 0])
+        for checkpoint in run["metrics"]["calibration"]:
+            pair[0] += checkpoint["inside"][str(level)]["all"]
+            pair[1] += checkpoint["total"]
+    return {seed: inside / total for seed, (inside, total) in sorted(counts.items()) if total}
+
+
 def dead_counts(runs: list[dict], task: str, mode: str, level: float, static: bool = False) -> tuple[int, int]:
     """(inside, total) of the dead coordinates (full-batch gradient exactly 0, filtered mean not yet 0) over all
     checkpoints and seeds; they are left out of calibration_counts."""

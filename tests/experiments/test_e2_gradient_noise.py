@@ -318,3 +318,25 @@ def test_figures_tables_and_numbers(tiny_runs, tmp_path):
     assert "dead share" in calibration
     assert numbers["Seeds"] == 1 and numbers["Steps"] == TINY["steps"]
     assert numbers["CheckpointCount"] == len(TINY["checkpoints"])
+
+
+def test_seed_spread_of_the_pooled_coverage(tiny_runs, tmp_path):
+    """With two seeds, each seed's pooled coverage is reported: SeedLow <= pooled <= SeedHigh, and the table's
+    seed range shows both ends (a second seed made from the first with every 95% count halved)."""
+    second = []
+    for run in tiny_runs:
+        copy = json.loads(json.dumps(run))
+        copy["config"]["seed"] = 1
+        for checkpoint in copy["metrics"]["calibration"]:
+            checkpoint["inside"]["0.95"]["all"] //= 2
+        second.append(copy)
+    runs = tiny_runs + second
+    assert e2.coverage_by_seed(runs, "fashion_mnist", "innovation", 0.95).keys() == {0, 1}
+    numbers = e2.numbers(runs)
+    low, pooled, high = (numbers[f"FashionMnistInnovationCoverageNinetyFive{k}"] for k in ("SeedLow", "", "SeedHigh"))
+    assert low < pooled < high
+    assert high == e2.numbers(tiny_runs)["FashionMnistInnovationCoverageNinetyFive"]
+    assert "FashionMnistInnovationCoverageNinetyFiveSeedLow" not in e2.numbers(tiny_runs)  # one seed: no spread
+    out = FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
+    e2.figures(runs, out)
+    assert f"{low:.3f} - {high:.3f}" in (tmp_path / "e2_calibration.md").read_text()
