@@ -47,9 +47,9 @@ class KalmanAdam(KalmanOptimizerBase):
         variance_adaptation: scale each coordinate's step by m^2 / (m^2 + adaptation_scale * P) (D3), so
             coordinates whose gradient estimate is uncertain move less.
         adaptation_scale: kappa in the factor above (kappa = z^2 discounts at a z-sigma confidence level).
-        noise_beta: EWMA coefficient of the noise statistics (modes "adaptive", "innovation", "transport"). For
-            intervals during training, noise="innovation" with noise_beta=0.9 follows the changing noise better than
-            the default 0.99 (E2), at the price of noisier intervals on a stationary series (E7).
+        noise_beta: EWMA coefficient of the noise statistics (modes "adaptive", "innovation", "transport"). A
+            shorter window (e.g. 0.9) follows a changing noise level faster (E2's transformer), at the price of
+            noisier intervals (E2's CNN at 50%, E7's stationary series).
         beta_range: (low, high) clipping range of the per-coordinate EWMA coefficient (mode "adaptive").
         decoupled_weight_decay: True for AdamW's decay, False for Adam's L2 penalty added to the gradient.
         maximize: maximize the objective.
