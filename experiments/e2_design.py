@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 
-MODES = ("adam", "constant", "adaptive", "innovation", "innovation-fast")
-CALIBRATED_MODES = ("innovation", "innovation-fast")  # D7's read-out: the noise ground truth and long runs
+MODES = ("adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast")
+# D7's read-out at three noise windows (noise_beta 0.99, 0.95, 0.9): the noise ground truth and long runs
+CALIBRATED_MODES = ("innovation", "innovation-medium", "innovation-fast")
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Coverage counts coordinates whose full-batch gradient is not exactly 0 (CalibrationCheckpoints.measure); in
@@ -20,7 +21,7 @@ PHASES = ("early", "middle", "late")
 TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "fashion_mnist_resnet": "Fashion-MNIST ResNet (BatchNorm)",
                "shakespeare": "Shakespeare transformer"}
 MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive", "innovation": "innovation (D7)",
-               "innovation-fast": "innovation, noise β 0.9"}
+               "innovation-medium": "innovation, noise β 0.95", "innovation-fast": "innovation, noise β 0.9"}
 WHITENESS_MODELS = ("fitted", "iid", "adam")  # plotted; "moment" (the D4 lambda) is stored as well
 WHITENESS_LABELS = {"fitted": "fitted λ (ML)", "iid": "i.i.d. (λ = 0)", "adam": "β = 0.9", "moment": "fitted λ (D4)"}
 

@@ -36,6 +36,8 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "KalmanLAMB-PW": (KalmanLAMB, dict(noise="adam", precision_weighting=True)),
     "KalmanLAMB-adaptive-PW": (KalmanLAMB, dict(noise="adaptive", precision_weighting=True)),
     "KalmanLAMB-innovation-PW": (KalmanLAMB, dict(noise="innovation", precision_weighting=True)),
+    # Added last so that the figures' styles (indexed by position) stay as they were; E2 only.
+    "KalmanAdam-innovation-medium": (KalmanAdam, dict(noise="innovation", noise_beta=0.95)),
 }
 
 
