@@ -327,16 +327,42 @@ def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients
         prev_lr.copy_(s["lr"])
 
 
-def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, precision_weighting,
-                 decay, maximize, trust_clip, precision_floor, start_up=False):
-    """KalmanLAMB (D5): functional.kalman_lamb."""
+def _lamb_variance(g, m, v, extra, s, *, noise, maximize, start_up):
+    """(m_new, v_new, new extra state, bias-corrected mean, posterior variance P) of one tensor (D5's weights need P)."""
+    g = -g if maximize else g
+    m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=True, start_up=start_up)
+    mean = m_new / s["correction1"]
+    if r_hat is None:
+        r_hat = _zero_memory_noise(mean.square(), v_new, s)
+    return m_new, v_new, new, mean, gain * r_hat
+
+
+def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, maximize,
+                            start_up=False):
+    """Each tensor's mean posterior variance, the first pass of precision-weighted LAMB: a graph of reductions
+    only, so that the update graph recomputes the moments instead of writing and re-reading them."""
+    s = _unpack(coefficients, names)
+    means = []
+    for i, (g, m, v) in enumerate(zip(grads, exp_avgs, exp_avg_sqs)):
+        extra = {key: values[i] for key, values in extras.items()}
+        means.append(_lamb_variance(g, m, v, extra, s, noise=noise, maximize=maximize, start_up=start_up)[4].mean())
+    return torch.stack(means)
+
+
+def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names, noise,
+                 precision_weighting, decay, maximize, trust_clip, precision_floor, start_up=False):
+    """KalmanLAMB (D5): functional.kalman_lamb. With precision weighting, `mean_variances` comes from
+    `_lamb_statistics_kernel` (the layer means D5's weights divide by)."""
     s = _unpack(coefficients, names)
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        g = -g if maximize else g
         extra = {key: values[i] for key, values in extras.items()}
-        m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=precision_weighting,
-                                                  start_up=start_up)
-        mean = m_new / s["correction1"]
+        if precision_weighting:
+            m_new, v_new, new, mean, variance = _lamb_variance(g, m, v, extra, s, noise=noise, maximize=maximize,
+                                                               start_up=start_up)
+        else:
+            m_new, v_new, new, _, _ = _moments(-g if maximize else g, m, v, extra, s, noise=noise, posterior=False,
+                                               start_up=start_up)
+            mean = m_new / s["correction1"]
         update = mean / ((v_new / s["correction2"]).sqrt() + s["eps"])
         if decay:
             update = update + s["weight_decay"] * p
@@ -344,10 +370,7 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, 
         plain_norm = (update * update).sum().sqrt()
         update_norm = plain_norm
         if precision_weighting:  # functional.precision_weighted_norm
-            if r_hat is None:
-                r_hat = _zero_memory_noise(mean.square(), v_new, s)
-            variance = gain * r_hat
-            mean_variance = variance.mean()
+            mean_variance = mean_variances[i]
             relative = torch.where(mean_variance > 0, variance / mean_variance, torch.zeros_like(variance))
             weights = (relative + precision_floor).reciprocal()
             weighted = (weights * update.square()).sum() / weights.sum()
@@ -364,17 +387,27 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, 
 
 # ------------------------------------------------------------------------------------- entry points
 def _run(cache: KernelCache, job) -> bool:
-    """Run one bucket through its compiled kernel; False (bucket unchanged) when the fused path is unavailable."""
-    kernel, flags, scalars, key, tensors = job
+    """Run one bucket through its compiled kernel; False (bucket unchanged) when the fused path is unavailable.
+    A job with a `statistics` kernel runs that first (it changes nothing) and passes its result to the kernel."""
+    kernel, flags, scalars, key, tensors = job[:5]
+    statistics = job[5] if len(job) > 5 else None
     names = tuple(scalars)
     # The structure flags are part of the key: a changed option (maximize, the end of the start-up) gets its kernel.
-    compiled = cache.get((*key, names, tuple(sorted(flags.items()))), kernel, dict(flags, names=names))
-    if compiled is None:
+    flag_key = tuple(sorted(flags.items()))
+    compiled = cache.get((*key, names, flag_key), kernel, dict(flags, names=names))
+    first = None
+    if statistics is not None:
+        statistics_kernel, statistics_flags = statistics
+        first = cache.get(("statistics", *key, names, flag_key), statistics_kernel, dict(statistics_flags, names=names))
+    if compiled is None or (statistics is not None and first is None):
         return False
     params = tensors[0]
     coefficients = torch.tensor([scalars[name] for name in names], dtype=params[0].dtype, device=params[0].device)
     try:
-        compiled(*tensors, coefficients)
+        if first is None:
+            compiled(*tensors, coefficients)
+        else:
+            compiled(*tensors, coefficients, first(*tensors, coefficients))
     except Exception as error:
         if not _is_compile_error(error):
             raise
@@ -464,7 +497,10 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         scalars.update(neg_lr=-lr, eps=eps, weight_decay=weight_decay,
                        has_posterior=_flag(not (noise == "innovation" and step < 2)),
                        **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
-        jobs.append((_lamb_kernel, flags, scalars, ("lamb", *key), tensors))
+        statistics = None
+        if precision_weighting:  # the layer means of P first (a graph that only reads), then the update
+            statistics = (_lamb_statistics_kernel, dict(noise=noise, maximize=maximize, start_up=flags["start_up"]))
+        jobs.append((_lamb_kernel, flags, scalars, ("lamb", *key), tensors, statistics))
     return _run_all(cache, jobs)
 
 
