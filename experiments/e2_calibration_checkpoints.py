@@ -73,7 +73,8 @@ class CalibrationCheckpoints:
         and any interval about a filtered mean that has decayed towards 0 since the unit died covers it at every
         level. Such "dead" coordinates (mean not yet exactly 0) are counted apart with their own inside counts;
         "inactive" ones (mean exactly 0 too) only counted. Level change over l steps, per layer type:
-        sum_i (G_i(theta_{c-1}) - G_i(theta_{c-1-l}))^2 and the noise sum_i (g_i,c - G_i(theta_{c-1}))^2 (one mini-batch's squared sampling error, E = r_i);
+        sum_i (G_i(theta_{c-1}) - G_i(theta_{c-1-l}))^2 and the noise sum_i (g_i,c - G_i(theta_{c-1}))^2 (one
+        mini-batch's squared sampling error, E = r_i);
         under the local-level model their ratio is l * lambda (a random walk's increments add up)."""
         truth = self._full_gradient_at(step - 1)
         earlier = {lag: self._full_gradient_at(step - 1 - lag) for lag in self.level_lags if step - 1 - lag >= 0}

@@ -87,8 +87,7 @@ def table_calibration(runs: list[dict], out: FigureOutput) -> None:
     if not rows:
         return
     out.table("e2_calibration", ["task", "parameters", "mode", "nominal", "observed", "Wilson 95% CI", "range",
-                                 "seed range",
-                                 "live coords", "dead share", "with dead", "checkpoints × seeds"], rows,
+                                 "seed range", "live coords", "dead share", "with dead", "checkpoints × seeds"], rows,
               caption=f"E2 calibration ({out.profile} profile): share of live coordinates (full-batch gradient not "
                       "exactly 0) whose full-batch training gradient (at the parameters of the last filtered "
                       "mini-batch) lies in KalmanAdam's confidence_interval, pooled over checkpoints and seeds. "
@@ -96,9 +95,9 @@ def table_calibration(runs: list[dict], out: FigureOutput) -> None:
                       "decaying from earlier gradients); with dead: the coverage if they are counted too (an "
                       "interval about a mean near 0 covers an exact 0 at every level). The Wilson interval treats "
                       "coordinates as independent, which they are not (shared mini-batches and parameters), so it "
-                      "understates the "
-                      "uncertainty; the range over checkpoints and seeds is the more honest spread, and the seed range (each "
-                      "seed's pooled coverage, lowest to highest) the spread a rerun would show. Static: the same "
+                      "understates the uncertainty; the range over checkpoints and seeds is the more honest spread, "
+                      "and the seed range (each seed's pooled coverage, lowest to highest) the spread a rerun would "
+                      "show. Static: the same "
                       "runs with lr = 0, where the gradient is i.i.d. noise around a constant.",
               align="lllrrrrrrrrr")
 

@@ -106,9 +106,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Paper scale on the 2-core CPU (issue 14): 2000 steps, checkpoints spread over the whole run, 8192 training
     # images / 2048 windows (the "true" gradient is still exact over the set the mini-batches come from), the three
     # tasks; every mode with a posterior (adam = AdamW, constant, adaptive, the calibrated innovation with noise
-    # windows 0.99, 0.95 and 0.9), 3 seeds (a run takes ~4-6 minutes on a shared core; the static lr = 0 controls for the first seed
-    # only); the per-example noise truth at every fifth checkpoint (not for the ResNet: with BatchNorm in training mode a
-    # single example's gradient is not a term of the mini-batch gradient).
+    # windows 0.99, 0.95 and 0.9), 3 seeds (a run takes ~4-6 minutes on a shared core; the static lr = 0 controls
+    # for the first seed only); the per-example noise truth at every fifth checkpoint (not for the ResNet: with
+    # BatchNorm in training mode a single example's gradient is not a term of the mini-batch gradient).
     "paper": dict(
         tasks={
             "fashion_mnist": dict(task_kwargs=dict(train_size=8192, eval_size=1000, batch_size=128), lr=1e-3,

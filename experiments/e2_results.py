@@ -67,13 +67,13 @@ def calibration_counts(runs: list[dict], task: str, mode: str, level: float,
 
 def coverage_by_seed(runs: list[dict], task: str, mode: str, level: float, static: bool = False) -> dict[int, float]:
     """seed -> coverage pooled over that seed's coordinates and checkpoints (the seed-to-seed spread)."""
-    counts: dict[int, list[int]] = {}
-    for run in select(runs, task, mode, static):
-        pair = counts.setdefault(int(run["config"]["seed"]), [0, 0])
-        for checkpoint in run["metrics"]["calibration"]:
-            pair[0] += checkpoint["inside"][str(level)]["all"]
-            pair[1] += checkpoint["total"]
-    return {seed: inside / total for seed, (inside, total) in sorted(counts.items()) if total}
+    coverage = {}
+    for seed in sorted({int(run["config"]["seed"]) for run in select(runs, task, mode, static)}):
+        seed_runs = [run for run in runs if int(run["config"]["seed"]) == seed]
+        inside, total, _ = calibration_counts(seed_runs, task, mode, level, static)
+        if total:
+            coverage[seed] = inside / total
+    return coverage
 
 
 def dead_counts(runs: list[dict], task: str, mode: str, level: float, static: bool = False) -> tuple[int, int]:

@@ -327,11 +327,14 @@ def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients
         prev_lr.copy_(s["lr"])
 
 
-def _lamb_variance(g, m, v, extra, s, *, noise, maximize, start_up):
-    """(m_new, v_new, new extra state, bias-corrected mean, posterior variance P) of one tensor (D5's weights need P)."""
+def _lamb_moments(g, m, v, extra, s, *, noise, maximize, start_up, posterior):
+    """(m_new, v_new, new extra state, bias-corrected mean, and with `posterior` the posterior variance P that D5's
+    weights need, else None) of one tensor."""
     g = -g if maximize else g
-    m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=True, start_up=start_up)
+    m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=posterior, start_up=start_up)
     mean = m_new / s["correction1"]
+    if not posterior:
+        return m_new, v_new, new, mean, None
     if r_hat is None:
         r_hat = _zero_memory_noise(mean.square(), v_new, s)
     return m_new, v_new, new, mean, gain * r_hat
@@ -345,7 +348,8 @@ def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coeffi
     means = []
     for i, (g, m, v) in enumerate(zip(grads, exp_avgs, exp_avg_sqs)):
         extra = {key: values[i] for key, values in extras.items()}
-        means.append(_lamb_variance(g, m, v, extra, s, noise=noise, maximize=maximize, start_up=start_up)[4].mean())
+        variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize, start_up=start_up, posterior=True)[4]
+        means.append(variance.mean())
     return torch.stack(means)
 
 
@@ -356,13 +360,8 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
     s = _unpack(coefficients, names)
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         extra = {key: values[i] for key, values in extras.items()}
-        if precision_weighting:
-            m_new, v_new, new, mean, variance = _lamb_variance(g, m, v, extra, s, noise=noise, maximize=maximize,
-                                                               start_up=start_up)
-        else:
-            m_new, v_new, new, _, _ = _moments(-g if maximize else g, m, v, extra, s, noise=noise, posterior=False,
-                                               start_up=start_up)
-            mean = m_new / s["correction1"]
+        m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
+                                                          start_up=start_up, posterior=precision_weighting)
         update = mean / ((v_new / s["correction2"]).sqrt() + s["eps"])
         if decay:
             update = update + s["weight_decay"] * p
@@ -388,9 +387,8 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
 # ------------------------------------------------------------------------------------- entry points
 def _run(cache: KernelCache, job) -> bool:
     """Run one bucket through its compiled kernel; False (bucket unchanged) when the fused path is unavailable.
-    A job with a `statistics` kernel runs that first (it changes nothing) and passes its result to the kernel."""
-    kernel, flags, scalars, key, tensors = job[:5]
-    statistics = job[5] if len(job) > 5 else None
+    A job with a `statistics` (kernel, flags) runs that first (it changes nothing) and passes its result on."""
+    kernel, flags, scalars, key, tensors, statistics = job
     names = tuple(scalars)
     # The structure flags are part of the key: a changed option (maximize, the end of the start-up) gets its kernel.
     flag_key = tuple(sorted(flags.items()))
@@ -451,14 +449,15 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
             kernel = _adam_kernel
             flags = dict(noise=noise, variance_adaptation=variance_adaptation, coupled_decay=coupled, maximize=maximize,
                          start_up=noise == "adaptive" and start_up_active(adaptive_config, step, key[1]))
-            scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config)
+            scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain,
+                                     config=adaptive_config)
             decay = 1 - lr * weight_decay if weight_decay != 0 and decoupled_weight_decay else 1.0
             scalars.update(param_decay=decay, weight_decay=weight_decay, eps=eps, neg_step_size=-(lr / scalars["correction1"]),
                            sqrt_correction2=scalars["correction2"] ** 0.5, adaptation_scale=adaptation_scale,
                            scale_gain=adaptation_scale * scalars["gain"],
                            has_posterior=_flag(not (noise == "innovation" and step < 2)),
                            **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
-        jobs.append((kernel, flags, scalars, ("adam", *key), tensors))
+        jobs.append((kernel, flags, scalars, ("adam", *key), tensors, None))
     return _run_all(cache, jobs)
 
 
