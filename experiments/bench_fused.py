@@ -72,6 +72,11 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
     "KalmanLAMB precision": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 40),
     "KalmanLAMB precision innovation": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
                                                               fused=True), 48),
+    "KalmanLAMB precision, previous mean": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                                                  precision_mean="previous", fused=True), 40),
+    "KalmanLAMB precision innovation, previous mean": (
+        lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation", precision_mean="previous",
+                              fused=True), 48),
 }
 
 #: The issue's targets: (candidate, text, ratio bound, "over" candidate). D6 bytes ratio of adaptive/transport 60/28.
@@ -83,6 +88,8 @@ TARGETS = [
     ("KalmanAdam adaptive, step > 10k", "adaptive after its start-up <= 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
     ("KalmanAdam transport", "transport (D8) <= 1.1 x 60/28 = 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
     ("KalmanLAMB precision", "precision-weighted LAMB <= 1.1x plain LAMB fused", 1.1, "KalmanLAMB"),
+    ("KalmanLAMB precision, previous mean", "precision-weighted LAMB, previous step's mean P, <= 1.1x plain LAMB",
+     1.1, "KalmanLAMB"),
 ]
 MIN_BANDWIDTH_FRACTION = 0.5
 

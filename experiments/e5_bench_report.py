@@ -17,6 +17,8 @@ FUSED_VARIANTS = {
     "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp", "KalmanAdam innovation": "Innovation",
     "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam transport": "Transport", "KalmanLAMB": "Lamb",
     "KalmanLAMB precision": "LambPrecision", "KalmanLAMB precision innovation": "LambPrecisionInnovation",
+    "KalmanLAMB precision, previous mean": "LambPrecisionPrevious",
+    "KalmanLAMB precision innovation, previous mean": "LambPrecisionInnovationPrevious",
 }
 
 
@@ -58,6 +60,9 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
     lamb, precision = result["candidates"].get("KalmanLAMB"), result["candidates"].get("KalmanLAMB precision")
     if lamb and precision:
         out[f"{prefix}LambPrecisionOverLamb"] = round(precision["median_s"] / lamb["median_s"], 2)
+    previous = result["candidates"].get("KalmanLAMB precision, previous mean")
+    if lamb and previous:
+        out[f"{prefix}LambPrecisionPreviousOverLamb"] = round(previous["median_s"] / lamb["median_s"], 2)
     return out
 
 

@@ -71,6 +71,10 @@ class KalmanOptimizerBase(Optimizer):
     def _extra_defaults(self) -> dict[str, Any]:
         return {}
 
+    def _extra_state_keys(self, group: dict) -> tuple[str, ...]:
+        """State a subclass keeps beside its noise model's, passed to the functional step with it."""
+        return ()
+
     @staticmethod
     def _validate_group(group: dict) -> None:
         """Raise ValueError/TypeError naming the first invalid hyper-parameter (subclasses add theirs)."""
@@ -227,7 +231,7 @@ class KalmanOptimizerBase(Optimizer):
     def _update_group(self, group: dict, params: list[Tensor]) -> None:
         """Gather the group's tensors, run the subclass's functional step, write half precision back."""
         work_params, grads, states, steps = self._gather(group, params)
-        keys = STATE_KEYS[group["noise"]]
+        keys = (*STATE_KEYS[group["noise"]], *self._extra_state_keys(group))
         adaptive = {key: [s[key] for s in states] for key in keys} if keys else None
         tensors = (work_params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps, adaptive)
         options = self._functional_options(group)

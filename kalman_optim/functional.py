@@ -27,6 +27,9 @@ from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.noise_models import innovation, transport
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
+#: State key of KalmanLAMB's precision_mean="previous": each tensor's layer mean of P from its last step (0-dim).
+PREVIOUS_MEAN_KEY = "layer_mean_variance"
+
 __all__ = ["AdaptiveNoiseConfig", "adaptive_noise_estimates", "kalman_adam", "observation_noise_from_moments",
            "start_up_active"]
 
@@ -384,18 +387,32 @@ def _multi_tensor_adaptive_update(grads, state, step, config):
     return [gain for gain, _ in estimates], [r for _, r in estimates]
 
 
-def precision_weighted_norm(update: Tensor, variance: Tensor, floor: float) -> Tensor:
+def precision_weighted_norm(update: Tensor, variance: Tensor, floor: float, mean: Tensor | None = None) -> Tensor:
     """sqrt(n * sum(pi u^2) / sum(pi)) with pi = 1 / (P / mean(P) + floor) (D5).
 
     Equal variances give the plain norm ||u||; a coordinate with a larger posterior variance P_i counts
     less. Weights are scale-free (only P_i / mean(P) matters, D5) and bounded by 1 / floor, so the sums
-    cannot overflow; all P_i = 0 (e.g. at step 1) gives equal weights, i.e. LAMB.
+    cannot overflow; all P_i = 0 (e.g. at step 1) gives equal weights, i.e. LAMB. `mean` replaces mean(P), e.g.
+    by the previous step's layer mean (KalmanLAMB's precision_mean="previous"); mean <= 0 gives equal weights.
     """
-    mean = variance.mean()
-    relative = torch.where(mean > 0, variance / mean, torch.zeros_like(variance))
+    mean = variance.mean() if mean is None else mean
+    if torch.is_tensor(mean):
+        relative = torch.where(mean > 0, variance / mean, torch.zeros_like(variance))
+    else:  # a plain number (the previous mean of a DTensor layer)
+        relative = variance / mean if mean > 0 else torch.zeros_like(variance)
     weights = (relative + floor).reciprocal_()
     weighted = (weights * update.square()).sum() / weights.sum()
     return (weighted * update.numel()).sqrt()
+
+
+def _plain_scalar(value: Tensor, like: Tensor) -> Tensor | float:
+    """A 0-dim state tensor in a form that mixes with `like` (a DTensor does not mix with a plain tensor)."""
+    return value.item() if type(like).__name__ == "DTensor" else value
+
+
+def _local_scalar(value: Tensor) -> Tensor:
+    """The value of a 0-dim (possibly DTensor) reduction as a plain tensor, for a plain 0-dim state."""
+    return value.full_tensor() if type(value).__name__ == "DTensor" else value
 
 
 def lamb_trust_ratio(param_norm: Tensor, update_norm: Tensor, trust_clip: float | None) -> Tensor:
@@ -431,8 +448,15 @@ def kalman_lamb(
     Per tensor (layer): u = m_hat / (sqrt(v_hat) + eps) + wd * p, then p <- p - lr * (||p|| / N(u)) * u,
     with N(u) = ||u|| (LAMB) or the precision-weighted norm (precision_weighting=True) that discounts
     coordinates whose gradient estimate has a large posterior variance P = k_t r_hat. On DTensor (FSDP2)
-    parameters the sums run over the whole layer, not the local shard.
+    parameters the sums run over the whole layer, not the local shard. With `adaptive_states` holding
+    PREVIOUS_MEAN_KEY (one 0-dim tensor per parameter), the weights divide by that stored layer mean of P (the
+    previous step's; <= 0 gives equal weights) and it is overwritten with this step's: the mean no longer needs
+    its own pass over the data before the weighted sums.
     """
+    model_states = dict(adaptive_states or {})
+    # precision_mean="previous": each tensor's layer mean of P from the last step (read, then overwritten).
+    previous_means = model_states.pop(PREVIOUS_MEAN_KEY, None)
+    adaptive_states = model_states or None
     _check_model_states(noise, adaptive_states, adaptive_config)
     if foreach:
         buckets = _group_by_step(steps, params).items()
@@ -444,6 +468,7 @@ def kalman_lamb(
         b_avgs = [exp_avgs[i] for i in index]
         b_sqs = [exp_avg_sqs[i] for i in index]
         b_state = adaptive_states and {k: [v[i] for i in index] for k, v in adaptive_states.items()}
+        b_previous = None if previous_means is None else [previous_means[i] for i in index]
         common = dict(noise=noise, beta1=beta1, beta2=beta2, prior_gain=prior_gain, adaptive_config=adaptive_config,
                       posterior=precision_weighting)
         if foreach:
@@ -474,8 +499,16 @@ def kalman_lamb(
                     means[j].square(), b_sqs[j], correction2, beta1, beta2
                 )
                 gain = gains[j] if isinstance(gains, list) else gains
-                update_norm = precision_weighted_norm(update, gain * r_hat, precision_floor)
+                variance = gain * r_hat
+                if b_previous is None:
+                    update_norm = precision_weighted_norm(update, variance, precision_floor)
+                else:
+                    update_norm = precision_weighted_norm(update, variance, precision_floor,
+                                                          mean=_plain_scalar(b_previous[j], variance))
+                    b_previous[j].copy_(_local_scalar(variance.mean()))
             else:
                 update_norm = torch.linalg.vector_norm(update)
+                if b_previous is not None:
+                    b_previous[j].zero_()  # no posterior this step: the next one weighs equally
             ratio = lamb_trust_ratio(param_norm, update_norm, trust_clip)
             param.add_(update * ratio, alpha=-lr)

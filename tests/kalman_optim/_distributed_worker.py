@@ -53,6 +53,10 @@ CASES: dict[str, tuple[str, str, dict]] = {
     "fsdp2-lamb-precision_weighting": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True)),
     "fsdp2-lamb-precision_weighting-noise_adaptive": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True, noise="adaptive")),
     "fsdp2-lamb-precision_weighting-foreach": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True, foreach=True)),
+    "fsdp2-lamb-precision_mean_previous-noise_innovation": (
+        "fsdp2", "KalmanLAMB", dict(precision_weighting=True, precision_mean="previous", noise="innovation")
+    ),
+    "ddp-lamb-precision_mean_previous": ("ddp", "KalmanLAMB", dict(precision_weighting=True, precision_mean="previous")),
 }
 
 

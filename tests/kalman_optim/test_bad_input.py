@@ -41,6 +41,8 @@ def test_invalid_kalman_adam_only_options():
         KalmanAdam(small_network().parameters(), adaptation_scale=0.0)
     with pytest.raises(ValueError, match=r"Invalid precision_floor"):
         KalmanLAMB(small_network().parameters(), precision_floor=0.0)
+    with pytest.raises(ValueError, match=r"Invalid precision_mean: must be one of \('current', 'previous'\)"):
+        KalmanLAMB(small_network().parameters(), precision_mean="lagged")
     with pytest.raises(ValueError, match=r"Invalid trust_clip"):
         KalmanLAMB(small_network().parameters(), trust_clip=-1.0)
     with pytest.raises(TypeError, match=r"lr must be a real number"):

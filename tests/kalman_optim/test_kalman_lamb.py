@@ -1,6 +1,8 @@
 """KalmanLAMB: equals plain LAMB (You et al. 2020, Algorithm 2) without precision weighting; the
 precision-weighted trust ratio follows D5."""
 
+import copy
+
 import pytest
 import torch
 
@@ -90,3 +92,59 @@ def test_trust_clip_bounds_the_ratio():
     optimizer.step()
     # m_hat / sqrt(v_hat) = 1 per coordinate: ||p|| / ||u|| = 100 unclipped, 2 clipped: p moves by 2.
     torch.testing.assert_close(p.detach(), torch.full((4,), 98.0), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])
+def test_previous_precision_mean_weighs_by_the_last_steps_layer_mean(foreach):
+    """precision_mean="previous": step t's weights divide by the layer mean of P_{t-1}, stored as state (the
+    posterior read-out's variance, averaged); at step 2 that mean is P_1's, 0 in mode "adam" (v_hat = m_hat^2
+    after one gradient), so the first two steps are plain LAMB's, and step 3 is the weighted norm with P_2's mean."""
+    lr, wd, eps = 5e-3, 0.02, 1e-6
+    models = [small_network(torch.float64) for _ in range(3)]
+    lagged = KalmanLAMB(models[0].parameters(), lr=lr, eps=eps, weight_decay=wd, precision_mean="previous",
+                        foreach=foreach)
+    plain = KalmanLAMB(models[1].parameters(), lr=lr, eps=eps, weight_decay=wd, precision_weighting=False)
+    current = KalmanLAMB(models[2].parameters(), lr=lr, eps=eps, weight_decay=wd)
+    for step, (x, y) in enumerate(batches(3, torch.float64), start=1):
+        before = [p.detach().clone() for p in models[0].parameters()]
+        previous = [lagged.state[p]["layer_mean_variance"].clone() if step > 1 else None
+                    for p in models[0].parameters()]
+        for model, optimizer in zip(models, (lagged, plain, current)):
+            optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            optimizer.step()
+        for p, start, mean in zip(models[0].parameters(), before, previous):
+            posterior_mean, variance = lagged.gradient_posterior(p)
+            torch.testing.assert_close(lagged.state[p]["layer_mean_variance"], variance.mean())
+            if step == 3:  # recompute the step from the state: u = m_hat / (sqrt(v_hat) + eps) + wd p
+                v_hat = lagged.state[p]["exp_avg_sq"] / (1 - 0.999**3)
+                update = posterior_mean / (v_hat.sqrt() + eps) + wd * start
+                assert mean > 0
+                norm = precision_weighted_norm(update, variance, 0.01, mean=mean)
+                torch.testing.assert_close(p.detach(), start - lr * (start.norm() / norm) * update)
+        # Equal weights give ||u|| up to rounding (a weighted mean of u^2 instead of a plain sum).
+        gap_to_plain = max((p - q).abs().max().item() for p, q in zip(models[0].parameters(), models[1].parameters()))
+        assert (gap_to_plain < 1e-13) == (step <= 2), f"step {step}: {gap_to_plain}"
+    assert max((p - q).abs().max().item() for p, q in zip(models[0].parameters(), models[2].parameters())) > 1e-8
+
+
+def test_previous_precision_mean_survives_a_state_dict_round_trip():
+    model = small_network()
+    optimizer = KalmanLAMB(model.parameters(), lr=1e-2, noise="innovation", precision_mean="previous")
+    data = list(batches(10))
+    for x, y in data[:5]:
+        optimizer.zero_grad()
+        loss_fn(model, x, y).backward()
+        optimizer.step()
+    clone = small_network()
+    clone.load_state_dict(model.state_dict())
+    restored = KalmanLAMB(clone.parameters(), lr=1e-2, noise="innovation", precision_mean="previous")
+    restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # load_state_dict keeps same-device tensors
+    assert all(float(s["layer_mean_variance"]) > 0 for s in restored.state.values())
+    for x, y in data[5:]:
+        for m, o in [(model, optimizer), (clone, restored)]:
+            o.zero_grad()
+            loss_fn(m, x, y).backward()
+            o.step()
+    for p, q in zip(model.parameters(), clone.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
