@@ -45,7 +45,8 @@ class KalmanLAMB(KalmanOptimizerBase):
     weights are 1 / (P / mean(P) + floor), not the BLUE's 1 / P: scale-free and bounded by 1 / floor.
     ``precision_mean="previous"`` divides by the layer's mean P of the previous step instead of this step's
     (equal weights until one exists): the fused step then needs no pass over the data for the mean before the
-    weighted sums (one 0-dim tensor of state per parameter; E5 measures the speed).
+    weighted sums (one 0-dim tensor of state per parameter; E5 measures the speed). Since only ratios of the
+    weights matter, this is D5's weighting with the floor scaled by mean(P_{t-1}) / mean(P_t).
     ``noise`` and the other filter options, ``foreach`` and ``fused`` included, are KalmanAdam's (not "transport").
     """
 
