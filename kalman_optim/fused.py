@@ -173,6 +173,34 @@ def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(flag > 0.5, a, b)
 
 
+#: Taylor coefficients of asinh(sqrt(s)) / sqrt(s) = sum_n (-1)^n (2n)! / (4^n (n!)^2 (2n + 1)) s^n: at
+#: s <= ASINH_SERIES_MAX_ARGUMENT (lambda <= 0.5, i.e. beta >= 0.5, the default beta_range) the next term is < 1e-9.
+ASINH_SERIES = tuple((-1) ** n * math.factorial(2 * n) / (4**n * math.factorial(n) ** 2 * (2 * n + 1)) for n in range(9))
+ASINH_SERIES_MAX_ARGUMENT = 0.125
+#: Taylor coefficients of expm1(z) / z = sum_n z^n / (n + 1)!, used for -0.5 < z <= 0 (next term < 1e-9).
+EXPM1_SERIES = tuple(1 / math.factorial(n + 1) for n in range(9))
+
+
+def start_up_kind(config: AdaptiveNoiseConfig, step: int, dtype: torch.dtype) -> str | bool:
+    """Which start-up factor mode "adaptive"'s kernel computes: False once it is exactly 1
+    (functional.start_up_active); "series" when every noise ratio the kernel can see has lambda / 4 within the
+    asinh series' range (one exp per element, which costs less than the reference's log1p and tanh); "tanh" (the
+    reference's formula) otherwise."""
+    if not start_up_active(config, step, dtype):
+        return False
+    lam_min, lam_max = config.noise_ratio_bounds
+    largest = max(lam_max, float(beta_to_noise_ratio(config.prior_beta)))
+    return "series" if largest / 4 <= ASINH_SERIES_MAX_ARGUMENT else "tanh"
+
+
+def _horner(x: Tensor, coefficients: tuple[float, ...]) -> Tensor:
+    """sum_n coefficients[n] x^n."""
+    result = torch.full_like(x, coefficients[-1])
+    for coefficient in reversed(coefficients[:-1]):
+        result = result * x + coefficient
+    return result
+
+
 def _adaptive(g, extra, s, new, start_up):
     """functional._single_tensor_adaptive_update + adaptive_noise_estimates: (gain, r_hat), new statistics."""
     tiny = torch.finfo(g.dtype).tiny
@@ -189,7 +217,15 @@ def _adaptive(g, extra, s, new, start_up):
     ratio = ratio * s["statistics_weight"] + s["prior_term"]
     root = ratio.sqrt()
     gain = (root * 2) / (root + (ratio + 4).sqrt())
-    if start_up:  # a structure flag (functional.start_up_active): the steps after it compile a kernel without it
+    if start_up == "series":  # a structure flag (start_up_kind): the same factor without log1p and tanh
+        beta = 1 - gain
+        # log beta = -2 asinh(sqrt(lambda) / 2) (D1's beta = 4 / (sqrt(lambda) + sqrt(lambda + 4))^2), so
+        # z = 2 t log beta = -2 t sqrt(lambda) A(lambda / 4) with A(s) = asinh(sqrt(s)) / sqrt(s) a short series.
+        z = root * _horner(ratio * 0.25, ASINH_SERIES) * (s["step"] * -2)
+        x = torch.exp(z)  # beta^(2t)
+        one_minus_x = torch.where(z > -0.5, -(z * _horner(z, EXPM1_SERIES)), 1 - x)  # -expm1(z), no cancellation
+        gain = gain * ((beta + x) / (beta * one_minus_x))  # (1 + beta^(2t-1)) / (1 - beta^(2t))
+    elif start_up:  # the steps after the start-up compile a kernel without the factor (functional.start_up_active)
         beta = 1 - gain
         half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's factor via h = tanh(t log beta), as functional
         gain = gain * (((1 - half) * beta + half + 1) / (half * -2 * beta))
@@ -463,7 +499,7 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         else:
             kernel = _adam_kernel
             flags = dict(noise=noise, variance_adaptation=variance_adaptation, coupled_decay=coupled, maximize=maximize,
-                         start_up=noise == "adaptive" and start_up_active(adaptive_config, step, key[1]))
+                         start_up=noise == "adaptive" and start_up_kind(adaptive_config, step, key[1]))
             scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain,
                                      config=adaptive_config)
             decay = 1 - lr * weight_decay if weight_decay != 0 and decoupled_weight_decay else 1.0
@@ -506,7 +542,7 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
     for step, key, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
         flags = dict(noise=noise, precision_weighting=precision_weighting, decay=weight_decay != 0, maximize=maximize,
                      trust_clip=trust_clip, precision_floor=precision_floor,
-                     start_up=noise == "adaptive" and start_up_active(adaptive_config, step, key[1]),
+                     start_up=noise == "adaptive" and start_up_kind(adaptive_config, step, key[1]),
                      previous_mean=PREVIOUS_MEAN_KEY in tensors[4])
         scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config)
         scalars.update(neg_lr=-lr, eps=eps, weight_decay=weight_decay, inverse_correction1=1 / scalars["correction1"],

@@ -3,6 +3,7 @@ falls back cleanly. Compiling takes seconds, so each configuration is compiled o
 
 import copy
 import io
+import math
 import warnings
 
 import pytest
@@ -22,6 +23,8 @@ CONFIGS = {
     "adam-va": (KalmanAdam, dict(noise="adam", variance_adaptation=True, adaptation_scale=3.0)),
     "adaptive-va": (KalmanAdam, dict(noise="adaptive", variance_adaptation=True, adaptation_scale=0.5, noise_beta=0.95,
                                      beta_range=(0.6, 0.99))),
+    # beta_min = 0.3 puts lambda / 4 outside the asinh series' range: the start-up factor's log1p/tanh formula.
+    "adaptive-wide-beta-range": (KalmanAdam, dict(noise="adaptive", beta_range=(0.3, 0.999))),
     "innovation": (KalmanAdam, dict(noise="innovation", noise_beta=0.9)),
     "innovation-va": (KalmanAdam, dict(noise="innovation", variance_adaptation=True, adaptation_scale=2.0)),
     "transport": (KalmanAdam, dict(noise="transport", noise_beta=0.95)),
@@ -261,3 +264,33 @@ def test_a_step_that_raises_on_the_fused_path_changes_nothing():
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             assert torch.equal(value, before[1]["state"][index][key]), key
+
+
+def test_the_series_start_up_factor_equals_the_reference_formula():
+    """Mode adaptive's start-up factor (1 + beta^(2t-1)) / (1 - beta^(2t)) from the asinh/expm1 series (fused, default
+    beta_range) against the reference's log1p/tanh formula and against float64, over the whole range of lambda."""
+    lam = torch.logspace(-6.3, math.log10(0.5), 5001, dtype=torch.float32)
+    root = lam.sqrt()
+    gain = root * 2 / (root + (lam + 4).sqrt())
+    beta = 1 - gain
+    exact_beta = 4 / (lam.double().sqrt() + (lam.double() + 4).sqrt()) ** 2
+    for t in [1, 2, 3, 7, 30, 300, 3000, 7900]:
+        half = torch.tanh(torch.log1p(-gain) * t)
+        reference = ((1 - half) * beta + half + 1) / (half * -2 * beta)
+        z = root * fused_path._horner(lam * 0.25, fused_path.ASINH_SERIES) * (-2.0 * t)
+        x = torch.exp(z)
+        one_minus_x = torch.where(z > -0.5, -(z * fused_path._horner(z, fused_path.EXPM1_SERIES)), 1 - x)
+        series = (beta + x) / (beta * one_minus_x)
+        exact = (1 + exact_beta ** (2 * t - 1)) / (1 - exact_beta ** (2 * t))
+        assert ((series.double() - exact) / exact).abs().max() < 1e-6, t
+        assert ((series - reference) / reference).abs().max() < 1e-6, t
+
+
+def test_the_start_up_kind_follows_the_beta_range():
+    default = AdaptiveNoiseConfig(noise_beta=0.99, beta_min=0.5, beta_max=0.999, prior_beta=0.9)
+    assert fused_path.start_up_kind(default, 10, torch.float32) == "series"
+    assert fused_path.start_up_kind(default, 20_000, torch.float32) is False
+    wide = AdaptiveNoiseConfig(noise_beta=0.99, beta_min=0.3, beta_max=0.999, prior_beta=0.9)
+    assert fused_path.start_up_kind(wide, 10, torch.float32) == "tanh"
+    low_prior = AdaptiveNoiseConfig(noise_beta=0.99, beta_min=0.5, beta_max=0.999, prior_beta=0.2)
+    assert fused_path.start_up_kind(low_prior, 10, torch.float32) == "tanh"
