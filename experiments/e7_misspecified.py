@@ -10,7 +10,8 @@ the optimizer's posterior is a pure filter of the gradient, read with `gradient_
 `confidence_interval` (Student-t quantile in mode "innovation", normal otherwise).
 
 Measured at ~30 log-spaced steps from 2 to `steps` (>= 3 windows 1 / (1 - beta2) = 1000 in every profile), per
-mode ("adam", "constant", "adaptive" and the calibrated "innovation", D7): the coverage of x_t by the central
+mode ("adam", "constant", "adaptive" and the calibrated "innovation", D7, also with E2's shorter noise windows
+0.95 and 0.9, "innovation-medium" and "innovation-fast"): the coverage of x_t by the central
 intervals at 0.5/0.9/0.95/0.99, the estimated over the actual MSE mean(P_t) / mean((x_t - m_t)^2), the MSE in
 units of r, and the fraction of coordinates with zero variance (an interval of zero width). One run = (case, seed);
 every case of a seed reuses the same standard-normal draws (common random numbers).
@@ -18,7 +19,7 @@ every case of a seed reuses the same standard-normal draws (common random number
 The 'issue series' run: one coordinate, ratio 1x, r = 0.25, 300 steps, 20 seeds (each seed its own one-element
 parameter of one optimizer, so their filters are independent). Against the exact filter's posterior variance
 P*_t = constant_noise_gain(b, t) r: the worst ratio max(P_t / P*_t, P*_t / P_t) over steps 50..300 and whether
-P_t > 0 at every step >= 2, for "innovation" and, for contrast, "adam" and "adaptive".
+P_t > 0 at every step >= 2, for the innovation windows and, for contrast, "adam" and "adaptive".
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ CASES: dict[str, tuple[float, float]] = {
 }
 CASE_LABELS = {"zero": "q = 0", "tenth": "q/r = 0.1 λ_f", "one": "q/r = λ_f (model right)", "ten": "q/r = 10 λ_f",
                "hundred": "q/r = 100 λ_f", "trend": "q/r = λ_f + trend 0.05√r"}
-MODES = ["adam", "constant", "adaptive", "innovation"]
+MODES = ["adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast"]
+#: The innovation read-out with a shorter noise window (as in E2): mode name -> noise_beta.
+WINDOWS = {"innovation-medium": 0.95, "innovation-fast": 0.9}
+INNOVATION_MODES = ["innovation", *WINDOWS]
 
 COMMON: dict[str, Any] = dict(
     beta1=0.9, beta2=0.999, noise_beta=0.99,  # the optimizer's defaults, written out for the config hash
     observation_noise=1.0, modes=MODES, levels=[0.5, 0.9, 0.95, 0.99], record_points=22,  # + the 1-2-5 steps
     cases=list(CASES),
     issue=dict(observation_noise=0.25, steps=300, from_step=50, seed_count=20, within=1.5,
-               modes=["innovation", "adam", "adaptive"]),
+               modes=["innovation", "adam", "adaptive", *WINDOWS]),
 )
 PROFILES: dict[str, dict[str, Any]] = {
     # smoke: 6 runs of 3000 steps x 4 optimizers (~2 ms per step of all four on one core) + the issue run: ~50 s.
@@ -85,8 +89,14 @@ def record_steps(steps: int, points: int) -> list[int]:
 
 def make_optimizer(params: list[torch.Tensor], mode: str, config: dict) -> KalmanAdam:
     """The filter under test: KalmanAdam at lr = 0 (the parameters never move)."""
-    return KalmanAdam(params, lr=0.0, weight_decay=0.0, betas=(config["beta1"], config["beta2"]), noise=mode,
-                      noise_beta=config["noise_beta"])
+    return KalmanAdam(params, lr=0.0, weight_decay=0.0, betas=(config["beta1"], config["beta2"]),
+                      noise="innovation" if mode in WINDOWS else mode,
+                      noise_beta=WINDOWS.get(mode, config["noise_beta"]))
+
+
+def macro_name(mode: str) -> str:
+    """A mode's name in number keys (letters only): innovation-fast -> InnovationFast."""
+    return "".join(part.capitalize() for part in mode.split("-"))
 
 
 # ------------------------------------------------------------------------------------------ measurement
@@ -301,19 +311,22 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     )
     for mode in config["modes"]:
         for case, group in groups.items():
-            out[f"{mode.capitalize()}WorstCoverageFromTen{case.capitalize()}"] = worst_coverage(group, mode, 10)
-            out[f"{mode.capitalize()}WorstCoverageFromHundred{case.capitalize()}"] = worst_coverage(group, mode, 100)
-    innovation = np.concatenate([mean_curve(g, "innovation", "coverage", 0.95)[np.array(g[0]["curves"]["step"]) >= 10]
-                                 for g in groups.values()])
-    out.update(InnovationCoverageLow=float(innovation.min()), InnovationCoverageHigh=float(innovation.max()))
-    # The noise-ratio cases (no trend) once the statistics have ~100 steps: the issue's 0.93-0.97 band.
-    late = np.concatenate([mean_curve(g, "innovation", "coverage", 0.95)[np.array(g[0]["curves"]["step"]) >= 100]
-                           for case, g in groups.items() if case != "trend"])
-    out.update(InnovationCoverageLowFromHundred=float(late.min()), InnovationCoverageHighFromHundred=float(late.max()))
+            out[f"{macro_name(mode)}WorstCoverageFromTen{case.capitalize()}"] = worst_coverage(group, mode, 10)
+            out[f"{macro_name(mode)}WorstCoverageFromHundred{case.capitalize()}"] = worst_coverage(group, mode, 100)
+    for mode in [m for m in INNOVATION_MODES if m in config["modes"]]:
+        name = macro_name(mode)
+        early = np.concatenate([mean_curve(g, mode, "coverage", 0.95)[np.array(g[0]["curves"]["step"]) >= 10]
+                                for g in groups.values()])
+        out.update({f"{name}CoverageLow": float(early.min()), f"{name}CoverageHigh": float(early.max())})
+        # The noise-ratio cases (no trend) once the statistics have ~100 steps: the issue's 0.93-0.97 band.
+        late = np.concatenate([mean_curve(g, mode, "coverage", 0.95)[np.array(g[0]["curves"]["step"]) >= 100]
+                               for case, g in groups.items() if case != "trend"])
+        out.update({f"{name}CoverageLowFromHundred": float(late.min()),
+                    f"{name}CoverageHighFromHundred": float(late.max())})
     if issue is not None:
         out.update(IssueSeeds=int(issue["metrics"]["seeds"]), IssueFromStep=int(issue["config"]["from_step"]),
                    IssueWithin=float(issue["config"]["within"]))
         for mode in issue["config"]["modes"]:
-            out[f"Issue{mode.capitalize()}FractionWithin"] = issue["metrics"][mode]["fraction_within"]
-            out[f"Issue{mode.capitalize()}FractionPositive"] = issue["metrics"][mode]["fraction_positive"]
+            out[f"Issue{macro_name(mode)}FractionWithin"] = issue["metrics"][mode]["fraction_within"]
+            out[f"Issue{macro_name(mode)}FractionPositive"] = issue["metrics"][mode]["fraction_positive"]
     return out
