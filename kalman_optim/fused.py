@@ -167,8 +167,9 @@ def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_g
 
 # ---------------------------------------------------------------------------------- traced helpers
 # Division by a per-step scalar is written as a multiply by its reciprocal throughout: on the CPUs measured a
-# vector divide costs several multiplies and these kernels are close to compute-bound (make bench: plain LAMB 2.02x
-# -> 1.38x compiled AdamW at 1e7 from two such divides). Rounding differs from the reference by <= 1 ulp per op.
+# vector divide costs several multiplies and these kernels are close to compute-bound (a quick bench_fused check at
+# 1e7: plain LAMB 2.02x -> 1.38x compiled AdamW from two such divides). Rounding differs from the reference by <= 1
+# ulp per op.
 def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(flag > 0.5, a, b)
 
@@ -188,7 +189,7 @@ def start_up_kind(config: AdaptiveNoiseConfig, step: int, dtype: torch.dtype) ->
     reference's formula) otherwise."""
     if not start_up_active(config, step, dtype):
         return False
-    lam_min, lam_max = config.noise_ratio_bounds
+    _, lam_max = config.noise_ratio_bounds
     largest = max(lam_max, float(beta_to_noise_ratio(config.prior_beta)))
     return "series" if largest / 4 <= ASINH_SERIES_MAX_ARGUMENT else "tanh"
 
@@ -199,6 +200,18 @@ def _horner(x: Tensor, coefficients: tuple[float, ...]) -> Tensor:
     for coefficient in reversed(coefficients[:-1]):
         result = result * x + coefficient
     return result
+
+
+def series_start_up_factor(gain: Tensor, root: Tensor, ratio: Tensor, step: Tensor | float) -> Tensor:
+    """D1's start-up factor (1 + beta^(2t-1)) / (1 - beta^(2t)), beta = 1 - gain, root = sqrt(lambda), without log1p
+    and tanh: log beta = -2 asinh(sqrt(lambda) / 2) (D1's beta = 4 / (sqrt(lambda) + sqrt(lambda + 4))^2), so
+    z = 2 t log beta = -2 t sqrt(lambda) A(lambda / 4) with A(s) = asinh(sqrt(s)) / sqrt(s) a short series; valid for
+    lambda / 4 <= ASINH_SERIES_MAX_ARGUMENT."""
+    beta = 1 - gain
+    z = root * _horner(ratio * 0.25, ASINH_SERIES) * (step * -2)
+    x = torch.exp(z)  # beta^(2t)
+    one_minus_x = torch.where(z > -0.5, -(z * _horner(z, EXPM1_SERIES)), 1 - x)  # -expm1(z), no cancellation
+    return (beta + x) / (beta * one_minus_x)
 
 
 def _adaptive(g, extra, s, new, start_up):
@@ -218,13 +231,7 @@ def _adaptive(g, extra, s, new, start_up):
     root = ratio.sqrt()
     gain = (root * 2) / (root + (ratio + 4).sqrt())
     if start_up == "series":  # a structure flag (start_up_kind): the same factor without log1p and tanh
-        beta = 1 - gain
-        # log beta = -2 asinh(sqrt(lambda) / 2) (D1's beta = 4 / (sqrt(lambda) + sqrt(lambda + 4))^2), so
-        # z = 2 t log beta = -2 t sqrt(lambda) A(lambda / 4) with A(s) = asinh(sqrt(s)) / sqrt(s) a short series.
-        z = root * _horner(ratio * 0.25, ASINH_SERIES) * (s["step"] * -2)
-        x = torch.exp(z)  # beta^(2t)
-        one_minus_x = torch.where(z > -0.5, -(z * _horner(z, EXPM1_SERIES)), 1 - x)  # -expm1(z), no cancellation
-        gain = gain * ((beta + x) / (beta * one_minus_x))  # (1 + beta^(2t-1)) / (1 - beta^(2t))
+        gain = gain * series_start_up_factor(gain, root, ratio, s["step"])
     elif start_up:  # the steps after the start-up compile a kernel without the factor (functional.start_up_active)
         beta = 1 - gain
         half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's factor via h = tanh(t log beta), as functional
