@@ -7,6 +7,12 @@ packed into one small tensor `coefficients`. torch.compile/inductor turns it int
 constants, nothing recompiles as the step count, the learning rate (schedulers, tensor lr) or the gains
 change; a kernel is compiled once per optimizer bucket (the first step) and reused.
 
+KalmanLAMB's kernels end in per-tensor reductions (the trust ratio's norms, D5's layer means). Compiled for a whole
+bucket, inductor fuses the loops of same-sized tensors into one pass over many streams at once, which measured 2-4x
+slower than stepping each tensor alone on the 2-core CPU (30 tensors of 1e6: ~65-95 ms against ~22 ms). So LAMB
+calls its kernel once per tensor, through one graph per tensor rank that dynamo makes shape-generic when a second
+shape of that rank comes (`Job.per_tensor`).
+
 The math is the reference path's (functional.py and noise_models/), step for step; tests compare the two
 over 1000 steps in every mode. Branches that depend on the step (no innovation at step 1, no lag statistic
 before step 3, ...) are tensor selects on 0/1 flags in `coefficients`, so one graph serves every step.
@@ -22,6 +28,7 @@ import math
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -82,7 +89,9 @@ class KernelCache:
         self.compilations = 0
         self.disabled_reason: str | None = None
 
-    def get(self, key: tuple, function: Callable, flags: dict[str, Any]) -> Callable | None:
+    def get(self, key: tuple, function: Callable, flags: dict[str, Any], dynamic: bool = False) -> Callable | None:
+        """The compiled `function` for `key` (compiled on first use); None when the fused path is off. With `dynamic`
+        the graph takes any length of its 1-D tensors (one graph for every shape of a per-tensor kernel)."""
         if self.disabled_reason is not None:
             return None
         kernel = self.kernels.get(key)
@@ -90,10 +99,10 @@ class KernelCache:
             if len(self.kernels) >= MAX_KERNELS:
                 self.disable(f"more than {MAX_KERNELS} distinct buckets or option sets were compiled")
                 return None
-            kernel = self.kernels[key] = self._compile(function, flags)
+            kernel = self.kernels[key] = self._compile(function, flags, dynamic)
         return kernel
 
-    def _compile(self, function: Callable, flags: dict[str, Any]) -> Callable:
+    def _compile(self, function: Callable, flags: dict[str, Any], dynamic: bool) -> Callable:
         def counting_inductor(graph, example_inputs):
             from torch._inductor.compile_fx import compile_fx
 
@@ -101,7 +110,7 @@ class KernelCache:
             return compile_fx(graph, example_inputs)
 
         return torch.compile(functools.partial(function, **flags), backend=counting_inductor, fullgraph=True,
-                             dynamic=False, **_ISOLATED)
+                             dynamic=dynamic, **_ISOLATED)
 
     def disable(self, reason: str) -> None:
         if self.disabled_reason is None:
@@ -443,35 +452,65 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
 
 
 # ------------------------------------------------------------------------------------- entry points
-def _run(cache: KernelCache, job) -> bool:
-    """Run one bucket through its compiled kernel; False (bucket unchanged) when the fused path is unavailable.
-    A job with a `statistics` (kernel, flags) runs that first (it changes nothing) and passes its result on."""
-    kernel, flags, scalars, key, tensors, statistics = job
-    names = tuple(scalars)
+@dataclass(frozen=True)
+class Job:
+    """One bucket's fused step: `kernel` with its structure `flags`, the per-step `scalars`, the cache `key`, the
+    `tensors` (params, grads, exp_avgs, exp_avg_sqs, extra state) and their `indices` in the caller's lists.
+    `statistics`: a (kernel, flags) run first, whose result the kernel takes last (PW LAMB's layer means).
+    `per_tensor`: call the kernel once per tensor, through one graph for every shape of a given rank."""
+
+    kernel: Callable
+    flags: dict[str, Any]
+    scalars: dict[str, float]
+    key: tuple
+    tensors: tuple
+    indices: tuple[int, ...]
+    statistics: tuple[Callable, dict[str, Any]] | None = None
+    per_tensor: bool = False
+
+
+def _single(tensors: tuple, j: int) -> tuple:
+    """Tensor j of a bucket as a bucket of one; the parameter detached (same storage and version counter), since
+    dynamo compiles an nn.Parameter input for its exact shape."""
+    params, grads, exp_avgs, exp_avg_sqs, extra = tensors
+    return [params[j].detach()], [grads[j]], [exp_avgs[j]], [exp_avg_sqs[j]], {key: [values[j]] for key, values in extra.items()}
+
+
+def _run(cache: KernelCache, job: Job) -> list[int]:
+    """Run one bucket through its compiled kernel(s); return the indices of the tensors it did not step (all of
+    them, or with `per_tensor` those from the first that could not run, when the fused path became unavailable)."""
+    names = tuple(job.scalars)
     # The structure flags are part of the key: a changed option (maximize, the end of the start-up) gets its kernel.
-    flag_key = tuple(sorted(flags.items()))
-    compiled = cache.get((*key, names, flag_key), kernel, dict(flags, names=names))
-    first = None
-    if statistics is not None:
-        statistics_kernel, statistics_flags = statistics
-        first = cache.get(("statistics", *key, names, flag_key), statistics_kernel, dict(statistics_flags, names=names))
-    if compiled is None or (statistics is not None and first is None):
-        return False
-    params = tensors[0]
-    coefficients = torch.tensor([scalars[name] for name in names], dtype=params[0].dtype, device=params[0].device)
-    try:
-        if first is None:
-            compiled(*tensors, coefficients)
-        else:
-            compiled(*tensors, coefficients, first(*tensors, coefficients))
-    except Exception as error:
-        if not _is_compile_error(error):
-            raise
-        # Compilation fails before the kernel runs, so the bucket is unchanged.
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        cache.disable(f"compilation failed: {type(error).__name__}: {first_line}")
-        return False
-    return True
+    flag_key = tuple(sorted(job.flags.items()))
+    params = job.tensors[0]
+    coefficients = torch.tensor([job.scalars[name] for name in names], dtype=params[0].dtype, device=params[0].device)
+    if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
+        calls = [(("per-tensor", params[j].dim()), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
+    else:
+        calls = [((job.indices,), job.tensors, job.indices)]
+    for suffix, tensors, remaining in calls:
+        key = (*job.key, *suffix, names, flag_key)
+        compiled = cache.get(key, job.kernel, dict(job.flags, names=names), dynamic=None if job.per_tensor else False)
+        first = None
+        if job.statistics is not None:
+            statistics_kernel, statistics_flags = job.statistics
+            first = cache.get(("statistics", *key), statistics_kernel, dict(statistics_flags, names=names),
+                              dynamic=None if job.per_tensor else False)
+        if compiled is None or (job.statistics is not None and first is None):
+            return list(remaining)
+        try:
+            if first is None:
+                compiled(*tensors, coefficients)
+            else:
+                compiled(*tensors, coefficients, first(*tensors, coefficients))
+        except Exception as error:
+            if not _is_compile_error(error):
+                raise
+            # Compilation fails before the kernel runs, so these tensors are unchanged.
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            cache.disable(f"compilation failed: {type(error).__name__}: {first_line}")
+            return list(remaining)
+    return []
 
 
 def _is_compile_error(error: Exception) -> bool:
@@ -488,7 +527,7 @@ def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states):
         # 0-dim state (pooled statistics, the previous lr) enters as a 1-element view: dynamo would treat a 0-dim CPU
         # input as a Python number and specialize the compiled graph on its value.
         extra = {key: [t.view(1) if t.dim() == 0 else t for t in pick(values)] for key, values in (states or {}).items()}
-        yield step, (device, dtype, tuple(index)), (pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), extra)
+        yield step, (device, dtype), tuple(index), (pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), extra)
 
 
 def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states=None, *, noise,
@@ -498,7 +537,7 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
     the fused path became unavailable, e.g. no compiler): the caller steps those on the eager path."""
     coupled = weight_decay != 0 and not decoupled_weight_decay
     jobs = []
-    for step, key, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
+    for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
         if noise == "transport":
             kernel, flags = _transport_kernel, dict(coupled_decay=coupled, maximize=maximize)
             scalars = transport_scalars(step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -515,7 +554,7 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
                            scale_gain=adaptation_scale * scalars["gain"],
                            has_posterior=_flag(not (noise == "innovation" and step < 2)),
                            **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
-        jobs.append((kernel, flags, scalars, ("adam", *key), tensors, None))
+        jobs.append(Job(kernel, flags, scalars, ("adam", *key), tensors, indices))
     return _run_all(cache, jobs)
 
 
@@ -546,7 +585,7 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
                       precision_floor=0.01, trust_clip=None, adaptive_config=None) -> list[int]:
     """functional.kalman_lamb on the fused path (same contract as `fused_kalman_adam`)."""
     jobs = []
-    for step, key, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
+    for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
         flags = dict(noise=noise, precision_weighting=precision_weighting, decay=weight_decay != 0, maximize=maximize,
                      trust_clip=trust_clip, precision_floor=precision_floor,
                      start_up=noise == "adaptive" and start_up_kind(adaptive_config, step, key[1]),
@@ -560,14 +599,13 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         if precision_weighting and not flags["previous_mean"]:  # the layer means of P first (a graph that only
             # reads), then the update
             statistics = (_lamb_statistics_kernel, dict(noise=noise, maximize=maximize, start_up=flags["start_up"]))
-        jobs.append((_lamb_kernel, flags, scalars, ("lamb", *key), tensors, statistics))
+        jobs.append(Job(_lamb_kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics, per_tensor=True))
     return _run_all(cache, jobs)
 
 
-def _run_all(cache: KernelCache, jobs) -> list[int]:
-    """Run every bucket; return the tensor indices of the buckets that did not run (for the eager path)."""
+def _run_all(cache: KernelCache, jobs: list[Job]) -> list[int]:
+    """Run every bucket; return the tensor indices that did not run (for the eager path)."""
     remaining: list[int] = []
     for job in jobs:
-        if remaining or not _run(cache, job):
-            remaining.extend(job[3][-1])
+        remaining.extend(job.indices if remaining else _run(cache, job))
     return sorted(remaining)
