@@ -5,6 +5,7 @@ The report directory is always passed in: experiments/e5_cost.py owns it (BENCH_
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from experiments.bench_step import format_size
@@ -37,6 +38,14 @@ def fused_report(device: str, bench_dir: Path) -> dict | None:
     return report
 
 
+def paired_ratio_quartiles(times: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Lower and upper quartile over the interleaved rounds of the per-round ratio times[i] / baseline[i]: how much a
+    ratio of medians moves with the machine's load (both ran in every round, in a shuffled order)."""
+    ratios = [t / b for t, b in zip(times, baseline, strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4)
+    return quartiles[0], quartiles[2]
+
+
 def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float | int | str]:
     """Macros Fused<Device><Variant>{Compiled,Bandwidth,FirstStep} at the largest N of bench_fused: ratio to compiled
     torch AdamW, percent of the measured copy bandwidth, first (compiling) step in seconds."""
@@ -57,12 +66,14 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
             out[f"{prefix}{key}Compiled"] = round(entry["ratio_to_compiled_adamw"], 2)
             out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
             out[f"{prefix}{key}FirstStep"] = round(entry["first_step_s"], 1)
-    lamb, precision = result["candidates"].get("KalmanLAMB"), result["candidates"].get("KalmanLAMB precision")
-    if lamb and precision:
-        out[f"{prefix}LambPrecisionOverLamb"] = round(precision["median_s"] / lamb["median_s"], 2)
-    previous = result["candidates"].get("KalmanLAMB precision, previous mean")
-    if lamb and previous:
-        out[f"{prefix}LambPrecisionPreviousOverLamb"] = round(previous["median_s"] / lamb["median_s"], 2)
+    lamb = result["candidates"].get("KalmanLAMB")
+    for name in ("KalmanLAMB precision", "KalmanLAMB precision, previous mean"):
+        entry = result["candidates"].get(name)
+        if lamb and entry:
+            key = f"{prefix}{FUSED_VARIANTS[name]}OverLamb"
+            out[key] = round(entry["median_s"] / lamb["median_s"], 2)
+            low, high = paired_ratio_quartiles(entry["times_s"], lamb["times_s"])
+            out[f"{key}Low"], out[f"{key}High"] = round(low, 2), round(high, 2)
     # The same ratios at the smallest N, where they differ (the targets hold from 1e7 on, at every N measured).
     smallest = report["results"][0]
     candidates = smallest["candidates"]

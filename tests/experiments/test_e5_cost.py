@@ -120,9 +120,12 @@ def test_figures_without_a_bench_report(tiny_runs, tmp_path, monkeypatch):
 def _fused_report(size=30_000_000):
     entry = lambda ratio, fraction: dict(  # noqa: E731
         median_s=0.01 * ratio, ratio_to_compiled_adamw=ratio, ratio_to_fastest_adamw=ratio, bandwidth_fraction=fraction,
-        bytes_moved_per_element=28, state_bytes_per_param=8.0, first_step_s=5.0)
+        bytes_moved_per_element=28, state_bytes_per_param=8.0, first_step_s=5.0, times_s=[0.01 * ratio] * 5)
     candidates = {"AdamW [compiled]": entry(1.0, 0.6), "AdamW [fused]": entry(0.8, 0.7),
                   "KalmanAdam adam": entry(0.8, 0.7), "KalmanLAMB": entry(2.0, 0.4), "KalmanLAMB precision": entry(3.0, 0.3)}
+    # Rounds where the machine slowed both alike (rounds 1 and 3) and rounds where it slowed one (0 and 4).
+    candidates["KalmanLAMB"]["times_s"] = [0.02, 0.04, 0.02, 0.03, 0.02]
+    candidates["KalmanLAMB precision"]["times_s"] = [0.04, 0.06, 0.03, 0.045, 0.024]
     return dict(provenance=dict(git_commit="abcdef0123", threads=2), results=[dict(
         size=size, tensors=30, rounds=30, bandwidth_bytes_per_s=4e10, copy_bandwidth_bytes_per_s=2e10,
         in_place_bandwidth_bytes_per_s=4e10, candidates=candidates)])
@@ -133,6 +136,8 @@ def test_fused_numbers_and_table(tmp_path):
     assert numbers["FusedCpuAdamCompiled"] == 0.8 and numbers["FusedCpuTorchFusedCompiled"] == 0.8
     assert numbers["FusedCpuAdamBandwidth"] == 70 and numbers["FusedCpuBandwidth"] == 40.0
     assert numbers["FusedCpuLambPrecisionOverLamb"] == 1.5 and numbers["FusedCpuCommit"] == "abcdef0"
+    # Per-round ratios 2.0, 1.5, 1.5, 1.5, 1.2: quartiles of the pairs, not ratios of each candidate's quartiles.
+    assert numbers["FusedCpuLambPrecisionOverLambLow"] == 1.35 and numbers["FusedCpuLambPrecisionOverLambHigh"] == 1.75
     assert e5.fused_numbers(None) == {}
     e5.fused_table(_fused_report(), FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
     table = (tmp_path / "e5_fused.md").read_text()
