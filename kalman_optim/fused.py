@@ -10,8 +10,8 @@ change; a kernel is compiled once per optimizer bucket (the first step) and reus
 KalmanLAMB's kernels end in per-tensor reductions (the trust ratio's norms, D5's layer means). Compiled for a whole
 bucket, inductor fuses the loops of same-sized tensors into one pass over many streams at once, which measured 2-4x
 slower than stepping each tensor alone on the 2-core CPU (30 tensors of 1e6: ~65-95 ms against ~22 ms). So LAMB
-calls its kernel once per tensor, through one graph per tensor rank that dynamo makes shape-generic when a second
-shape of that rank comes (`Job.per_tensor`).
+calls its kernel once per tensor, each flattened to 1-D, through one graph that dynamo makes shape-generic when a
+second length comes (`Job.per_tensor`; a few more for lengths it specializes, such as 1).
 
 The math is the reference path's (functional.py and noise_models/), step for step; tests compare the two
 over 1000 steps in every mode. Branches that depend on the step (no innovation at step 1, no lag statistic
@@ -457,7 +457,7 @@ class Job:
     """One bucket's fused step: `kernel` with its structure `flags`, the per-step `scalars`, the cache `key`, the
     `tensors` (params, grads, exp_avgs, exp_avg_sqs, extra state) and their `indices` in the caller's lists.
     `statistics`: a (kernel, flags) run first, whose result the kernel takes last (PW LAMB's layer means).
-    `per_tensor`: call the kernel once per tensor, through one graph for every shape of a given rank."""
+    `per_tensor`: call the kernel once per tensor, flattened, through one shape-generic graph."""
 
     kernel: Callable
     flags: dict[str, Any]
@@ -469,11 +469,26 @@ class Job:
     per_tensor: bool = False
 
 
+def _flat(tensor: Tensor) -> Tensor:
+    """`tensor`'s elements as a 1-D tensor on the same memory that is not a view: dynamo specializes a graph on
+    a view's base shape and on every dimension of size 1, so 1-D aliases let one graph serve every shape. The
+    alias has its own autograd version counter; `_run` bumps the original's after writing through it."""
+    return tensor.new_empty(0).set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
+
+
 def _single(tensors: tuple, j: int) -> tuple:
-    """Tensor j of a bucket as a bucket of one; the parameter detached (same storage and version counter), since
-    dynamo compiles an nn.Parameter input for its exact shape."""
+    """Tensor j of a bucket as a bucket of one, its per-element tensors as 1-D aliases when all are contiguous
+    (else the parameter detached, same storage and version counter: dynamo compiles an nn.Parameter input for
+    its exact shape); small state (a 1-element layer mean) as it is."""
     params, grads, exp_avgs, exp_avg_sqs, extra = tensors
-    return [params[j].detach()], [grads[j]], [exp_avgs[j]], [exp_avg_sqs[j]], {key: [values[j]] for key, values in extra.items()}
+    numel = params[j].numel()
+    members = [params[j], grads[j], exp_avgs[j], exp_avg_sqs[j], *(v[j] for v in extra.values() if v[j].numel() == numel)]
+    if all(t.is_contiguous() for t in members):
+        flat = lambda t: _flat(t) if t.numel() == numel else t  # noqa: E731
+    else:
+        flat = lambda t: t.detach() if isinstance(t, torch.nn.Parameter) else t  # noqa: E731
+    return ([flat(params[j])], [flat(grads[j])], [flat(exp_avgs[j])], [flat(exp_avg_sqs[j])],
+            {key: [flat(values[j])] for key, values in extra.items()})
 
 
 def _run(cache: KernelCache, job: Job) -> list[int]:
@@ -485,7 +500,7 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
     params = job.tensors[0]
     coefficients = torch.tensor([job.scalars[name] for name in names], dtype=params[0].dtype, device=params[0].device)
     if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
-        calls = [(("per-tensor", params[j].dim()), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
+        calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
     else:
         calls = [((job.indices,), job.tensors, job.indices)]
     for suffix, tensors, remaining in calls:
@@ -503,6 +518,9 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
                 compiled(*tensors, coefficients)
             else:
                 compiled(*tensors, coefficients, first(*tensors, coefficients))
+            if job.per_tensor:  # the writes went through aliases with their own version counters
+                j = len(params) - len(remaining)
+                torch.autograd.graph.increment_version([params[j], job.tensors[2][j], job.tensors[3][j]])
         except Exception as error:
             if not _is_compile_error(error):
                 raise
