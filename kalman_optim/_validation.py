@@ -12,6 +12,12 @@ from numbers import Real
 import torch
 
 
+def is_dtensor(tensor) -> bool:
+    """Whether `tensor` is a torch.distributed DTensor (FSDP2's parameters and state), by type name: importing
+    torch.distributed.tensor to check costs time and is unavailable in some builds."""
+    return type(tensor).__name__ == "DTensor"
+
+
 def _as_checked(value, name: str, *, floating: bool = True):
     """Return `value` as a float, or the tensor itself; TypeError for anything else."""
     if isinstance(value, torch.Tensor):

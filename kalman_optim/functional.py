@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kalman_optim._validation import is_dtensor
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.noise_models import innovation, transport
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
@@ -407,12 +408,12 @@ def precision_weighted_norm(update: Tensor, variance: Tensor, floor: float, mean
 
 def _plain_scalar(value: Tensor, like: Tensor) -> Tensor | float:
     """A 0-dim state tensor in a form that mixes with `like` (a DTensor does not mix with a plain tensor)."""
-    return value.item() if type(like).__name__ == "DTensor" else value
+    return value.item() if is_dtensor(like) else value
 
 
 def _local_scalar(value: Tensor) -> Tensor:
     """The value of a 0-dim (possibly DTensor) reduction as a plain tensor, for a plain 0-dim state."""
-    return value.full_tensor() if type(value).__name__ == "DTensor" else value
+    return value.full_tensor() if is_dtensor(value) else value
 
 
 def lamb_trust_ratio(param_norm: Tensor, update_norm: Tensor, trust_clip: float | None) -> Tensor:

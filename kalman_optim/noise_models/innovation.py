@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor
 
+from kalman_optim._validation import is_dtensor
 from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
 
 STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_num", "lag_den")
@@ -62,15 +63,11 @@ def sample_count(numel: int) -> int:
     return -(-numel // sample_stride(numel))
 
 
-def _is_dtensor(tensor: Tensor) -> bool:
-    return type(tensor).__name__ == "DTensor"
-
-
 def sample_of(tensor: Tensor) -> Tensor:
     """The sampled coordinates of `tensor` (flattened, strided; a view when contiguous). For a DTensor sharded
     along dim 0 (FSDP2), this rank's part of the same global sample, as a plain tensor."""
     stride = sample_stride(tensor.numel())
-    if not _is_dtensor(tensor):
+    if not is_dtensor(tensor):
         return tensor.reshape(-1)[::stride]
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
@@ -85,7 +82,7 @@ def sample_of(tensor: Tensor) -> Tensor:
 
 def _global_sum_(value: Tensor, like: Tensor) -> Tensor:
     """Sum a per-shard partial sum over the shards of `like` (a no-op for plain tensors)."""
-    if _is_dtensor(like):
+    if is_dtensor(like):
         import torch.distributed as dist
         from torch.distributed.tensor import Shard
 
@@ -167,7 +164,7 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
     factor = phi.mul(2 * k - 1).add_(1 - k).div_(-math.expm1(count * math.log(noise_beta)))  # (1-k)(1-phi) + k phi
     statistic = state["innovation_sq_avg"]
     # A DTensor does not mix with a plain 0-dim tensor; the scalar is the same on every rank.
-    return statistic.mul(factor.item() if _is_dtensor(statistic) else factor)
+    return statistic.mul(factor.item() if is_dtensor(statistic) else factor)
 
 
 def degrees_of_freedom(step: int, noise_beta: float) -> float:

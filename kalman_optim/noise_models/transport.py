@@ -31,6 +31,7 @@ import math
 import torch
 from torch import Tensor
 
+from kalman_optim._validation import is_dtensor
 from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
 
 STATE_KEYS = ("prev_grad", "curvature_num", "curvature_den", "curvature_resid", "prev_lr")
@@ -70,7 +71,7 @@ def transport(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, param: Tensor, 
     if step < 2:
         return None
     lr_prev = state["prev_lr"]
-    if type(exp_avg).__name__ == "DTensor":  # a DTensor does not mix with a plain 0-dim tensor
+    if is_dtensor(exp_avg):  # a DTensor does not mix with a plain 0-dim tensor
         lr_prev = lr_prev.item()
     # 1 / a_{t-1} = (sqrt(v_{t-1} / (1 - beta2^(t-1))) + eps) / lr_{t-1}
     inverse_step = exp_avg_sq.div(1 - beta2 ** (step - 1)).sqrt_().add_(eps).div_(lr_prev.clamp_min(1e-30) if torch.is_tensor(lr_prev) else max(lr_prev, 1e-30))
