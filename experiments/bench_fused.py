@@ -17,8 +17,15 @@ tensors as a step, so caches help both alike). A copy's destination lines are re
 (write-allocate), so a copy moves 12 bytes per 8 counted and a step can exceed 100% of it; the in-place rate (read
 and write back, the access pattern of a step) is recorded too (see `stream_bandwidths`).
 
-Compile times are cold: inductor's caches go to a fresh temporary folder (TORCHINDUCTOR_CACHE_DIR) unless
---warm-cache is given.
+Processes: the whole measurement runs in `--processes` fresh Python processes (default 3), one after another, and
+the report gives per candidate the median over processes of its per-process numbers (the ratios are taken inside
+each process, between interleaved rounds). One process's timings carry an effect of where its tensors landed in
+memory that interleaving cannot remove: on the 2-core CPU the same adam kernel measured 0.66x, 0.74x and 1.01x
+compiled AdamW at 3e7 in three single-process runs.
+
+Compile times are cold in the first process: inductor's caches go to a fresh temporary folder
+(TORCHINDUCTOR_CACHE_DIR) unless --warm-cache is given; the later processes reuse it, and the report's compile
+times and warm-up come from the first.
 Bytes moved per element are D6's count (reads + writes of parameter, gradient and state) for the variants it
 lists, and the same count for the modes added later (innovation: +R read and written; transport: 5 more tensors).
 """
@@ -30,6 +37,7 @@ import gc
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,13 +203,53 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
                 in_place_bandwidth_bytes_per_s=bandwidths["in_place"], fastest_adamw=fastest_adamw, candidates=stats)
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def ratio_between(result: dict, name: str, over: str) -> float:
+    """Step time of `name` over `over`: the median over processes of the ratio of their medians in each process
+    (a single-process result: the ratio of its medians)."""
+    runs = result.get("processes") or [result]
+    return _median([run["candidates"][name]["median_s"] / run["candidates"][over]["median_s"] for run in runs])
+
+
+def merge_processes(results: list[dict]) -> dict:
+    """One size's results of several processes as one: per candidate the median over processes of the median time,
+    the ratios and the bandwidth fraction; quartiles over all rounds; the times of every round, process after
+    process (so round i of every candidate is still the same round); compile times and warm-up of the first
+    process (its inductor cache was the cold one). `processes` keeps each process's medians and bandwidths."""
+    first = results[0]
+    merged = {key: value for key, value in first.items() if key not in ("candidates", "processes")}
+    merged["rounds"] = sum(r["rounds"] for r in results)
+    for key in ("bandwidth_bytes_per_s", "copy_bandwidth_bytes_per_s", "in_place_bandwidth_bytes_per_s"):
+        merged[key] = _median([r[key] for r in results])
+    candidates = {}
+    for name, entry in first["candidates"].items():
+        runs = [r["candidates"][name] for r in results]
+        times = [t for run in runs for t in run["times_s"]]
+        q25, _, q75 = quantiles(times)
+        candidates[name] = dict(entry, median_s=_median([run["median_s"] for run in runs]), q25_s=q25, q75_s=q75,
+                                times_s=times, bandwidth_fraction=_median([run["bandwidth_fraction"] for run in runs]))
+    merged["candidates"] = candidates
+    merged["fastest_adamw"] = min((n for n in candidates if n.startswith("AdamW")), key=lambda n: candidates[n]["median_s"])
+    merged["processes"] = [dict(bandwidth_bytes_per_s=r["bandwidth_bytes_per_s"],
+                                candidates={n: dict(median_s=c["median_s"]) for n, c in r["candidates"].items()})
+                           for r in results]
+    for name, entry in candidates.items():
+        entry["ratio_to_compiled_adamw"] = ratio_between(merged, name, BASELINE)
+        entry["ratio_to_fastest_adamw"] = ratio_between(merged, name, merged["fastest_adamw"])
+    return merged
+
+
 def evaluate_targets(result: dict) -> list[dict]:
     rows = []
     for name, text, bound, over in TARGETS:
         if name not in result["candidates"]:  # a run restricted with --candidates
             continue
-        entry = result["candidates"][name]
-        ratio = entry["median_s"] / result["candidates"][over]["median_s"]
+        ratio = ratio_between(result, name, over)
         rows.append(dict(target=text, candidate=name, versus=over, size=result["size"], ratio=ratio, bound=bound,
                          met=bool(ratio <= bound)))
     for name, entry in result["candidates"].items():
@@ -237,7 +285,7 @@ def describe(report: dict) -> str:
     return (f"{p['device_name']} ({p['device']}), {p['threads']} threads, torch {p['torch']}, commit "
             f"{(p['git_commit'] or 'unknown')[:12]}{' (dirty)' if p['git_dirty'] else ''}, {p['date_utc']}. Tensors of "
             f"{format_size(c['tensor_size'])} fp32 elements; {c['rounds']} interleaved rounds after {WARMUP_STEPS} warm-up "
-            f"steps per candidate (seed {c['seed']}). Measured bandwidth (\"%\" is of the copy's): {bandwidths}. Compile "
+            f"steps per candidate (seed {c['seed']}) in each of {c.get('processes', 1)} processes, medians over them. Measured bandwidth (\"%\" is of the copy's): {bandwidths}. Compile "
             f"times {'with a warm' if c.get('warm_cache') else 'from an empty'} inductor cache. Last two columns: at the "
             "largest N.")
 
@@ -263,19 +311,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--warm-cache", action="store_true", help="keep inductor's cache (compile times are then warm)")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="fresh processes measured one after another, medians over them (default %(default)s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.tensor_size = args.sizes or [1e6], 1e5
         args.repeats = 5 if args.repeats is None else args.repeats
     args.sizes = [int(s) for s in (args.sizes or [1e7, 3e7])]
     args.tensor_size, args.repeats = int(args.tensor_size), 30 if args.repeats is None else args.repeats
-    if args.repeats < 1 or args.tensor_size < 1 or any(s < 1 for s in args.sizes):
-        parser.error("--sizes, --tensor-size and --repeats must be >= 1")
+    if args.repeats < 1 or args.tensor_size < 1 or args.processes < 1 or any(s < 1 for s in args.sizes):
+        parser.error("--sizes, --tensor-size, --repeats and --processes must be >= 1")
     for needed in (BASELINE, "KalmanLAMB"):
         if needed not in args.candidates:
             args.candidates.insert(0, needed)
     args.out = args.out or REPO_ROOT / "results" / "bench" / f"fused_{args.device}.json"
     return args
+
+
+def run_in_process(argv: list[str], args: argparse.Namespace, index: int) -> dict:
+    """One fresh `python -m experiments.bench_fused --processes 1` with the same arguments (the same seed: the
+    same data), in the inductor cache of this run; its report."""
+    with tempfile.TemporaryDirectory(prefix="bench_fused_process_") as folder:
+        out = Path(folder) / "report.json"
+        child = [a for a in _without_option(_without_option(argv, "--out"), "--processes")]
+        command = [sys.executable, "-m", "experiments.bench_fused", *child, "--processes", "1", "--out", str(out),
+                   "--no-progress", "--warm-cache"]  # the cache folder is chosen by this process (cold at first)
+        subprocess.run(command, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """argv without `option` and its value (either "--option value" or "--option=value")."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            out.append(item)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -289,9 +364,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = dict(sizes=args.sizes, tensor_size=args.tensor_size, rounds=args.repeats, seed=args.seed, lr=LR,
                   weight_decay=WEIGHT_DECAY, dtype="float32", threads=torch.get_num_threads(), device=args.device,
                   warmup_steps=WARMUP_STEPS, steady_factor=STEADY_FACTOR, warm_cache=args.warm_cache)
-    total_steps = len(args.sizes) * len(names) * (WARMUP_STEPS + args.repeats)
-    with tqdm(total=total_steps, desc="optimizer steps", disable=args.no_progress, file=sys.stderr, mininterval=2.0) as bar:
-        results = [bench_size(size, args.tensor_size, names, args.repeats, device, args.seed, bar) for size in args.sizes]
+    config["processes"] = args.processes
+    if args.processes == 1:
+        total_steps = len(args.sizes) * len(names) * (WARMUP_STEPS + args.repeats)
+        with tqdm(total=total_steps, desc="optimizer steps", disable=args.no_progress, file=sys.stderr,
+                  mininterval=2.0) as bar:
+            results = [bench_size(size, args.tensor_size, names, args.repeats, device, args.seed, bar)
+                       for size in args.sizes]
+    else:
+        runs = [run_in_process(argv, args, k) for k in tqdm(range(args.processes), desc="processes",
+                                                              disable=args.no_progress, file=sys.stderr)]
+        results = [merge_processes([run["results"][i] for run in runs]) for i in range(len(args.sizes))]
     report = dict(benchmark="fused optimizer steps (experiments/bench_fused.py, issue 13)",
                   provenance=shared_provenance(device, argv, args.seed, module="experiments.bench_fused"),
                   config=config, candidates=names, results=results,

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not fused_path.compiler_available("cpu"), reason
 def test_tiny_benchmark_writes_complete_results(tmp_path):
     out = tmp_path / "fused.json"
     argv = ["--sizes", "2e4", "--tensor-size", "1e4", "--repeats", "2", "--threads", "1", "--out", str(out),
-            "--candidates", "AdamW [fused]", "KalmanAdam innovation", "--no-progress", "--warm-cache"]
+            "--candidates", "AdamW [fused]", "KalmanAdam innovation", "--no-progress", "--warm-cache", "--processes", "2"]
     threads = torch.get_num_threads()
     try:
         returned = bench_fused.main(argv)
@@ -28,7 +28,9 @@ def test_tiny_benchmark_writes_complete_results(tmp_path):
     assert report["candidates"] == ["AdamW [fused]", "AdamW [compiled]", "KalmanAdam innovation", "KalmanLAMB"]
 
     (result,) = report["results"]
-    assert result["size"] == 20_000 and result["tensors"] == 2 and result["rounds"] == 2
+    # Two fresh processes of 2 rounds each, merged: every process's medians are kept beside the merged ones.
+    assert result["size"] == 20_000 and result["tensors"] == 2 and result["rounds"] == 4
+    assert len(result["processes"]) == 2 and report["config"]["processes"] == 2
     assert result["bandwidth_bytes_per_s"] == result["copy_bandwidth_bytes_per_s"] > 0
     assert result["in_place_bandwidth_bytes_per_s"] > 0
     compiled = result["candidates"]["AdamW [compiled]"]
@@ -37,8 +39,9 @@ def test_tiny_benchmark_writes_complete_results(tmp_path):
     assert innovation["compilations"] == 1 and innovation["state_bytes_per_param"] > 12  # 12 B + the lag sample
     assert innovation["bytes_moved_per_element"] == 36 and len(innovation["warmup_times_s"]) == bench_fused.WARMUP_STEPS
     assert 1 <= innovation["steps_to_steady"] <= bench_fused.WARMUP_STEPS + 1
-    assert innovation["bandwidth_fraction"] == pytest.approx(
-        36 * 20_000 / innovation["median_s"] / result["bandwidth_bytes_per_s"])
+    fractions = [36 * 20_000 / run["candidates"]["KalmanAdam innovation"]["median_s"] / run["bandwidth_bytes_per_s"]
+                 for run in result["processes"]]
+    assert innovation["bandwidth_fraction"] == pytest.approx(sum(fractions) / 2)  # the median of two
     targets = {row["target"] for row in report["targets"]}
     assert "KalmanAdam innovation: >= 50% of copy bandwidth" in targets
 
@@ -48,3 +51,40 @@ def test_bad_arguments_are_rejected():
         bench_fused.parse_args(["--repeats", "0"])
     with pytest.raises(SystemExit):
         bench_fused.parse_args(["--candidates", "SGD"])
+
+
+def _process_result(times: dict[str, list[float]], bandwidth: float) -> dict:
+    """One process's result of one size, as bench_size writes it (only what merge_processes reads)."""
+    medians = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    fastest = min((n for n in times if n.startswith("AdamW")), key=medians.get)
+    return dict(size=100, tensor_size=10, tensors=10, rounds=3, bandwidth_bytes_per_s=bandwidth,
+                copy_bandwidth_bytes_per_s=bandwidth, in_place_bandwidth_bytes_per_s=2 * bandwidth, fastest_adamw=fastest,
+                candidates={name: dict(median_s=medians[name], times_s=values, bandwidth_fraction=1e-3 / medians[name],
+                                       first_step_s=float(len(values)), ratio_to_compiled_adamw=0.0)
+                            for name, values in times.items()})
+
+
+def test_processes_merge_into_medians_of_per_process_ratios():
+    # The second process is slow for every candidate alike (its tensors landed badly), the third only for AdamW.
+    runs = [_process_result({"AdamW [compiled]": [1.0, 1.0, 1.0], "KalmanLAMB": [2.0, 2.0, 2.0]}, 10.0),
+            _process_result({"AdamW [compiled]": [3.0, 3.0, 3.0], "KalmanLAMB": [6.0, 6.0, 6.0]}, 8.0),
+            _process_result({"AdamW [compiled]": [2.0, 2.0, 2.0], "KalmanLAMB": [2.0, 2.0, 2.0]}, 12.0)]
+    merged = bench_fused.merge_processes(runs)
+    lamb = merged["candidates"]["KalmanLAMB"]
+    # Per-process ratios 2, 2, 1: their median, not the ratio of the medians of the times (2 / 2 = 1).
+    assert lamb["ratio_to_compiled_adamw"] == 2.0 and bench_fused.ratio_between(merged, "KalmanLAMB", "AdamW [compiled]") == 2.0
+    assert lamb["median_s"] == 2.0 and merged["candidates"]["AdamW [compiled]"]["median_s"] == 2.0
+    assert lamb["times_s"] == [2.0] * 3 + [6.0] * 3 + [2.0] * 3 and merged["rounds"] == 9
+    assert lamb["first_step_s"] == 3.0  # the first process's (cold) warm-up
+    assert merged["bandwidth_bytes_per_s"] == 10.0 and len(merged["processes"]) == 3
+    rows = {row["candidate"]: row for row in bench_fused.evaluate_targets(merged) if row["versus"] != "copy"}
+    assert rows == {} or all(row["ratio"] > 0 for row in rows.values())
+
+
+def test_processes_flag_is_checked_and_not_passed_twice():
+    assert bench_fused.parse_args([]).processes == 3
+    with pytest.raises(SystemExit):
+        bench_fused.parse_args(["--processes", "0"])
+    argv = ["--sizes", "1e4", "--out", "x.json", "--processes=2", "--quick"]
+    assert bench_fused._without_option(bench_fused._without_option(argv, "--out"), "--processes") == [
+        "--sizes", "1e4", "--quick"]
