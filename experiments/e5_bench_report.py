@@ -59,6 +59,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         f"{prefix}Bandwidth": round(result["bandwidth_bytes_per_s"] / 1e9, 1),
         f"{prefix}CopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e9, 1),
         f"{prefix}Commit": str(report["provenance"].get("git_commit") or "unknown")[:7],
+        f"{prefix}Processes": int(report.get("config", {}).get("processes", 1)),
         f"{prefix}AdamWCompiledBandwidth": round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"]),
     }
     for name, key in FUSED_VARIANTS.items():

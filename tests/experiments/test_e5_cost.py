@@ -136,6 +136,7 @@ def test_fused_numbers_and_table(tmp_path):
     assert numbers["FusedCpuAdamCompiled"] == 0.8 and numbers["FusedCpuTorchFusedCompiled"] == 0.8
     assert numbers["FusedCpuAdamBandwidth"] == 70 and numbers["FusedCpuBandwidth"] == 40.0
     assert numbers["FusedCpuLambPrecisionOverLamb"] == 1.5 and numbers["FusedCpuCommit"] == "abcdef0"
+    assert numbers["FusedCpuProcesses"] == 1  # a report without the setting: one process
     # Per-round ratios 2.0, 1.5, 1.5, 1.5, 1.2: quartiles of the pairs, not ratios of each candidate's quartiles.
     assert numbers["FusedCpuLambPrecisionOverLambLow"] == 1.35 and numbers["FusedCpuLambPrecisionOverLambHigh"] == 1.75
     assert e5.fused_numbers(None) == {}
