@@ -37,6 +37,7 @@ import gc
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,17 +204,12 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
                 in_place_bandwidth_bytes_per_s=bandwidths["in_place"], fastest_adamw=fastest_adamw, candidates=stats)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
-
-
 def ratio_between(result: dict, name: str, over: str) -> float:
     """Step time of `name` over `over`: the median over processes of the ratio of their medians in each process
     (a single-process result: the ratio of its medians)."""
     runs = result.get("processes") or [result]
-    return _median([run["candidates"][name]["median_s"] / run["candidates"][over]["median_s"] for run in runs])
+    return statistics.median([run["candidates"][name]["median_s"] / run["candidates"][over]["median_s"]
+                              for run in runs])
 
 
 def merge_processes(results: list[dict]) -> dict:
@@ -225,14 +221,15 @@ def merge_processes(results: list[dict]) -> dict:
     merged = {key: value for key, value in first.items() if key not in ("candidates", "processes")}
     merged["rounds"] = sum(r["rounds"] for r in results)
     for key in ("bandwidth_bytes_per_s", "copy_bandwidth_bytes_per_s", "in_place_bandwidth_bytes_per_s"):
-        merged[key] = _median([r[key] for r in results])
+        merged[key] = statistics.median([r[key] for r in results])
     candidates = {}
     for name, entry in first["candidates"].items():
         runs = [r["candidates"][name] for r in results]
         times = [t for run in runs for t in run["times_s"]]
         q25, _, q75 = quantiles(times)
-        candidates[name] = dict(entry, median_s=_median([run["median_s"] for run in runs]), q25_s=q25, q75_s=q75,
-                                times_s=times, bandwidth_fraction=_median([run["bandwidth_fraction"] for run in runs]))
+        candidates[name] = dict(entry, median_s=statistics.median([run["median_s"] for run in runs]), q25_s=q25,
+                                q75_s=q75, times_s=times,
+                                bandwidth_fraction=statistics.median([run["bandwidth_fraction"] for run in runs]))
     merged["candidates"] = candidates
     merged["fastest_adamw"] = min((n for n in candidates if n.startswith("AdamW")), key=lambda n: candidates[n]["median_s"])
     merged["processes"] = [dict(bandwidth_bytes_per_s=r["bandwidth_bytes_per_s"],
@@ -285,7 +282,8 @@ def describe(report: dict) -> str:
     return (f"{p['device_name']} ({p['device']}), {p['threads']} threads, torch {p['torch']}, commit "
             f"{(p['git_commit'] or 'unknown')[:12]}{' (dirty)' if p['git_dirty'] else ''}, {p['date_utc']}. Tensors of "
             f"{format_size(c['tensor_size'])} fp32 elements; {c['rounds']} interleaved rounds after {WARMUP_STEPS} warm-up "
-            f"steps per candidate (seed {c['seed']}) in each of {c.get('processes', 1)} processes, medians over them. Measured bandwidth (\"%\" is of the copy's): {bandwidths}. Compile "
+            f"steps per candidate (seed {c['seed']}) in each of {c.get('processes', 1)} processes, medians over them. "
+            f"Measured bandwidth (\"%\" is of the copy's): {bandwidths}. Compile "
             f"times {'with a warm' if c.get('warm_cache') else 'from an empty'} inductor cache. Last two columns: at the "
             "largest N.")
 
@@ -328,12 +326,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def run_in_process(argv: list[str], args: argparse.Namespace, index: int) -> dict:
+def run_in_process(argv: list[str]) -> dict:
     """One fresh `python -m experiments.bench_fused --processes 1` with the same arguments (the same seed: the
     same data), in the inductor cache of this run; its report."""
     with tempfile.TemporaryDirectory(prefix="bench_fused_process_") as folder:
         out = Path(folder) / "report.json"
-        child = [a for a in _without_option(_without_option(argv, "--out"), "--processes")]
+        child = _without_option(_without_option(argv, "--out"), "--processes")
         command = [sys.executable, "-m", "experiments.bench_fused", *child, "--processes", "1", "--out", str(out),
                    "--no-progress", "--warm-cache"]  # the cache folder is chosen by this process (cold at first)
         subprocess.run(command, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
@@ -372,8 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results = [bench_size(size, args.tensor_size, names, args.repeats, device, args.seed, bar)
                        for size in args.sizes]
     else:
-        runs = [run_in_process(argv, args, k) for k in tqdm(range(args.processes), desc="processes",
-                                                              disable=args.no_progress, file=sys.stderr)]
+        runs = [run_in_process(argv) for _ in tqdm(range(args.processes), desc="processes", disable=args.no_progress,
+                                                   file=sys.stderr)]
         results = [merge_processes([run["results"][i] for run in runs]) for i in range(len(args.sizes))]
     report = dict(benchmark="fused optimizer steps (experiments/bench_fused.py, issue 13)",
                   provenance=shared_provenance(device, argv, args.seed, module="experiments.bench_fused"),

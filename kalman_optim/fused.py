@@ -89,9 +89,11 @@ class KernelCache:
         self.compilations = 0
         self.disabled_reason: str | None = None
 
-    def get(self, key: tuple, function: Callable, flags: dict[str, Any], dynamic: bool = False) -> Callable | None:
-        """The compiled `function` for `key` (compiled on first use); None when the fused path is off. With `dynamic`
-        the graph takes any length of its 1-D tensors (one graph for every shape of a per-tensor kernel)."""
+    def get(self, key: tuple, function: Callable, flags: dict[str, Any],
+            dynamic: bool | None = False) -> Callable | None:
+        """The compiled `function` for `key` (compiled on first use); None when the fused path is off. `dynamic` is
+        torch.compile's: False compiles for the first shapes only; None (automatic) compiles a shape-generic graph
+        once a second shape comes (one graph for every tensor of a per-tensor kernel)."""
         if self.disabled_reason is not None:
             return None
         kernel = self.kernels.get(key)
@@ -102,7 +104,7 @@ class KernelCache:
             kernel = self.kernels[key] = self._compile(function, flags, dynamic)
         return kernel
 
-    def _compile(self, function: Callable, flags: dict[str, Any], dynamic: bool) -> Callable:
+    def _compile(self, function: Callable, flags: dict[str, Any], dynamic: bool | None) -> Callable:
         def counting_inductor(graph, example_inputs):
             from torch._inductor.compile_fx import compile_fx
 
@@ -503,14 +505,15 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
         calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
     else:
         calls = [((job.indices,), job.tensors, job.indices)]
-    for suffix, tensors, remaining in calls:
+    dynamic = None if job.per_tensor else False
+    for j, (suffix, tensors, remaining) in enumerate(calls):
         key = (*job.key, *suffix, names, flag_key)
-        compiled = cache.get(key, job.kernel, dict(job.flags, names=names), dynamic=None if job.per_tensor else False)
+        compiled = cache.get(key, job.kernel, dict(job.flags, names=names), dynamic=dynamic)
         first = None
         if job.statistics is not None:
             statistics_kernel, statistics_flags = job.statistics
             first = cache.get(("statistics", *key), statistics_kernel, dict(statistics_flags, names=names),
-                              dynamic=None if job.per_tensor else False)
+                              dynamic=dynamic)
         if compiled is None or (job.statistics is not None and first is None):
             return list(remaining)
         try:
@@ -519,7 +522,6 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
             else:
                 compiled(*tensors, coefficients, first(*tensors, coefficients))
             if job.per_tensor:  # the writes went through aliases with their own version counters
-                j = len(params) - len(remaining)
                 torch.autograd.graph.increment_version([params[j], job.tensors[2][j], job.tensors[3][j]])
         except Exception as error:
             if not _is_compile_error(error):

@@ -216,21 +216,30 @@ def test_without_a_compiler_fused_runs_the_eager_path_with_one_warning(monkeypat
     assert optimizer.fused_compilations == 0
 
 
+def _compile_failure():
+    return torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no cl.exe"), None)
+
+
+def _step_with_a_compile_failure(optimizer, eager, params, reference, steps=3):
+    """`steps` steps of both optimizers on the same gradients; the fused one must warn that compiling failed."""
+    with pytest.warns(UserWarning, match="compilation failed"):
+        for grads in _gradient_stream(params, steps):
+            for p, q, g in zip(params, reference, grads):
+                p.grad, q.grad = g, g.clone()
+            optimizer.step()
+            eager.step()
+
+
 def test_a_compiler_failure_leaves_the_step_to_the_eager_path(monkeypatch):
     def failing_compile(self, function, flags, dynamic):
         def run(*args):
-            raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no cl.exe"), None)
+            raise _compile_failure()
         return run
 
     monkeypatch.setattr(fused_path.KernelCache, "_compile", failing_compile)
     params, reference = _params(torch.float32), _params(torch.float32)
     optimizer, eager = KalmanAdam(params, fused=True), KalmanAdam(reference, fused=False)
-    with pytest.warns(UserWarning, match="compilation failed"):
-        for grads in _gradient_stream(params, 3):
-            for p, q, g in zip(params, reference, grads):
-                p.grad, q.grad = g, g.clone()
-            optimizer.step()
-            eager.step()
+    _step_with_a_compile_failure(optimizer, eager, params, reference)
     for p, q in zip(params, reference):
         assert torch.equal(p, q)  # each step ran exactly once, on the eager path
 
@@ -271,7 +280,7 @@ def test_a_compiler_failure_within_a_bucket_steps_the_rest_on_the_eager_path(mon
         def run(*args):
             calls.append(1)
             if len(calls) == 2:  # the second tensor's length: a recompilation that fails before the kernel runs
-                raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no cl.exe"), None)
+                raise _compile_failure()
             return compiled(*args)
         return run
 
@@ -279,12 +288,7 @@ def test_a_compiler_failure_within_a_bucket_steps_the_rest_on_the_eager_path(mon
     params, reference = _params(torch.float64), _params(torch.float64)
     options = dict(lr=1e-2, weight_decay=0.1, precision_weighting=False)
     optimizer, eager = KalmanLAMB(params, fused=True, **options), KalmanLAMB(reference, fused=False, **options)
-    with pytest.warns(UserWarning, match="compilation failed"):
-        for grads in _gradient_stream(params, 3):
-            for p, q, g in zip(params, reference, grads):
-                p.grad, q.grad = g, g.clone()
-            optimizer.step()
-            eager.step()
+    _step_with_a_compile_failure(optimizer, eager, params, reference)
     assert optimizer.fused_compilations == 1
     for p, q in zip(params, reference):
         assert (p - q).abs().max() <= 1e-12 * q.abs().max()  # the first tensor's fused step equals the eager one
