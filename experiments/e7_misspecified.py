@@ -48,17 +48,18 @@ CASES: dict[str, tuple[float, float]] = {
 }
 CASE_LABELS = {"zero": "q = 0", "tenth": "q/r = 0.1 λ_f", "one": "q/r = λ_f (model right)", "ten": "q/r = 10 λ_f",
                "hundred": "q/r = 100 λ_f", "trend": "q/r = λ_f + trend 0.05√r"}
-MODES = ["adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast"]
+MODES = ["adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast", "fitted"]
 #: The innovation read-out with a shorter noise window (as in E2): mode name -> noise_beta.
 WINDOWS = {"innovation-medium": 0.95, "innovation-fast": 0.9}
-INNOVATION_MODES = ["innovation", *WINDOWS]
+INNOVATION_MODES = ["innovation", *WINDOWS, "fitted"]
 
 COMMON: dict[str, Any] = dict(
     beta1=0.9, beta2=0.999, noise_beta=0.99,  # the optimizer's defaults, written out for the config hash
     observation_noise=1.0, modes=MODES, levels=[0.5, 0.9, 0.95, 0.99], record_points=22,  # + the 1-2-5 steps
+    dense_until=40,  # every step up to here: the start-up is where the read-outs differ
     cases=list(CASES),
     issue=dict(observation_noise=0.25, steps=300, from_step=50, seed_count=20, within=1.5,
-               modes=["innovation", "adam", "adaptive", *WINDOWS]),
+               modes=["innovation", "adam", "adaptive", *WINDOWS, "fitted"]),
 )
 PROFILES: dict[str, dict[str, Any]] = {
     # smoke: 6 runs of 3000 steps x 4 optimizers (~2 ms per step of all four on one core) + the issue run: ~50 s.
@@ -80,11 +81,12 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
     return specs
 
 
-def record_steps(steps: int, points: int) -> list[int]:
-    """Log-spaced steps from 2 to `steps` (rounded, unique) together with the 1-2-5 steps 2, 5, 10, 20, ..."""
+def record_steps(steps: int, points: int, dense_until: int = 0) -> list[int]:
+    """Log-spaced steps from 2 to `steps` (rounded, unique) together with the 1-2-5 steps 2, 5, 10, 20, ... and every
+    step from 2 to `dense_until`."""
     spaced = np.round(np.geomspace(2, steps, points)).astype(int).tolist()
     round_steps = [m * 10**k for k in range(int(math.log10(steps)) + 1) for m in (1, 2, 5)]
-    return sorted({s for s in spaced + round_steps if 2 <= s <= steps})
+    return sorted({s for s in spaced + round_steps + list(range(2, dense_until + 1)) if 2 <= s <= steps})
 
 
 def make_optimizer(params: list[torch.Tensor], mode: str, config: dict) -> KalmanAdam:
@@ -126,7 +128,7 @@ def long_run(config: dict, device: torch.device) -> dict:
     params = {mode: torch.nn.Parameter(torch.zeros(series, dtype=torch.float64, device=device))
               for mode in config["modes"]}
     optimizers = {mode: make_optimizer([p], mode, config) for mode, p in params.items()}
-    recorded = record_steps(steps, int(config["record_points"]))
+    recorded = record_steps(steps, int(config["record_points"]), int(config.get("dense_until", 0)))
     curves: dict[str, Any] = {mode: dict(coverage={f"{v:g}": [] for v in levels}, variance_ratio=[], mse=[],
                                          zero_variance=[]) for mode in config["modes"]}
     x = torch.zeros(series, dtype=torch.float64, device=device)
@@ -323,6 +325,9 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                                for case, g in groups.items() if case != "trend"])
         out.update({f"{name}CoverageLowFromHundred": float(late.min()),
                     f"{name}CoverageHighFromHundred": float(late.max())})
+        # ... and from the first interval on (step 2): the issue's "at every step".
+        every = np.concatenate([mean_curve(g, mode, "coverage", 0.95) for case, g in groups.items() if case != "trend"])
+        out.update({f"{name}CoverageLowFromTwo": float(every.min()), f"{name}CoverageHighFromTwo": float(every.max())})
     if issue is not None:
         out.update(IssueSeeds=int(issue["metrics"]["seeds"]), IssueFromStep=int(issue["config"]["from_step"]),
                    IssueWithin=float(issue["config"]["within"]))

@@ -15,9 +15,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from kalman_optim import fused as fused_path
-from kalman_optim._validation import validate_optimizer_hyperparameters
+from kalman_optim._validation import UNFUSED_MODES, validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
-from kalman_optim.noise_models import STATE_KEYS, innovation, transport
+from kalman_optim.noise_models import INNOVATION_MODELS, STATE_KEYS, innovation, transport
 from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients, student_t_quantile
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -126,7 +126,7 @@ class KalmanOptimizerBase(Optimizer):
         if not state:
             return
         expected = {key: p.shape for key in ("exp_avg", "exp_avg_sq", *PER_ELEMENT_STATE_KEYS)}
-        if "lag_prev" in state:
+        if "lag_prev" in state:  # modes "innovation" and "fitted": the same strided sample
             expected["lag_prev"] = innovation.sample_of(state["exp_avg"]).shape
         for key, shape in expected.items():
             value = state.get(key)
@@ -151,8 +151,8 @@ class KalmanOptimizerBase(Optimizer):
         if group["noise"] == "adaptive" and "prev_grad" not in state:
             for key in ADAPTIVE_STATE_KEYS:
                 state[key] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
-        if group["noise"] == "innovation" and "innovation_sq_avg" not in state:
-            state.update(innovation.init_state(state["exp_avg"]))
+        if group["noise"] in INNOVATION_MODELS and "innovation_sq_avg" not in state:
+            state.update(INNOVATION_MODELS[group["noise"]].init_state(state["exp_avg"]))
         if group["noise"] == "transport" and "prev_grad" not in state:
             state.update(transport.init_state(state["exp_avg"]))
         return state
@@ -167,7 +167,7 @@ class KalmanOptimizerBase(Optimizer):
         """fused=True: the compiled path (eager with one warning if no compiler); None: compiled when a compiler is
         available and the group is large enough for the one-time compile to pay off (fused.AUTO_MIN_ELEMENTS)."""
         choice = group["fused"]
-        if choice is False or not params or not fused_path.fusable(params):
+        if choice is False or group["noise"] in UNFUSED_MODES or not params or not fused_path.fusable(params):
             return False
         available = fused_path.compiler_available(params[0].device.type)
         if choice is None:
@@ -295,9 +295,9 @@ class KalmanOptimizerBase(Optimizer):
             mean = state["exp_avg"].clone()
             gain, r_hat = adaptive_noise_estimates(state["diff_sq_avg"], state["diff_lag_avg"], step, adaptive_config(group))
             variance = gain * r_hat
-        elif noise == "innovation":
+        elif noise in INNOVATION_MODELS:
             mean = state["exp_avg"] / moment_coefficients("adam", beta1, step, None).correction
-            variance = innovation.posterior_variance(state, step, beta1, float(group["noise_beta"]))
+            variance = INNOVATION_MODELS[noise].posterior_variance(state, step, beta1, float(group["noise_beta"]))
             variance = torch.full_like(mean, math.inf) if variance is None else variance
         else:
             first = moment_coefficients(noise, beta1, step, prior)
@@ -312,10 +312,10 @@ class KalmanOptimizerBase(Optimizer):
         """The multiplier of sqrt(variance) in `confidence_interval`: Student-t with the effective sample size of
         the noise statistic in mode "innovation" (D7), the normal quantile otherwise (D3)."""
         group = self._group_of(p)
-        if group["noise"] == "innovation":
+        if group["noise"] in INNOVATION_MODELS:
             state = self.state.get(p, {})
             step = int(state["step"].item()) if state else 0
-            return student_t_quantile(level, innovation.degrees_of_freedom(step, float(group["noise_beta"])))
+            return student_t_quantile(level, INNOVATION_MODELS[group["noise"]].degrees_of_freedom(step, float(group["noise_beta"])))
         return normal_quantile(level)
 
     def confidence_interval(self, p: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
@@ -348,6 +348,6 @@ def group_scalars(group: dict) -> dict[str, Any]:
         prior_gain=None if prior is None else float(prior),
         variance_adaptation=bool(group["variance_adaptation"]),
         adaptation_scale=float(group["adaptation_scale"]),
-        adaptive_config=adaptive_config(group) if group["noise"] in ("adaptive", "innovation", "transport") else None,
+        adaptive_config=adaptive_config(group) if group["noise"] in ("adaptive", "transport", *INNOVATION_MODELS) else None,
     )
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from kalman_optim._validation import is_dtensor
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
-from kalman_optim.noise_models import innovation, transport
+from kalman_optim.noise_models import INNOVATION_MODELS, transport
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
 #: State key of KalmanLAMB's precision_mean="previous": each tensor's layer mean of P from its last step (0-dim).
@@ -192,7 +192,7 @@ def kalman_adam(
 def _check_model_states(noise, states, config) -> None:
     if noise == "adaptive" and (states is None or config is None):
         raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
-    if noise in ("innovation", "transport") and (states is None or config is None):
+    if (noise in INNOVATION_MODELS or noise == "transport") and (states is None or config is None):
         raise ValueError(f"noise={noise!r} needs adaptive_states (its statistics) and adaptive_config (noise_beta)")
 
 
@@ -221,7 +221,7 @@ def _single_tensor_kalman_adam(
 
         direction = exp_avg
         # No estimate yet (mode "innovation" at step 1): every coordinate counts alike, as in Adam.
-        if variance_adaptation and not (noise == "innovation" and r_hat is None):
+        if variance_adaptation and not (noise in INNOVATION_MODELS and r_hat is None):
             direction = _variance_adapted_direction(
                 exp_avg, exp_avg_sq, correction1, correction2, gain, r_hat, adaptation_scale, beta1, beta2
             )
@@ -241,15 +241,16 @@ def _single_tensor_moments(grad, exp_avg, exp_avg_sq, step, adaptive_state, *, n
         gain, r_hat = _single_tensor_adaptive_update(grad, adaptive_state, step, adaptive_config)
         exp_avg.lerp_(grad, gain)
         correction1 = 1.0
-    elif noise == "innovation":
+    elif noise in INNOVATION_MODELS:
+        model = INNOVATION_MODELS[noise]
         # D7: Adam's filter; its innovation against the prediction m_hat_{t-1} feeds the uncertainty. The
         # posterior variance is returned as r_hat with gain 1, so that P = gain * r_hat everywhere.
         first = moment_coefficients("adam", beta1, step, None)
         if step >= 2:
-            innovation.observe(grad, exp_avg / (1 - beta1 ** (step - 1)), adaptive_state, step, beta1, adaptive_config.noise_beta)
+            model.observe(grad, exp_avg / (1 - beta1 ** (step - 1)), adaptive_state, step, beta1, adaptive_config.noise_beta)
         exp_avg.lerp_(grad, first.weight)
         correction1, gain = first.correction, 1.0
-        r_hat = innovation.posterior_variance(adaptive_state, step, beta1, adaptive_config.noise_beta) if posterior else None
+        r_hat = model.posterior_variance(adaptive_state, step, beta1, adaptive_config.noise_beta) if posterior else None
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
         exp_avg.lerp_(grad, first.weight)
@@ -307,7 +308,7 @@ def _multi_tensor_kalman_adam(
         torch._foreach_add_(denom, eps)
 
         directions = b_avgs
-        if variance_adaptation and not (noise == "innovation" and r_hats is None):
+        if variance_adaptation and not (noise in INNOVATION_MODELS and r_hats is None):
             # Same arithmetic, in the same order, as `_variance_adapted_direction`.
             means_sq = torch._foreach_div(b_avgs, correction1)
             torch._foreach_mul_(means_sq, means_sq)
@@ -338,17 +339,18 @@ def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *,
         gains, r_hats = _multi_tensor_adaptive_update(grads, adaptive_state, step, adaptive_config)
         torch._foreach_lerp_(exp_avgs, grads, gains)
         correction1 = 1.0
-    elif noise == "innovation":
+    elif noise in INNOVATION_MODELS:
+        model = INNOVATION_MODELS[noise]
         first = moment_coefficients("adam", beta1, step, None)
         if step >= 2:
             predictions = torch._foreach_div(exp_avgs, 1 - beta1 ** (step - 1))
-            innovation.observe_foreach(grads, predictions, adaptive_state, step, beta1, adaptive_config.noise_beta)
+            model.observe_foreach(grads, predictions, adaptive_state, step, beta1, adaptive_config.noise_beta)
         torch._foreach_lerp_(exp_avgs, grads, first.weight)
         correction1, gains = first.correction, 1.0
         r_hats = None
         if posterior:
-            r_hats = [innovation.posterior_variance({k: v[i] for k, v in adaptive_state.items()}, step, beta1,
-                                                    adaptive_config.noise_beta) for i in range(len(grads))]
+            r_hats = [model.posterior_variance({k: v[i] for k, v in adaptive_state.items()}, step, beta1,
+                                               adaptive_config.noise_beta) for i in range(len(grads))]
             r_hats = None if r_hats[0] is None else r_hats
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
@@ -495,7 +497,7 @@ def kalman_lamb(
         for j, (param, update) in enumerate(zip(b_params, updates)):
             param_norm = torch.linalg.vector_norm(param)
             # Mode "innovation" has no estimate at step 1: plain LAMB norm there.
-            if precision_weighting and not (noise == "innovation" and r_hats is None):
+            if precision_weighting and not (noise in INNOVATION_MODELS and r_hats is None):
                 r_hat = r_hats[j] if r_hats is not None else observation_noise_from_moments(
                     means[j].square(), b_sqs[j], correction2, beta1, beta2
                 )

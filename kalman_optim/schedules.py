@@ -23,7 +23,7 @@ from kalman_optim.closed_forms import constant_noise_gain
 
 
 #: Modes whose two moments are Adam's own EWMAs (the step is AdamW's unless the uncertainty is used).
-ADAM_FILTER_MODES = ("adam", "innovation")
+ADAM_FILTER_MODES = ("adam", "innovation", "fitted")
 
 
 class MomentCoefficients(NamedTuple):

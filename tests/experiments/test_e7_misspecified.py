@@ -31,6 +31,8 @@ def test_record_steps_are_log_spaced_from_two_to_the_last_step():
     assert steps[0] == 2 and steps[-1] == 3000 and steps == sorted(set(steps))
     assert {2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000} <= set(steps)
     assert 25 <= len(steps) <= 35
+    dense = e7.record_steps(3000, 22, 40)
+    assert set(range(2, 41)) <= set(dense) and set(steps) <= set(dense)
 
 
 def test_plan_has_one_run_per_case_and_seed_then_the_issue_series():
@@ -43,7 +45,8 @@ def test_tiny_runs_structure(tiny_runs):
     runs = by_case(tiny_runs)
     assert set(runs) == {"one", "trend", "issue"}
     one = runs["one"]
-    assert one["curves"]["step"] == e7.record_steps(TINY["steps"], TINY["record_points"])
+    assert one["curves"]["step"] == e7.record_steps(TINY["steps"], TINY["record_points"], TINY["dense_until"])
+    assert set(range(2, TINY["dense_until"] + 1)) <= set(one["curves"]["step"])
     for mode in e7.MODES:
         curve = one["curves"][mode]
         assert set(curve["coverage"]) == {"0.5", "0.9", "0.95", "0.99"}
@@ -69,6 +72,13 @@ def test_innovation_mode_is_calibrated_and_the_adam_read_out_is_not(tiny_runs):
     assert max(issue["innovation"]["worst_ratio"]) < 3.0 and math.isinf(max(issue["adam"]["worst_ratio"]))
 
 
+def test_fitted_mode_covers_from_the_first_interval_on(tiny_runs):
+    """Mode "fitted" (model-based read-out): at every recorded step from 2 on, 95% coverage near nominal on the
+    model itself (500 series: binomial sd ~0.01)."""
+    one = by_case(tiny_runs)["one"]["curves"]["fitted"]["coverage"]["0.95"]
+    assert 0.91 <= min(one) and max(one) <= 0.99
+
+
 def test_runs_are_deterministic(tiny_runs):
     run = by_case(tiny_runs)["one"]
     assert e7.execute(run["config"], CPU)["metrics"] == run["metrics"]
@@ -84,6 +94,6 @@ def test_figures_tables_and_numbers(tiny_runs, tmp_path):
     assert all(k.isalpha() and k[0].isupper() for k in numbers)
     assert all(math.isfinite(v) for v in numbers.values())
     assert {"InnovationWorstCoverageFromTenOne", "AdamWorstCoverageFromHundredTrend", "InnovationCoverageLow",
-            "IssueInnovationFractionWithin"} <= set(numbers)
+            "IssueInnovationFractionWithin", "FittedCoverageLowFromTwo", "IssueFittedFractionWithin"} <= set(numbers)
     assert numbers["InnovationCoverageLow"] <= numbers["InnovationWorstCoverageFromTenOne"] <= 1.0
     assert e7.numbers([]) == {}

@@ -24,7 +24,7 @@ CLASSES = pytest.mark.parametrize("cls", [KalmanAdam, KalmanLAMB])
         (dict(betas=(0.0, 0.999), noise="constant"), r"with noise='constant', betas\[0\] must be in the open interval \(0, 1\)"),
         (dict(eps=-1e-8), r"Invalid epsilon value: eps must be finite and >= 0"),
         (dict(weight_decay=-0.1), r"Invalid weight_decay value: weight_decay must be finite and >= 0"),
-        (dict(noise="kalman"), r"Invalid noise mode: noise must be one of \('adam', 'constant', 'adaptive', 'innovation', 'transport'\), got 'kalman'"),
+        (dict(noise="kalman"), r"Invalid noise mode: noise must be one of \('adam', 'constant', 'adaptive', 'innovation', 'fitted', 'transport'\), got 'kalman'"),
         (dict(noise="constant", prior_variance=-1.0), r"Invalid prior_variance: must be None \(diffuse\) or finite and >= 0"),
         (dict(noise="adam", prior_variance=1.0), r"noise='adam' fixes the prior"),
         (dict(noise_beta=1.0), r"Invalid noise_beta: must be in the open interval \(0, 1\)"),

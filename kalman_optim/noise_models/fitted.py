@@ -1,0 +1,228 @@
+r"""Noise model "fitted" (D7, model-based read-out): the posterior variance of Adam's first moment from a local-level
+model fitted to its innovations, calibrated from the first steps on.
+
+The step is AdamW's, as in mode "innovation"; both read the uncertainty off the innovations nu_t = g_t - m_hat_{t-1}
+through D7's exact identity E_t = (1 - k_t)^2 S_t - (1 - 2 k_t) r (S_t = E[nu_t^2]). Mode "innovation" estimates
+the current S_t by an EWMA of past squared innovations, which lags S_t while it grows (the first ~50 steps when the
+true noise ratio is larger than the filter's: 95% intervals cover 0.75 at step 7 at 100x, E7). This mode instead
+fits the random-walk-plus-noise model x_t = x_{t-1} + w_t, g_t = x_t + v_t (ratio rho = q / r per tensor, r per
+coordinate) and reads out the model's own E_t. With Adam's gains k_t and the diffuse start (m_hat_1 = g_1), the
+model's variances in units of r follow a scalar recursion (D7):
+
+    E_1 = 1,   A_t = E_{t-1} + rho,   S_t = A_t + 1,   E_t = (1 - k_t)^2 A_t + k_t^2,
+    M_t = sum_{tau<=t} w_tau (1 - k_tau) S_tau / sum w_tau   (the expected bias-corrected EWMA R_t, w = b^(t - tau)),
+
+so R_t / M_t(rho) is an unbiased estimate of r at every step, and the read-out is
+
+    P_t = R_t * E_t(rho) / M_t(rho).
+
+rho is found per tensor from the pooled lag-1 statistic phi = sum -nu_{t-1} d_t / sum (1 - k_{t-1}) nu_{t-1}^2
+(d_t = g_t - g_{t-1}; E[-nu_{t-1} d_t] = r for a random walk, whatever the gain, D7), by inverting its expectation
+under the model, which the same recursion gives (a table over a log grid of rho, shared by all tensors at one step).
+The lag statistic starts at step 3. Its per-coordinate weights are fixed BEFORE nu_{t-1} is seen (from R_{t-2}), so
+they do not correlate with the terms they weight (mode "innovation" weights nu_{t-1} with 1 / R_{t-1}, which
+contains nu_{t-1}: a bias while R has few samples): u = 1 / (R + mean(R) / n_eff), normalized so that
+sum u R = 1 over the sample. phi is pulled to 1 by PRIOR_COUNT pseudo-samples, as in mode "innovation".
+
+Intervals use the Student-t quantile with the effective sample size of R (as mode "innovation").
+State: R (4 B per fp32 parameter beyond Adam's 8 B) and per tensor at most SAMPLE_SIZE + 3 floats: 12 B in all.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+from torch import Tensor
+
+from kalman_optim.closed_forms import beta_to_noise_ratio
+from kalman_optim.noise_models.innovation import (
+    LAG_BETA,
+    PRIOR_COUNT,
+    SAMPLE_SIZE,
+    _global_sum_,
+    sample_count,
+    sample_of,
+)
+from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
+
+__all__ = ["STATE_KEYS", "SAMPLE_SIZE", "init_state", "observe", "observe_foreach", "noise_fraction",
+           "posterior_variance", "degrees_of_freedom", "model_tables"]
+
+STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_prev_sq", "lag_num", "lag_den")
+#: Log grid of the noise ratio rho = q / r the model is fitted on (and rho = 0); beyond it rho is clipped.
+RATIO_GRID = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-8, 6, 400, dtype=torch.float64)])
+#: Once b^t and LAG_BETA^t are below this, the tables have converged (steady state) and stop changing.
+CONVERGED = 1e-12
+
+
+def lag_samples(step: int) -> int:
+    """Steps that have entered the pooled lag-1 statistic by `step`: from step 3 on."""
+    return max(0, step - 2)
+
+
+def init_state(exp_avg: Tensor) -> dict[str, Tensor]:
+    """Zero R shaped like the parameter, the weighted previous innovations of the (local) sample, three scalars."""
+    sample = sample_of(exp_avg)
+    scalar = torch.zeros((), dtype=sample.dtype, device=sample.device)
+    return {
+        "innovation_sq_avg": torch.zeros_like(exp_avg, memory_format=torch.preserve_format),
+        "lag_prev": torch.zeros_like(sample),
+        "lag_prev_sq": scalar.clone(),
+        "lag_num": scalar.clone(),
+        "lag_den": scalar.clone(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ the model's tables
+class _Tables:
+    """The recursion of the module docstring for every rho of RATIO_GRID, advanced step by step (float64)."""
+
+    def __init__(self, beta1: float, noise_beta: float) -> None:
+        self.beta1, self.b = beta1, noise_beta
+        grid = RATIO_GRID
+        self.step = 1
+        self.error = torch.ones_like(grid)  # E_1 = r: m_hat_1 = g_1
+        self.raw = torch.zeros_like(grid)  # sum w (1 - k) S, not bias-corrected
+        self.num = torch.zeros_like(grid)
+        self.den = torch.zeros_like(grid)
+        self.history: dict[int, tuple[Tensor, Tensor, float]] = {}  # t -> (M_t, S_t, k_t), last 3 steps
+        self.phi: Tensor | None = None
+        self.factor = torch.ones_like(grid)
+
+    def advance(self) -> None:
+        t = self.step + 1
+        k = adam_coefficients(self.beta1, t).gain
+        if t >= 3:
+            m_weights, s_prev, k_prev = self.history[2 if t == 3 else t - 2][0], *self.history[t - 1][1:]
+            c = m_weights.reciprocal()  # the weights' scale: sum u R = 1, R = r M
+            self.num.mul_(LAG_BETA).add_(c, alpha=1 - LAG_BETA)
+            self.den.mul_(LAG_BETA).add_(c * s_prev, alpha=(1 - k_prev) * (1 - LAG_BETA))
+        prior = self.error + RATIO_GRID
+        innovation = prior + 1
+        self.raw.mul_(self.b).add_(innovation, alpha=(1 - self.b) * (1 - k))
+        expected = self.raw / -math.expm1((t - 1) * math.log(self.b))
+        self.error = prior * (1 - k) ** 2 + k**2
+        self.history[t] = (expected, innovation, k)
+        self.history.pop(t - 3, None)
+        self.phi = self.num / self.den if t >= 3 else None
+        self.factor = self.error / expected
+        self.step = t
+
+    def converged(self) -> bool:
+        t = self.step
+        return t > 10 and self.b ** t < CONVERGED and LAG_BETA ** t < CONVERGED and self.beta1 ** t < CONVERGED
+
+
+_CACHE: dict[tuple[float, float], _Tables] = {}
+_LOCK = threading.Lock()
+
+
+def model_tables(beta1: float, noise_beta: float, step: int) -> tuple[Tensor | None, Tensor]:
+    """(expected phi, E_t / M_t) over RATIO_GRID at `step` (>= 2); phi is None at step 2 (no lag statistic yet).
+
+    Advanced incrementally from the last step asked for (recomputed from step 2 for an earlier step); constant
+    after convergence."""
+    key = (float(beta1), float(noise_beta))
+    with _LOCK:
+        tables = _CACHE.get(key)
+        if tables is None or tables.step > step and not tables.converged():
+            tables = _CACHE[key] = _Tables(*key)
+        while tables.step < step and not tables.converged():
+            tables.advance()
+        return tables.phi, tables.factor
+
+
+def _interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Piecewise-linear y(x) through (xs, ys) with xs increasing, clamped at the ends (0-dim x)."""
+    x = x.clamp(xs[0], xs[-1])
+    index = torch.searchsorted(xs, x.reshape(1)).clamp(1, xs.numel() - 1)
+    x0, x1, y0, y1 = xs[index - 1], xs[index], ys[index - 1], ys[index]
+    weight = torch.where(x1 > x0, (x - x0) / (x1 - x0).clamp_min(1e-300), torch.zeros_like(x0))
+    return (y0 + weight * (y1 - y0)).reshape(())
+
+
+def model_factor(phi: Tensor, step: int, beta1: float, noise_beta: float) -> Tensor:
+    """E_t(rho) / M_t(rho) at the rho whose expected lag statistic is `phi` (float64, 0-dim); the filter's own ratio
+    lambda(beta1) before the lag statistic exists (step 2)."""
+    expected_phi, factor = model_tables(beta1, noise_beta, step)
+    if expected_phi is None:
+        own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64)
+        return _interpolate(own, RATIO_GRID, factor)
+    # expected phi falls as rho grows: read the grid backwards, made strictly monotone against rounding.
+    xs = torch.cummax(expected_phi.flip(0), 0).values
+    return _interpolate(phi.detach().to(device="cpu", dtype=torch.float64), xs, factor.flip(0))
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def _update_lag(state: dict[str, Tensor], innovation: Tensor, step: int, beta1: float, noise_beta: float) -> None:
+    """Add nu_{t-1}'s lag term (weights fixed at step t - 1), then fix the weights of nu_t from R_{t-1} (before R takes
+    in nu_t). Stored: lag_prev = u nu_t and lag_prev_sq = sum u nu_t^2 over the sample."""
+    sample = sample_of(innovation)
+    if step >= 3:
+        kept = 1 - adam_coefficients(beta1, step - 1).gain
+        sums = _global_sum_(torch.dot(state["lag_prev"], sample).reshape(1), innovation)[0]
+        previous_sq = state["lag_prev_sq"]
+        state["lag_num"].mul_(LAG_BETA).add_(sums - kept * previous_sq, alpha=-(1 - LAG_BETA))
+        state["lag_den"].mul_(LAG_BETA).add_(previous_sq, alpha=kept * (1 - LAG_BETA))
+        scale = sample_of(state["innovation_sq_avg"]) / -math.expm1((step - 2) * math.log(noise_beta))
+        mean = _global_sum_(scale.sum().reshape(1), innovation)[0] / sample_count(innovation.numel())
+        weights = scale.add(mean / ewma_effective_samples(step - 2, noise_beta)).reciprocal_()
+        weights = torch.where(torch.isfinite(weights), weights, torch.zeros_like(weights))
+        total = _global_sum_(torch.dot(weights, scale).reshape(1), innovation)[0]
+    else:  # step 2: no R yet; equal weights, normalized by this step's own (1 - k) nu^2
+        weights = torch.ones_like(sample)
+        total = _global_sum_(sample.square().sum().reshape(1), innovation)[0] * (1 - adam_coefficients(beta1, step).gain)
+    weights = torch.where(total > 0, weights / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(weights))
+    weighted = weights.mul_(sample)
+    state["lag_prev"].copy_(weighted)
+    state["lag_prev_sq"].copy_(_global_sum_(torch.dot(weighted, sample).reshape(1), innovation)[0])
+
+
+def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> None:
+    """Update the statistics with g_t, given the filter's prediction m_hat_{t-1} of it (before the update)."""
+    if step < 2:  # the diffuse prior predicts nothing: no innovation at step 1
+        return
+    innovation = grad - prediction
+    _update_lag(state, innovation, step, beta1, noise_beta)
+    weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
+    state["innovation_sq_avg"].mul_(noise_beta).addcmul_(innovation, innovation, value=weight)
+
+
+def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict[str, list[Tensor]], step: int,
+                    beta1: float, noise_beta: float) -> None:
+    """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples)."""
+    if step < 2:
+        return
+    innovations = torch._foreach_sub(grads, predictions)
+    for i, innovation in enumerate(innovations):
+        _update_lag({key: states[key][i] for key in STATE_KEYS}, innovation, step, beta1, noise_beta)
+    weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
+    torch._foreach_mul_(states["innovation_sq_avg"], noise_beta)
+    torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
+
+
+# ------------------------------------------------------------------------------------------ read-out
+def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
+    """The pooled lag-1 statistic phi (0-dim), shrunk to 1 by PRIOR_COUNT pseudo-samples."""
+    count = ewma_effective_samples(lag_samples(step), LAG_BETA) * sample_count(state["innovation_sq_avg"].numel())
+    den = state["lag_den"]
+    measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
+    return (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
+
+
+def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor | None:
+    """P_t = R_t E_t(rho_hat) / M_t(rho_hat) per coordinate, or None at step 1 (no innovation yet)."""
+    count = step - 1
+    if count < 1:
+        return None
+    statistic = state["innovation_sq_avg"]
+    factor = model_factor(noise_fraction(state, step, beta1, noise_beta), step, beta1, noise_beta)
+    factor = float(factor) / -math.expm1(count * math.log(noise_beta))  # R's bias correction
+    return statistic.mul(factor)
+
+
+def degrees_of_freedom(step: int, noise_beta: float) -> float:
+    """Degrees of freedom of the interval: the effective sample size of R (D7)."""
+    return ewma_effective_samples(step - 1, noise_beta)
