@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-MODES = ("adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast")
+MODES = ("adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast", "fitted")
 # D7's read-out at three noise windows (noise_beta 0.99, 0.95, 0.9): the noise ground truth and long runs
 CALIBRATED_MODES = ("innovation", "innovation-medium", "innovation-fast")
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
@@ -21,7 +21,7 @@ PHASES = ("early", "middle", "late")
 TASK_LABELS = {"fashion_mnist": "Fashion-MNIST CNN", "fashion_mnist_resnet": "Fashion-MNIST ResNet (BatchNorm)",
                "shakespeare": "Shakespeare transformer"}
 MODE_LABELS = {"adam": "adam (= AdamW)", "constant": "constant", "adaptive": "adaptive", "innovation": "innovation (D7)",
-               "innovation-medium": "innovation, noise β 0.95", "innovation-fast": "innovation, noise β 0.9"}
+               "innovation-medium": "innovation, noise β 0.95", "innovation-fast": "innovation, noise β 0.9", "fitted": "fitted (D7, model read-out)"}
 WHITENESS_MODELS = ("fitted", "iid", "adam")  # plotted; "moment" (the D4 lambda) is stored as well
 WHITENESS_LABELS = {"fitted": "fitted λ (ML)", "iid": "i.i.d. (λ = 0)", "adam": "β = 0.9", "moment": "fitted λ (D4)"}
 

@@ -38,6 +38,7 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "KalmanLAMB-innovation-PW": (KalmanLAMB, dict(noise="innovation", precision_weighting=True)),
     # Added last so that the figures' styles (indexed by position) stay as they were; E2 only.
     "KalmanAdam-innovation-medium": (KalmanAdam, dict(noise="innovation", noise_beta=0.95)),
+    "KalmanAdam-fitted": (KalmanAdam, dict(noise="fitted")),
 }
 
 

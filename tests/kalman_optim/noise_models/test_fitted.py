@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from derivations import d7_noise_from_innovations as d7
 from kalman_optim import KalmanAdam
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.noise_models import fitted, innovation
@@ -16,25 +17,8 @@ from tests.kalman_optim.noise_models.test_innovation import local_level
 
 
 def textbook_tables(beta1, noise_beta, steps, grid):
-    """The model's variances in units of r for each rho of `grid`, written out plainly: {t: (expected phi, E_t / M_t)}."""
-    lag_beta = innovation.LAG_BETA
-    out, E = {}, np.ones_like(grid)
-    S_hist, M_hist, k_hist = {}, {}, {}
-    num = den = np.zeros_like(grid)
-    for t in range(2, steps + 1):
-        k = (1 - beta1) / (1 - beta1**t)
-        if t >= 3:
-            c = 1 / M_hist[max(2, t - 2)]
-            num = lag_beta * num + (1 - lag_beta) * c
-            den = lag_beta * den + (1 - lag_beta) * (1 - k_hist[t - 1]) * S_hist[t - 1] * c
-        A = E + grid
-        S_hist[t], k_hist[t] = A + 1, k
-        weights = noise_beta ** (t - np.arange(2, t + 1))
-        M_hist[t] = np.sum(weights * (1 - np.array([k_hist[s] for s in range(2, t + 1)]))
-                           * np.array([S_hist[s] for s in range(2, t + 1)]).T, axis=-1) / weights.sum()
-        E = (1 - k) ** 2 * A + k**2
-        out[t] = (num / den if t >= 3 else None, E / M_hist[t])
-    return out
+    """D7 section 9's oracle (explicit sums, numpy) at the library's LAG_BETA."""
+    return d7.fitted_model_tables_oracle(beta1, noise_beta, innovation.LAG_BETA, steps, grid)
 
 
 def textbook_fitted_readout(observations, beta1, noise_beta, stride):
