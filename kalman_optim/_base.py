@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from kalman_optim import fused as fused_path
-from kalman_optim._validation import UNFUSED_MODES, validate_optimizer_hyperparameters
+from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
 from kalman_optim.noise_models import INNOVATION_MODELS, STATE_KEYS, innovation, transport
 from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients, student_t_quantile
@@ -167,7 +167,7 @@ class KalmanOptimizerBase(Optimizer):
         """fused=True: the compiled path (eager with one warning if no compiler); None: compiled when a compiler is
         available and the group is large enough for the one-time compile to pay off (fused.AUTO_MIN_ELEMENTS)."""
         choice = group["fused"]
-        if choice is False or group["noise"] in UNFUSED_MODES or not params or not fused_path.fusable(params):
+        if choice is False or not params or not fused_path.fusable(params):
             return False
         available = fused_path.compiler_available(params[0].device.type)
         if choice is None:

@@ -84,8 +84,6 @@ def check_step(value, name: str = "step"):
 
 
 NOISE_MODES = ("adam", "constant", "adaptive", "innovation", "fitted", "transport")
-#: Modes without a compiled kernel: fused=None takes the foreach path for them, fused=True is rejected.
-UNFUSED_MODES = ("fitted",)
 
 
 def _real(value, name: str) -> float:
@@ -148,9 +146,6 @@ def validate_optimizer_hyperparameters(group: dict) -> None:
             raise TypeError(f"Invalid {name}: must be None or a bool, got {group[name]!r}")
     if group.get("foreach") and group.get("fused"):
         raise ValueError("Invalid foreach/fused: foreach=True and fused=True cannot both be set (choose one path)")
-    if group.get("fused") and group.get("noise") in UNFUSED_MODES:
-        raise ValueError(f"Invalid fused: fused=True is not available for noise={group['noise']!r} (its model read-out "
-                         "is a table lookup on the host); use fused=None or False (the foreach path)")
     beta_range = group["beta_range"]
     if (
         not isinstance(beta_range, (tuple, list))

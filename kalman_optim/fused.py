@@ -36,7 +36,7 @@ from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.functional import PREVIOUS_MEAN_KEY, AdaptiveNoiseConfig, _group_by_step, start_up_active
-from kalman_optim.noise_models import innovation, transport
+from kalman_optim.noise_models import INNOVATION_MODELS, fitted, innovation, transport
 from kalman_optim.schedules import (
     adam_coefficients,
     ewma_effective_samples,
@@ -169,6 +169,23 @@ def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_g
             phi_slope=2 * first.gain - 1, phi_offset=1 - first.gain,
             posterior_norm=-math.expm1((step - 1) * math.log(nb)) if step >= 2 else 1.0,
         )
+    elif noise == "fitted":
+        nb, first = config.noise_beta, adam_coefficients(beta1, step)
+        table_x, table_y = fitted.interpolation_table(max(step, 2), beta1, nb)
+        out.update(
+            first_weight=first.weight, correction1=first.correction, gain=1.0,
+            prediction_norm=_one_minus_power(beta1, step - 1), observed=_flag(step >= 2),
+            noise_beta=nb if step >= 2 else 1.0, r_weight=(1 - nb) * (1 - first.gain) if step >= 2 else 0.0,
+            lag_on=_flag(step >= 3), first_lag=_flag(step == 2),
+            kept=1 - adam_coefficients(beta1, step - 1).gain if step >= 2 else 0.0,
+            lag_beta=innovation.LAG_BETA, one_minus_lag_beta=1 - innovation.LAG_BETA,
+            weight_norm=-math.expm1((step - 2) * math.log(nb)) if step >= 3 else 1.0,
+            inverse_samples=1 / ewma_effective_samples(step - 2, nb) if step >= 3 else 0.0,
+            first_total_scale=1 - first.gain,
+            lag_count=ewma_effective_samples(fitted.lag_samples(step), innovation.LAG_BETA),
+            posterior_norm=-math.expm1((step - 1) * math.log(nb)) if step >= 2 else 1.0,
+            table_x=table_x, table_y=table_y,
+        )
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
         out.update(first_weight=first.weight, correction1=first.correction, gain=first.gain)
@@ -281,6 +298,40 @@ def _innovation_posterior(g, new, s):
     return new["innovation_sq_avg"] * factor
 
 
+def _fitted(g, m, extra, s, new):
+    """noise_models.fitted.observe: R and the lag statistic with weights fixed before the innovation they weight."""
+    tiny = torch.finfo(g.dtype).tiny
+    innov = g - m * s["prediction_norm"].reciprocal()
+    sample = innovation.sample_of(innov)
+    previous, previous_sq = extra["lag_prev"], extra["lag_prev_sq"]
+    lag_term = torch.dot(previous, sample) - s["kept"] * previous_sq
+    num = extra["lag_num"] * s["lag_beta"] - s["one_minus_lag_beta"] * lag_term
+    den = extra["lag_den"] * s["lag_beta"] + s["one_minus_lag_beta"] * s["kept"] * previous_sq
+    scale = innovation.sample_of(extra["innovation_sq_avg"]) * s["weight_norm"].reciprocal()
+    mean = scale.sum() / innovation.sample_count(g.numel())
+    later = (scale + mean * s["inverse_samples"]).reciprocal()
+    later = torch.where(torch.isfinite(later), later, torch.zeros_like(later))
+    weights = _where(s["first_lag"], torch.ones_like(sample), later)
+    total = _where(s["first_lag"], (sample * sample).sum() * s["first_total_scale"], torch.dot(later, scale))
+    weights = torch.where(total > 0, weights / total.clamp_min(tiny), torch.zeros_like(weights))
+    weighted = weights * sample
+    new.update(lag_num=_where(s["lag_on"], num, extra["lag_num"]), lag_den=_where(s["lag_on"], den, extra["lag_den"]),
+               lag_prev=_where(s["observed"], weighted, previous),
+               lag_prev_sq=_where(s["observed"], torch.dot(weighted, sample).reshape(previous_sq.shape), previous_sq),
+               innovation_sq_avg=extra["innovation_sq_avg"] * s["noise_beta"] + s["r_weight"] * innov * innov)
+
+
+def _fitted_posterior(g, new, s):
+    """noise_models.fitted.posterior_variance (after `_fitted`): R E_t(rho_hat) / M_t(rho_hat), the table lookup in-graph."""
+    tiny = torch.finfo(g.dtype).tiny
+    den = new["lag_den"]
+    count = s["lag_count"] * innovation.sample_count(g.numel())
+    measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(tiny), torch.ones_like(den))
+    phi = (measured * count + innovation.PRIOR_COUNT) / (count + innovation.PRIOR_COUNT)
+    factor = fitted.interpolate(phi.reshape(()), s["table_x"], s["table_y"]) * s["posterior_norm"].reciprocal()
+    return new["innovation_sq_avg"] * factor
+
+
 def _moments(g: Tensor, m: Tensor, v: Tensor, extra: dict[str, Tensor], s: dict[str, Tensor], *, noise: str,
              posterior: bool, start_up: bool = False
              ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, Tensor | None]:
@@ -296,6 +347,11 @@ def _moments(g: Tensor, m: Tensor, v: Tensor, extra: dict[str, Tensor], s: dict[
         m = torch.lerp(m, g, s["first_weight"])
         if posterior:
             gain, r_hat = s["gain"], _innovation_posterior(g, new, s)
+    elif noise == "fitted":
+        _fitted(g, m, extra, s, new)
+        m = torch.lerp(m, g, s["first_weight"])
+        if posterior:
+            gain, r_hat = s["gain"], _fitted_posterior(g, new, s)
     else:
         m = torch.lerp(m, g, s["first_weight"])
     v = v * s["second_decay"] + s["second_weight"] * g * g
@@ -309,8 +365,23 @@ def _zero_memory_noise(mean_sq: Tensor, v: Tensor, s: dict[str, Tensor]) -> Tens
     return (v * s["excess_scale"] - mean_sq).clamp_min(0) * s["inverse_noise_bias"]  # a multiply: cheaper than /
 
 
-def _unpack(coefficients: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
-    return {name: coefficients[i] for i, name in enumerate(names)}
+def _layout(scalars: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """(name, length) per coefficient: length 0 for a scalar, n for a 1-D table (mode "fitted"'s interpolation)."""
+    return tuple((name, value.numel() if torch.is_tensor(value) else 0) for name, value in scalars.items())
+
+
+def _pack(scalars: dict[str, Any], dtype: torch.dtype, device) -> Tensor:
+    parts = [value.reshape(-1).to(torch.float64) if torch.is_tensor(value) else torch.tensor([float(value)], dtype=torch.float64)
+             for value in scalars.values()]
+    return torch.cat(parts).to(dtype=dtype, device=device)
+
+
+def _unpack(coefficients: Tensor, names: tuple[tuple[str, int], ...]) -> dict[str, Tensor]:
+    out, offset = {}, 0
+    for name, length in names:
+        out[name] = coefficients[offset] if length == 0 else coefficients[offset:offset + length]
+        offset += max(length, 1)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -496,11 +567,11 @@ def _single(tensors: tuple, j: int) -> tuple:
 def _run(cache: KernelCache, job: Job) -> list[int]:
     """Run one bucket through its compiled kernel(s); return the indices of the tensors it did not step (all of
     them, or with `per_tensor` those from the first that could not run, when the fused path became unavailable)."""
-    names = tuple(job.scalars)
+    names = _layout(job.scalars)
     # The structure flags are part of the key: a changed option (maximize, the end of the start-up) gets its kernel.
     flag_key = tuple(sorted(job.flags.items()))
     params = job.tensors[0]
-    coefficients = torch.tensor([job.scalars[name] for name in names], dtype=params[0].dtype, device=params[0].device)
+    coefficients = _pack(job.scalars, params[0].dtype, params[0].device)
     if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
         calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
     else:
@@ -572,7 +643,7 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
             scalars.update(param_decay=decay, weight_decay=weight_decay, eps=eps, neg_step_size=-(lr / scalars["correction1"]),
                            sqrt_correction2=scalars["correction2"] ** 0.5, adaptation_scale=adaptation_scale,
                            scale_gain=adaptation_scale * scalars["gain"],
-                           has_posterior=_flag(not (noise == "innovation" and step < 2)),
+                           has_posterior=_flag(not (noise in INNOVATION_MODELS and step < 2)),
                            **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
         jobs.append(Job(kernel, flags, scalars, ("adam", *key), tensors, indices))
     return _run_all(cache, jobs)
@@ -613,7 +684,7 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config)
         scalars.update(neg_lr=-lr, eps=eps, weight_decay=weight_decay, inverse_correction1=1 / scalars["correction1"],
                        inverse_correction2=1 / scalars["correction2"],
-                       has_posterior=_flag(not (noise == "innovation" and step < 2)),
+                       has_posterior=_flag(not (noise in INNOVATION_MODELS and step < 2)),
                        **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
         statistics = None
         if precision_weighting and not flags["previous_mean"]:  # the layer means of P first (a graph that only

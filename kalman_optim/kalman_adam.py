@@ -42,9 +42,9 @@ class KalmanAdam(KalmanOptimizerBase):
             "fitted": as "innovation" (same step, same 12 bytes), but the read-out fits a local-level model to the
                 innovations (per-tensor ratio rho from the lag statistic, r per coordinate) and returns that model's
                 exact mean-squared error of m_hat at this step: P_t = R E_t(rho) / M_t(rho) (D7), calibrated from
-                step 2 on in simulation (E7). The read-out is a table lookup on the host (one sync per tensor when
-                read in the step, i.e. with variance_adaptation/precision weighting); no fused kernel (fused=True is
-                rejected, fused=None takes the foreach path). Not yet measured on training runs (E2).
+                step 2 on in simulation (E7). The read-out is a lookup in a per-step table of the model
+                (401 noise ratios): on the eager paths on the host (one sync per tensor when read in the step, i.e.
+                with variance_adaptation or precision weighting), on the fused path in-graph.
             "transport": Adam's gain with the optimizer's own last step as a control input (D8): the prediction
                 m_hat_{t-1} + h_hat * dtheta_{t-1} removes momentum's lag on the drift it causes; h_hat is a
                 per-coordinate curvature estimated by instrumental variables, shrunk to 0 where not resolved.
@@ -63,7 +63,7 @@ class KalmanAdam(KalmanOptimizerBase):
         maximize: maximize the objective.
         foreach: None picks the faster eager path for the device (foreach on CUDA, the plain loop on CPU).
         fused: True runs each step as compiled kernels (torch.compile/inductor: C++/OpenMP on CPU, Triton on
-            CUDA; every mode but "fitted"; compiled once per param group on the first step, nothing recompiles as the step,
+            CUDA; every mode; compiled once per param group on the first step, nothing recompiles as the step,
             the learning rate or the gains change). None (default) uses it when a compiler is found and the group
             holds at least 1e6 elements (below that the one-time compile costs more than it saves); without a
             compiler, fused=True runs the eager path with one warning. Equal to the eager path to float

@@ -24,7 +24,8 @@ they do not correlate with the terms they weight (mode "innovation" weights nu_{
 contains nu_{t-1}: a bias while R has few samples): u = 1 / (R + mean(R) / n_eff), normalized so that
 sum u R = 1 over the sample. phi is pulled to 1 by PRIOR_COUNT pseudo-samples, as in mode "innovation".
 
-Intervals use the Student-t quantile with the effective sample size of R (as mode "innovation").
+Intervals use the Student-t quantile with the effective sample size of R (as mode "innovation"). The fused path
+(fused.py) compiles the same statistics and the same `interpolate`, with the step's table passed in as data.
 State: R (4 B per fp32 parameter beyond Adam's 8 B) and per tensor at most SAMPLE_SIZE + 3 floats: 12 B in all.
 """
 
@@ -134,25 +135,34 @@ def model_tables(beta1: float, noise_beta: float, step: int) -> tuple[Tensor | N
         return tables.phi, tables.factor
 
 
-def _interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-    """Piecewise-linear y(x) through (xs, ys) with xs increasing, clamped at the ends (0-dim x)."""
-    x = x.clamp(xs[0], xs[-1])
-    index = torch.searchsorted(xs, x.reshape(1)).clamp(1, xs.numel() - 1)
-    x0, x1, y0, y1 = xs[index - 1], xs[index], ys[index - 1], ys[index]
-    weight = torch.where(x1 > x0, (x - x0) / (x1 - x0).clamp_min(1e-300), torch.zeros_like(x0))
+def interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Piecewise-linear y(x) through (xs, ys), xs non-decreasing, clamped at the ends (0-dim x). Written with a count
+    and a gather instead of searchsorted, so that the fused path compiles the same function."""
+    n = xs.numel()
+    x = torch.minimum(torch.maximum(x, xs[0]), xs[n - 1])
+    upper = (xs < x).sum().clamp(1, n - 1).reshape(1)  # a gather, not x[int]: no data-dependent Python integer
+    x0, x1, y0, y1 = xs.gather(0, upper - 1), xs.gather(0, upper), ys.gather(0, upper - 1), ys.gather(0, upper)
+    span = x1 - x0
+    weight = torch.where(span > 0, (x - x0) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
     return (y0 + weight * (y1 - y0)).reshape(())
 
 
-def model_factor(phi: Tensor, step: int, beta1: float, noise_beta: float) -> Tensor:
-    """E_t(rho) / M_t(rho) at the rho whose expected lag statistic is `phi` (float64, 0-dim); the filter's own ratio
-    lambda(beta1) before the lag statistic exists (step 2)."""
+def interpolation_table(step: int, beta1: float, noise_beta: float) -> tuple[Tensor, Tensor]:
+    """(xs, ys), float64: the expected lag statistic (increasing, i.e. rho decreasing) and E_t / M_t at `step`. At
+    step 2 (no lag statistic yet) ys is constant: the factor at the filter's own ratio lambda(beta1)."""
     expected_phi, factor = model_tables(beta1, noise_beta, step)
     if expected_phi is None:
         own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64)
-        return _interpolate(own, RATIO_GRID, factor)
-    # expected phi falls as rho grows: read the grid backwards, made strictly monotone against rounding.
-    xs = torch.cummax(expected_phi.flip(0), 0).values
-    return _interpolate(phi.detach().to(device="cpu", dtype=torch.float64), xs, factor.flip(0))
+        constant = interpolate(own, RATIO_GRID, factor)
+        return RATIO_GRID, constant.expand_as(RATIO_GRID)
+    # expected phi falls as rho grows: the grid backwards, made monotone against rounding.
+    return torch.cummax(expected_phi.flip(0), 0).values, factor.flip(0)
+
+
+def model_factor(phi: Tensor, step: int, beta1: float, noise_beta: float) -> Tensor:
+    """E_t(rho) / M_t(rho) at the rho whose expected lag statistic is `phi` (float64, 0-dim)."""
+    xs, ys = interpolation_table(step, beta1, noise_beta)
+    return interpolate(phi.detach().to(device="cpu", dtype=torch.float64), xs, ys)
 
 
 # ------------------------------------------------------------------------------------------ statistics

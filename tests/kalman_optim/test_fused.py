@@ -27,6 +27,8 @@ CONFIGS = {
     "adaptive-wide-beta-range": (KalmanAdam, dict(noise="adaptive", beta_range=(0.3, 0.999))),
     "innovation": (KalmanAdam, dict(noise="innovation", noise_beta=0.9)),
     "innovation-va": (KalmanAdam, dict(noise="innovation", variance_adaptation=True, adaptation_scale=2.0)),
+    "fitted-va": (KalmanAdam, dict(noise="fitted", variance_adaptation=True, adaptation_scale=2.0, noise_beta=0.95)),
+    "lamb-pw-fitted": (KalmanLAMB, dict(noise="fitted")),
     "transport": (KalmanAdam, dict(noise="transport", noise_beta=0.95)),
     "transport-l2": (KalmanAdam, dict(noise="transport", decoupled_weight_decay=False)),
     "lamb": (KalmanLAMB, dict(noise="adam", precision_weighting=False, trust_clip=0.5)),  # the clip binds

@@ -176,11 +176,8 @@ def test_foreach_equals_reference_and_state_dict_round_trips():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
 
 
-def test_fused_true_is_rejected_and_none_takes_the_foreach_path():
-    p = torch.nn.Parameter(torch.zeros(10))
-    with pytest.raises(ValueError, match="fused=True is not available for noise='fitted'"):
-        KalmanAdam([p], noise="fitted", fused=True)
-    optimizer = KalmanAdam([p], noise="fitted")
-    p.grad = torch.ones_like(p)
-    optimizer.step()
-    assert optimizer.fused_compilations == 0
+def test_interpolate_is_linear_between_grid_points_and_clamped_outside():
+    xs = torch.tensor([0.0, 1.0, 1.0, 3.0], dtype=torch.float64)
+    ys = torch.tensor([10.0, 20.0, 20.0, 40.0], dtype=torch.float64)
+    for x, y in [(-1.0, 10.0), (0.5, 15.0), (2.0, 30.0), (5.0, 40.0), (1.0, 20.0)]:
+        assert float(fitted.interpolate(torch.tensor(x, dtype=torch.float64), xs, ys)) == pytest.approx(y, rel=1e-15)
