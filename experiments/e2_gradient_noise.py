@@ -120,7 +120,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                                                           channels=[12, 24, 48], stem_stride=2), lr=1e-3,
                                          full_gradient_examples=None, noise_truth=False),
         },
-        modes=["adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast"],
+        modes=["adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast", "fitted"],
         steps=2000, eval_every=500, window_length=200, window_starts=[101, 901, 1801],
         checkpoints=[100] + list(range(200, 2001, 200)), coords_per_tensor=128, lags=10, level_lags=[1, 10],
         static_modes=["adam", "innovation"], noise_truth_every=5, seeds=[0, 1, 2, 3, 4]),
