@@ -27,7 +27,8 @@ Compile times are cold in the first process: inductor's caches go to a fresh tem
 (TORCHINDUCTOR_CACHE_DIR) unless --warm-cache is given; the later processes reuse it, and the report's compile
 times and warm-up come from the first.
 Bytes moved per element are D6's count (reads + writes of parameter, gradient and state) for the variants it
-lists, and the same count for the modes added later (innovation: +R read and written; transport: 5 more tensors).
+lists, and the same count for the modes added later (innovation and fitted: +R read and written; transport: 5 more
+tensors).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
                                                     fused=True), 36),
     "KalmanAdam innovation+VA": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
                                                        variance_adaptation=True, fused=True), 36),
+    "KalmanAdam fitted": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="fitted", fused=True), 36),
+    "KalmanAdam fitted+VA": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="fitted",
+                                                   variance_adaptation=True, fused=True), 36),
     "KalmanAdam transport": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="transport",
                                                    fused=True), 60),
     "KalmanLAMB": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, precision_weighting=False, fused=True), 40),
