@@ -1,4 +1,5 @@
-"""Fail the paper build on undefined references or citations, missing files, or wide overfull boxes.
+"""Fail the paper build on undefined references or citations, missing files, undefined macros, a fatal TeX error, or
+wide overfull boxes.
 
     python paper/check_build.py paper/build/paper.log [--max-overfull-pt 10]
 
@@ -26,6 +27,11 @@ def problems(log: str, max_overfull_pt: float) -> tuple[list[str], list[str]]:
     errors = [f"{kind}: {name}" for kind, pattern in PATTERNS.items() for name in sorted(set(pattern.findall(log)))]
     if "There were undefined references" in log and not any("undefined" in e for e in errors):
         errors.append("undefined references (see the log)")
+    # TeX truncates the context line ("l.54 ...Name"), so a control sequence's name is not always in the log.
+    if "! Undefined control sequence." in log and not any("control sequence" in e for e in errors):
+        errors.append("undefined control sequence (its name is cut off in the log; see the line number there)")
+    if "no output PDF file produced" in log or "Fatal error occurred" in log:
+        errors.append("fatal TeX error: no PDF was written (see the log)")
     notes = []
     for width, line in OVERFULL.findall(log):
         message = f"overfull hbox {width}pt at line {line}"

@@ -38,3 +38,12 @@ def test_names_wrapped_at_79_columns_are_rejoined(tmp_path):
     log = tmp_path / "paper.log"
     log.write_text(CLEAN + wrapped)
     assert check_build.main([str(log)]) == 1
+
+
+def test_a_truncated_undefined_macro_and_a_fatal_error_are_errors():
+    """The log of a run stopped by an undefined number macro: TeX cuts the macro's name off the context line."""
+    log = (CLEAN + "! Undefined control sequence.\nl.54 ...ionMnistResnetInnovationCoverageNinetyFive\n"
+           "                                                  {} \n!  ==> Fatal error occurred, no output PDF file produced!\n")
+    errors, _ = check_build.problems(log, max_overfull_pt=10)
+    assert any("undefined control sequence" in e for e in errors)
+    assert any("fatal TeX error" in e for e in errors)
