@@ -266,14 +266,19 @@ class KalmanOptimizerBase(Optimizer):
     def gradient_posterior(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """Filtered gradient estimate and its posterior variance for parameter `p` (float32 or p's dtype).
 
-        mean = the first moment's posterior mean (Adam's bias-corrected m_hat in modes "adam"/"innovation").
+        mean = the first moment's posterior mean (Adam's bias-corrected m_hat in modes "adam"/"innovation"/"fitted").
         variance, by mode:
           "innovation" (D7, calibrated): the mean-squared error of m_hat read off the filter's own innovations,
               valid whatever the true noise ratio or drift (E7: from step 100 on, 95% intervals cover 0.94-0.96 of
               simulated series whose noise ratio is 0-100x the filter's at the default noise_beta=0.99; in E2's
               training runs noise_beta=0.9 or 0.95 gives 50/90/95% intervals within 0.05/0.05/(0.92-0.98) of
               nominal on a CNN, a ResNet and a transformer, the default misses the transformer's 95%, 0.913).
+              Before step ~50, when the true noise ratio is 10-100x the filter's, too narrow (0.64 at 100x, E7).
               Infinite at step 1.
+          "fitted" (D7, model-based read-out, calibrated from step 2 in simulation): R E_t(rho)/M_t(rho), the error
+              of a local-level model fitted to the same innovations; E7: 0.939-0.982 at every step from 2 on at ratios
+              0-100x (too wide at 100x in the first tens of steps); in training within a point of "innovation" at the
+              same noise_beta (E2). Infinite at step 1.
           "adam"/"constant" (D2/D3, NOT calibrated): k_t r_hat with the zero-memory r_hat = max(v_hat - m_hat^2, 0) / c;
               v - m^2 mixes the level's drift into r and is <= 0 for about half of the coordinates of a random walk
               (D7), so intervals are far too narrow, often of zero width.
@@ -310,7 +315,7 @@ class KalmanOptimizerBase(Optimizer):
 
     def interval_quantile(self, p: Tensor, level: float = 0.95) -> float:
         """The multiplier of sqrt(variance) in `confidence_interval`: Student-t with the effective sample size of
-        the noise statistic in mode "innovation" (D7), the normal quantile otherwise (D3)."""
+        the noise statistic in modes "innovation" and "fitted" (D7), the normal quantile otherwise (D3)."""
         group = self._group_of(p)
         if group["noise"] in INNOVATION_MODELS:
             state = self.state.get(p, {})
@@ -321,8 +326,8 @@ class KalmanOptimizerBase(Optimizer):
     def confidence_interval(self, p: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
         """Two-sided `level` interval for the true (noise-free, full-batch) gradient: mean -/+ quantile sqrt(variance).
 
-        The calibrated read-out is mode "innovation" (D7); see `gradient_posterior` for what the other modes'
-        intervals are worth."""
+        The calibrated read-outs are modes "innovation" and "fitted" (D7); see `gradient_posterior` for what each
+        mode's intervals are worth."""
         quantile = self.interval_quantile(p, level)
         mean, variance = self.gradient_posterior(p)
         half_width = variance.sqrt().mul_(quantile)
