@@ -266,7 +266,30 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
                  f"{config['beta1']:g}): {config['series']} series × {config['steps']} steps, {seeds} seed(s), "
                  f"lr = 0 ({out.profile} profile)")
     out.save(fig, "e7_misspecified")
+    _zoom_figure(groups, config, out)
     _tables(groups, issue, out)
+
+
+def _zoom_figure(groups: dict[str, list[dict]], config: dict, out: FigureOutput) -> None:
+    """The calibrated read-outs only, on a scale where the 0.93-0.97 band is visible, every recorded step."""
+    modes = [m for m in INNOVATION_MODES if m in config["modes"]]
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.2 * len(groups) + 1.0, 2.6), sharey=True, squeeze=False)
+    for index, (ax, (case, group)) in enumerate(zip(axes[0], groups.items())):
+        steps = group[0]["curves"]["step"]
+        ax.axhspan(*BAND, color="#dddddd", zorder=0)
+        ax.axhline(0.95, color="#777777", linewidth=0.6)
+        for mode in modes:
+            ax.plot(steps, mean_curve(group, mode, "coverage", 0.95), label=mode,
+                    **{**style(config["modes"].index(mode)), "markersize": 2.0, "linewidth": 0.9})
+        ax.set_xscale("log")
+        ax.set_ylim(0.85, 1.0)
+        ax.set_title(f"({'abcdef'[index]}) {CASE_LABELS[case]}", fontsize=8)
+        ax.set_xlabel("step t")
+    axes[0, 0].set_ylabel("95% coverage")
+    axes[0, -1].legend(loc="lower right", fontsize=6)
+    fig.suptitle(f"E7, the calibrated read-outs at every recorded step (band {BAND[0]:g}-{BAND[1]:g}; values below 0.85 "
+                 f"cut off; {out.profile} profile)", fontsize=9)
+    out.save(fig, "e7_calibrated")
 
 
 def _tables(groups: dict[str, list[dict]], issue: dict | None, out: FigureOutput) -> None:

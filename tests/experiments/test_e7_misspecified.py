@@ -87,7 +87,7 @@ def test_runs_are_deterministic(tiny_runs):
 def test_figures_tables_and_numbers(tiny_runs, tmp_path):
     out = FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
     e7.figures(tiny_runs, out)
-    for name in ("e7_misspecified.pdf", "e7_misspecified.png", "e7_coverage.tex", "e7_coverage.md",
+    for name in ("e7_misspecified.pdf", "e7_misspecified.png", "e7_calibrated.pdf", "e7_coverage.tex", "e7_coverage.md",
                  "e7_issue_series.tex", "e7_issue_series.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     numbers = e7.numbers(tiny_runs)
