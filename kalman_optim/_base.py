@@ -151,8 +151,11 @@ class KalmanOptimizerBase(Optimizer):
         if group["noise"] == "adaptive" and "prev_grad" not in state:
             for key in ADAPTIVE_STATE_KEYS:
                 state[key] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
-        if group["noise"] in INNOVATION_MODELS and "innovation_sq_avg" not in state:
-            state.update(INNOVATION_MODELS[group["noise"]].init_state(state["exp_avg"]))
+        if group["noise"] in INNOVATION_MODELS and any(key not in state for key in INNOVATION_MODELS[group["noise"]].STATE_KEYS):
+            # Also completes a state saved in the other innovation mode ("innovation" has no lag_prev_sq).
+            fresh = INNOVATION_MODELS[group["noise"]].init_state(state["exp_avg"])
+            for key, value in fresh.items():
+                state.setdefault(key, value)
         if group["noise"] == "transport" and "prev_grad" not in state:
             state.update(transport.init_state(state["exp_avg"]))
         return state

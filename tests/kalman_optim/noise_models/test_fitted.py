@@ -181,3 +181,20 @@ def test_interpolate_is_linear_between_grid_points_and_clamped_outside():
     ys = torch.tensor([10.0, 20.0, 20.0, 40.0], dtype=torch.float64)
     for x, y in [(-1.0, 10.0), (0.5, 15.0), (2.0, 30.0), (5.0, 40.0), (1.0, 20.0)]:
         assert float(fitted.interpolate(torch.tensor(x, dtype=torch.float64), xs, ys)) == pytest.approx(y, rel=1e-15)
+
+
+def test_a_run_switched_from_innovation_to_fitted_keeps_stepping():
+    """load_state_dict restores the saved group's mode; a user who then switches the read-out (same step, same R)
+    gets the missing statistic initialized, not a KeyError."""
+    p = torch.nn.Parameter(torch.zeros(50))
+    source = KalmanAdam([p], noise="innovation")
+    for _ in range(5):
+        p.grad = torch.randn(50)
+        source.step()
+    target = KalmanAdam([p], noise="fitted")
+    target.load_state_dict(source.state_dict())
+    target.param_groups[0]["noise"] = "fitted"
+    p.grad = torch.randn(50)
+    target.step()
+    assert "lag_prev_sq" in target.state[p]
+    assert torch.isfinite(target.gradient_posterior(p)[1]).all()
