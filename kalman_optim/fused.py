@@ -286,14 +286,17 @@ def _innovation(g, m, extra, s, new):
                innovation_sq_avg=extra["innovation_sq_avg"] * s["noise_beta"] + s["r_weight"] * innov * innov)
 
 
-def _innovation_posterior(g, new, s):
-    """noise_models.innovation.posterior_variance (after `_innovation`)."""
-    tiny = torch.finfo(g.dtype).tiny
+def _shrunk_lag_ratio(g, new, s):
+    """noise_models.innovation.shrunk_lag_ratio on the new statistics (s["lag_count"]: the lag steps' effective count)."""
     den = new["lag_den"]
     count = s["lag_count"] * innovation.sample_count(g.numel())
-    measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(tiny), torch.ones_like(den))
-    phi = (measured * count + innovation.PRIOR_COUNT) / (count + innovation.PRIOR_COUNT)
-    phi = torch.minimum(phi.clamp_min(0), s["phi_max"])
+    measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(torch.finfo(g.dtype).tiny), torch.ones_like(den))
+    return (measured * count + innovation.PRIOR_COUNT) / (count + innovation.PRIOR_COUNT)
+
+
+def _innovation_posterior(g, new, s):
+    """noise_models.innovation.posterior_variance (after `_innovation`)."""
+    phi = torch.minimum(_shrunk_lag_ratio(g, new, s).clamp_min(0), s["phi_max"])
     factor = (phi * s["phi_slope"] + s["phi_offset"]) / s["posterior_norm"]
     return new["innovation_sq_avg"] * factor
 
@@ -323,11 +326,7 @@ def _fitted(g, m, extra, s, new):
 
 def _fitted_posterior(g, new, s):
     """noise_models.fitted.posterior_variance (after `_fitted`): R E_t(rho_hat) / M_t(rho_hat), the table lookup in-graph."""
-    tiny = torch.finfo(g.dtype).tiny
-    den = new["lag_den"]
-    count = s["lag_count"] * innovation.sample_count(g.numel())
-    measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(tiny), torch.ones_like(den))
-    phi = (measured * count + innovation.PRIOR_COUNT) / (count + innovation.PRIOR_COUNT)
+    phi = _shrunk_lag_ratio(g, new, s)
     factor = fitted.interpolate(phi.reshape(()), s["table_x"], s["table_y"]) * s["posterior_norm"].reciprocal()
     return new["innovation_sq_avg"] * factor
 
@@ -371,9 +370,14 @@ def _layout(scalars: dict[str, Any]) -> tuple[tuple[str, int], ...]:
 
 
 def _pack(scalars: dict[str, Any], dtype: torch.dtype, device) -> Tensor:
-    parts = [value.reshape(-1).to(torch.float64) if torch.is_tensor(value) else torch.tensor([float(value)], dtype=torch.float64)
-             for value in scalars.values()]
-    return torch.cat(parts).to(dtype=dtype, device=device)
+    """The coefficients as one tensor in `_layout`'s order: one host-to-device copy per bucket and step."""
+    flat: list[float] = []
+    for value in scalars.values():
+        if torch.is_tensor(value):
+            flat.extend(value.reshape(-1).tolist())
+        else:
+            flat.append(float(value))
+    return torch.tensor(flat, dtype=dtype, device=device)
 
 
 def _unpack(coefficients: Tensor, names: tuple[tuple[str, int], ...]) -> dict[str, Tensor]:

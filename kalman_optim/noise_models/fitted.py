@@ -38,14 +38,8 @@ import torch
 from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio
-from kalman_optim.noise_models.innovation import (
-    LAG_BETA,
-    PRIOR_COUNT,
-    SAMPLE_SIZE,
-    _global_sum_,
-    sample_count,
-    sample_of,
-)
+from kalman_optim.noise_models import innovation as innovation_model
+from kalman_optim.noise_models.innovation import LAG_BETA, SAMPLE_SIZE, _global_sum_, sample_count, sample_of
 from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
 
 __all__ = ["STATE_KEYS", "SAMPLE_SIZE", "init_state", "observe", "observe_foreach", "noise_fraction",
@@ -172,12 +166,13 @@ def _update_lag(state: dict[str, Tensor], innovation: Tensor, step: int, beta1: 
     sample = sample_of(innovation)
     if step >= 3:
         kept = 1 - adam_coefficients(beta1, step - 1).gain
-        sums = _global_sum_(torch.dot(state["lag_prev"], sample).reshape(1), innovation)[0]
-        previous_sq = state["lag_prev_sq"]
-        state["lag_num"].mul_(LAG_BETA).add_(sums - kept * previous_sq, alpha=-(1 - LAG_BETA))
-        state["lag_den"].mul_(LAG_BETA).add_(previous_sq, alpha=kept * (1 - LAG_BETA))
         scale = sample_of(state["innovation_sq_avg"]) / -math.expm1((step - 2) * math.log(noise_beta))
-        mean = _global_sum_(scale.sum().reshape(1), innovation)[0] / sample_count(innovation.numel())
+        # One reduction over the shards for both sums.
+        lag_sum, scale_sum = _global_sum_(torch.stack([torch.dot(state["lag_prev"], sample), scale.sum()]), innovation)
+        previous_sq = state["lag_prev_sq"]
+        state["lag_num"].mul_(LAG_BETA).add_(lag_sum - kept * previous_sq, alpha=-(1 - LAG_BETA))
+        state["lag_den"].mul_(LAG_BETA).add_(previous_sq, alpha=kept * (1 - LAG_BETA))
+        mean = scale_sum / sample_count(innovation.numel())
         weights = scale.add(mean / ewma_effective_samples(step - 2, noise_beta)).reciprocal_()
         weights = torch.where(torch.isfinite(weights), weights, torch.zeros_like(weights))
         total = _global_sum_(torch.dot(weights, scale).reshape(1), innovation)[0]
@@ -191,35 +186,21 @@ def _update_lag(state: dict[str, Tensor], innovation: Tensor, step: int, beta1: 
 
 
 def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> None:
-    """Update the statistics with g_t, given the filter's prediction m_hat_{t-1} of it (before the update)."""
-    if step < 2:  # the diffuse prior predicts nothing: no innovation at step 1
-        return
-    innovation = grad - prediction
-    _update_lag(state, innovation, step, beta1, noise_beta)
-    weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
-    state["innovation_sq_avg"].mul_(noise_beta).addcmul_(innovation, innovation, value=weight)
+    """Update the statistics with g_t, given the filter's prediction m_hat_{t-1} of it (before the update):
+    mode "innovation"'s update of R with this mode's lag statistic."""
+    innovation_model.observe(grad, prediction, state, step, beta1, noise_beta, update_lag=_update_lag)
 
 
 def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict[str, list[Tensor]], step: int,
                     beta1: float, noise_beta: float) -> None:
     """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples)."""
-    if step < 2:
-        return
-    innovations = torch._foreach_sub(grads, predictions)
-    for i, innovation in enumerate(innovations):
-        _update_lag({key: states[key][i] for key in STATE_KEYS}, innovation, step, beta1, noise_beta)
-    weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
-    torch._foreach_mul_(states["innovation_sq_avg"], noise_beta)
-    torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
+    innovation_model.observe_foreach(grads, predictions, states, step, beta1, noise_beta, update_lag=_update_lag)
 
 
 # ------------------------------------------------------------------------------------------ read-out
 def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
-    """The pooled lag-1 statistic phi (0-dim), shrunk to 1 by PRIOR_COUNT pseudo-samples."""
-    count = ewma_effective_samples(lag_samples(step), LAG_BETA) * sample_count(state["innovation_sq_avg"].numel())
-    den = state["lag_den"]
-    measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
-    return (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
+    """The pooled lag-1 statistic phi (0-dim), shrunk to 1 by PRIOR_COUNT pseudo-samples (not clipped)."""
+    return innovation_model.shrunk_lag_ratio(state, lag_samples(step))
 
 
 def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor | None:
@@ -233,6 +214,5 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
     return statistic.mul(factor)
 
 
-def degrees_of_freedom(step: int, noise_beta: float) -> float:
-    """Degrees of freedom of the interval: the effective sample size of R (D7)."""
-    return ewma_effective_samples(step - 1, noise_beta)
+#: Degrees of freedom of the interval: the effective sample size of R, as in mode "innovation" (D7).
+degrees_of_freedom = innovation_model.degrees_of_freedom

@@ -122,35 +122,43 @@ def _update_lag(state: dict[str, Tensor], innovation: Tensor, step: int, beta1: 
     state["lag_prev"].copy_(sample)
 
 
-def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> None:
-    """Update the statistics with g_t, given the filter's prediction m_hat^-_t of it (before the update)."""
+def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: int, beta1: float, noise_beta: float, *,
+            update_lag=None) -> None:
+    """Update the statistics with g_t, given the filter's prediction m_hat^-_t of it (before the update).
+    `update_lag`: the pooled lag statistic's update (this mode's `_update_lag` by default; mode "fitted" passes its own)."""
     if step < 2:  # the diffuse prior predicts nothing: no innovation at step 1
         return
     innovation = grad - prediction
-    _update_lag(state, innovation, step, beta1, noise_beta)
+    (update_lag or _update_lag)(state, innovation, step, beta1, noise_beta)
     weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
     state["innovation_sq_avg"].mul_(noise_beta).addcmul_(innovation, innovation, value=weight)
 
 
 def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict[str, list[Tensor]], step: int,
-                    beta1: float, noise_beta: float) -> None:
+                    beta1: float, noise_beta: float, *, update_lag=None) -> None:
     """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples)."""
     if step < 2:
         return
     innovations = torch._foreach_sub(grads, predictions)
     for i, innovation in enumerate(innovations):
-        _update_lag({key: states[key][i] for key in STATE_KEYS}, innovation, step, beta1, noise_beta)
+        (update_lag or _update_lag)({key: values[i] for key, values in states.items()}, innovation, step, beta1, noise_beta)
     weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
     torch._foreach_mul_(states["innovation_sq_avg"], noise_beta)
     torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
 
 
-def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
-    """phi = r / R for the tensor (0-dim): the pooled lag-1 estimate, shrunk to 1, clipped to [0, 1 / (1 - k_t)]."""
-    count = ewma_effective_samples(lag_samples(step), LAG_BETA) * sample_count(state["innovation_sq_avg"].numel())
+def shrunk_lag_ratio(state: dict[str, Tensor], lag_steps: int) -> Tensor:
+    """The pooled lag statistic lag_num / lag_den (0-dim; 1 before it has data), pulled to 1 by PRIOR_COUNT
+    pseudo-samples against its effective count: ewma_effective_samples(lag_steps, LAG_BETA) x the sampled coordinates."""
+    count = ewma_effective_samples(lag_steps, LAG_BETA) * sample_count(state["innovation_sq_avg"].numel())
     den = state["lag_den"]
     measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
-    phi = (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
+    return (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
+
+
+def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
+    """phi = r / R for the tensor (0-dim): the pooled lag-1 estimate, shrunk to 1, clipped to [0, 1 / (1 - k_t)]."""
+    phi = shrunk_lag_ratio(state, lag_samples(step))
     return phi.clamp(0.0, 1.0 / (1.0 - adam_coefficients(beta1, step).gain))
 
 
