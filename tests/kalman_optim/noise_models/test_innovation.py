@@ -1,5 +1,6 @@
 """Mode "innovation" (D7): its read-out against an independent numpy implementation on a textbook filter,
-its step against AdamW, and its calibration on data from the model and off it."""
+its step against AdamW, and its calibration on data from the model and off it. The tests of what it shares with
+mode "fitted" (same step and state, same read-out interface) run for both modes."""
 
 import math
 
@@ -79,10 +80,15 @@ def test_readout_equals_the_textbook_d7_estimator(coordinates, noise_beta):
     np.testing.assert_allclose(variances[1:], expected[1:], rtol=1e-9)
 
 
-def test_step_is_adamws_bit_for_bit():
+#: The modes that read the uncertainty off Adam's innovations, and the 0-dim entries of their state ("step" included).
+INNOVATION_MODES = {"innovation": 3, "fitted": 4}
+
+
+@pytest.mark.parametrize("noise", INNOVATION_MODES)
+def test_step_is_adamws_bit_for_bit(noise):
     model_a, model_b = small_network(), small_network()
     reference = torch.optim.AdamW(model_a.parameters(), lr=1e-2)
-    tested = KalmanAdam(model_b.parameters(), lr=1e-2, noise="innovation")
+    tested = KalmanAdam(model_b.parameters(), lr=1e-2, noise=noise)
     train(model_a, reference, 50)
     train(model_b, tested, 50)
     for a, b in zip(model_a.parameters(), model_b.parameters()):
@@ -120,25 +126,27 @@ def test_posterior_variance_tracks_the_exact_filter_on_the_issue_series():
     assert np.mean(within) >= 0.75
 
 
-def test_only_a_constant_series_has_zero_variance():
+@pytest.mark.parametrize("noise", INNOVATION_MODES)
+def test_only_a_constant_series_has_zero_variance(noise):
     constant = np.full((30, 4), 2.5)
-    _, _, _, variances = posterior_path(constant)
+    _, _, _, variances = filtered_posterior(constant, noise=noise)[:4]
     assert (variances[1:] <= 1e-28).all()  # rounding of the bias correction only
     _, observations = local_level(0.0, 0.9, 1e-6, 30, 4, seed=3)
-    _, _, _, variances = posterior_path(observations)
+    _, _, _, variances = filtered_posterior(observations, noise=noise)[:4]
     assert (variances[1:] > 0).all()
 
 
-def test_state_is_one_tensor_per_parameter_plus_a_bounded_sample():
+@pytest.mark.parametrize("noise", INNOVATION_MODES)
+def test_state_is_one_tensor_per_parameter_plus_a_bounded_sample(noise):
     p = torch.nn.Parameter(torch.zeros(100, 50))
-    optimizer = KalmanAdam([p], noise="innovation")
+    optimizer = KalmanAdam([p], noise=noise)
     p.grad = torch.ones_like(p)
     optimizer.step()
     state = optimizer.state[p]
     full = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == p.shape]
     assert sorted(full) == ["exp_avg", "exp_avg_sq", "innovation_sq_avg"]
     assert state["lag_prev"].numel() <= innovation.SAMPLE_SIZE
-    assert sum(v.numel() for v in state.values()) <= 3 * p.numel() + innovation.SAMPLE_SIZE + 3
+    assert sum(v.numel() for v in state.values()) <= 3 * p.numel() + innovation.SAMPLE_SIZE + INNOVATION_MODES[noise]
 
 
 @pytest.mark.parametrize("dof", [1.0, 2.0, 3.5, 10.0, 200.0])
