@@ -18,7 +18,7 @@ from kalman_optim import fused as fused_path
 from kalman_optim._validation import validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
 from kalman_optim.noise_models import INNOVATION_MODELS, STATE_KEYS, innovation, transport
-from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients, student_t_quantile
+from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ADAPTIVE_STATE_KEYS = ("prev_grad", "prev_diff", "diff_sq_avg", "diff_lag_avg")
@@ -126,8 +126,9 @@ class KalmanOptimizerBase(Optimizer):
         if not state:
             return
         expected = {key: p.shape for key in ("exp_avg", "exp_avg_sq", *PER_ELEMENT_STATE_KEYS)}
-        if "lag_prev" in state:  # modes "innovation" and "fitted": the same strided sample
-            expected["lag_prev"] = innovation.sample_of(state["exp_avg"]).shape
+        noise = self.param_groups[group_index]["noise"]
+        if "lag_prev" in state and not _switched_innovation_mode(state, noise):  # a strided sample of the mode's size
+            expected["lag_prev"] = INNOVATION_MODELS.get(noise, innovation).sample_of(state["exp_avg"]).shape
         for key, shape in expected.items():
             value = state.get(key)
             if torch.is_tensor(value) and value.shape != shape:
@@ -151,9 +152,14 @@ class KalmanOptimizerBase(Optimizer):
         if group["noise"] == "adaptive" and "prev_grad" not in state:
             for key in ADAPTIVE_STATE_KEYS:
                 state[key] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
-        if group["noise"] in INNOVATION_MODELS and any(key not in state for key in INNOVATION_MODELS[group["noise"]].STATE_KEYS):
-            # Also completes a state saved in the other innovation mode ("innovation" has no lag_prev_sq).
+        if group["noise"] in INNOVATION_MODELS and (_switched_innovation_mode(state, group["noise"])
+                                                    or any(key not in state for key in INNOVATION_MODELS[group["noise"]].STATE_KEYS)):
+            # A state saved in the other innovation mode keeps R (the same statistic); its lag statistic has another
+            # sample and normalization ("innovation" has no lag_prev_sq), so it starts afresh.
             fresh = INNOVATION_MODELS[group["noise"]].init_state(state["exp_avg"])
+            if _switched_innovation_mode(state, group["noise"]):
+                for key in ("lag_prev", "lag_prev_sq", "lag_num", "lag_den"):
+                    state.pop(key, None)
             for key, value in fresh.items():
                 state.setdefault(key, value)
         if group["noise"] == "transport" and "prev_grad" not in state:
@@ -317,13 +323,15 @@ class KalmanOptimizerBase(Optimizer):
         return mean, variance
 
     def interval_quantile(self, p: Tensor, level: float = 0.95) -> float:
-        """The multiplier of sqrt(variance) in `confidence_interval`: Student-t with the effective sample size of
-        the noise statistic in modes "innovation" and "fitted" (D7), the normal quantile otherwise (D3)."""
+        """The multiplier of sqrt(variance) in `confidence_interval`: in mode "innovation" Student-t with the effective
+        sample size of the noise statistic, in mode "fitted" the model's simulated quantile for its first
+        SIMULATED_STEPS steps and that Student-t later (D7), the normal quantile otherwise (D3)."""
         group = self._group_of(p)
         if group["noise"] in INNOVATION_MODELS:
             state = self.state.get(p, {})
             step = int(state["step"].item()) if state else 0
-            return student_t_quantile(level, INNOVATION_MODELS[group["noise"]].degrees_of_freedom(step, float(group["noise_beta"])))
+            beta1 = float(group["betas"][0])
+            return INNOVATION_MODELS[group["noise"]].interval_quantile(state, step, beta1, float(group["noise_beta"]), level)
         return normal_quantile(level)
 
     def confidence_interval(self, p: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
@@ -335,6 +343,11 @@ class KalmanOptimizerBase(Optimizer):
         mean, variance = self.gradient_posterior(p)
         half_width = variance.sqrt().mul_(quantile)
         return mean - half_width, mean + half_width
+
+
+def _switched_innovation_mode(state: dict, noise: str) -> bool:
+    """A state with a lag statistic saved in the other innovation mode (only "fitted" keeps lag_prev_sq)."""
+    return noise in INNOVATION_MODELS and "lag_prev" in state and ("lag_prev_sq" in state) != (noise == "fitted")
 
 
 def _pick(values: list, index: list[int]) -> list:

@@ -286,10 +286,11 @@ def _innovation(g, m, extra, s, new):
                innovation_sq_avg=extra["innovation_sq_avg"] * s["noise_beta"] + s["r_weight"] * innov * innov)
 
 
-def _shrunk_lag_ratio(g, new, s):
-    """noise_models.innovation.shrunk_lag_ratio on the new statistics (s["lag_count"]: the lag steps' effective count)."""
+def _shrunk_lag_ratio(g, new, s, model=innovation):
+    """noise_models.innovation.shrunk_lag_ratio on the new statistics (s["lag_count"]: the lag steps' effective count;
+    `model`: the noise model whose sample size counts)."""
     den = new["lag_den"]
-    count = s["lag_count"] * innovation.sample_count(g.numel())
+    count = s["lag_count"] * model.sample_count(g.numel())
     measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(torch.finfo(g.dtype).tiny), torch.ones_like(den))
     return (measured * count + innovation.PRIOR_COUNT) / (count + innovation.PRIOR_COUNT)
 
@@ -305,13 +306,13 @@ def _fitted(g, m, extra, s, new):
     """noise_models.fitted.observe: R and the lag statistic with weights fixed before the innovation they weight."""
     tiny = torch.finfo(g.dtype).tiny
     innov = g - m * s["prediction_norm"].reciprocal()
-    sample = innovation.sample_of(innov)
+    sample = fitted.sample_of(innov)
     previous, previous_sq = extra["lag_prev"], extra["lag_prev_sq"]
     lag_term = torch.dot(previous, sample) - s["kept"] * previous_sq
     num = extra["lag_num"] * s["lag_beta"] - s["one_minus_lag_beta"] * lag_term
     den = extra["lag_den"] * s["lag_beta"] + s["one_minus_lag_beta"] * s["kept"] * previous_sq
-    scale = innovation.sample_of(extra["innovation_sq_avg"]) * s["weight_norm"].reciprocal()
-    mean = scale.sum() / innovation.sample_count(g.numel())
+    scale = fitted.sample_of(extra["innovation_sq_avg"]) * s["weight_norm"].reciprocal()
+    mean = scale.sum() / fitted.sample_count(g.numel())
     later = (scale + mean * s["inverse_samples"]).reciprocal()
     later = torch.where(torch.isfinite(later), later, torch.zeros_like(later))
     weights = _where(s["first_lag"], torch.ones_like(sample), later)
@@ -326,7 +327,7 @@ def _fitted(g, m, extra, s, new):
 
 def _fitted_posterior(g, new, s):
     """noise_models.fitted.posterior_variance (after `_fitted`): R E_t(rho_hat) / M_t(rho_hat), the table lookup in-graph."""
-    phi = _shrunk_lag_ratio(g, new, s)
+    phi = _shrunk_lag_ratio(g, new, s, fitted)
     factor = fitted.interpolate(phi.reshape(()), s["table_x"], s["table_y"]) * s["posterior_norm"].reciprocal()
     return new["innovation_sq_avg"] * factor
 

@@ -24,8 +24,12 @@ they do not correlate with the terms they weight (mode "innovation" weights nu_{
 contains nu_{t-1}: a bias while R has few samples): u = 1 / (R + mean(R) / n_eff), normalized so that
 sum u R = 1 over the sample. phi is pulled to 1 by PRIOR_COUNT pseudo-samples, as in mode "innovation".
 
-Intervals use the Student-t quantile with the effective sample size of R (as mode "innovation"). The fused path
-(fused.py) compiles the same statistics and the same `interpolate`, with the step's table passed in as data.
+Intervals m_hat_t -/+ q sqrt(P_t): for the first SIMULATED_STEPS steps q is the model's own quantile of
+|x_t - m_hat_t| / sqrt(P_t) at rho_hat, simulated once per (beta1, noise_beta) (D7 section 9b checks it exactly by
+Imhof's formula); later the Student-t quantile with the effective sample size of R (as mode "innovation"). The
+Student-t interval is too wide early at high drift (95% covers 0.985 at 100 lambda, step 10): R is dominated by the
+last innovations, which the current error shares. The fused path (fused.py) compiles the same statistics and the
+same `interpolate`, with the step's table passed in as data.
 State: R (4 B per fp32 parameter beyond Adam's 8 B) and per tensor at most SAMPLE_SIZE + 3 floats: 12 B in all.
 """
 
@@ -39,13 +43,17 @@ from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio
 from kalman_optim.noise_models import innovation as innovation_model
-from kalman_optim.noise_models.innovation import LAG_BETA, SAMPLE_SIZE, _global_sum_, sample_count, sample_of
-from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
+from kalman_optim.noise_models.innovation import LAG_BETA, _global_sum_
+from kalman_optim.schedules import adam_coefficients, ewma_effective_samples, student_t_quantile
 
-__all__ = ["STATE_KEYS", "SAMPLE_SIZE", "init_state", "observe", "observe_foreach", "noise_fraction",
-           "posterior_variance", "degrees_of_freedom", "model_tables"]
+__all__ = ["STATE_KEYS", "SAMPLE_SIZE", "init_state", "observe", "observe_foreach", "noise_fraction", "noise_ratio",
+           "posterior_variance", "degrees_of_freedom", "interval_quantile", "model_tables", "simulated_quantiles"]
 
 STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_prev_sq", "lag_num", "lag_den")
+#: Coordinates per tensor in the pooled lag statistic (8x mode "innovation"'s): the read-out's factor moves ~8x as
+#: fast as phi when k is small (D7), so phi's sampling error decides the calibration of one tensor (E7: with 1024 of
+#: 2000 series the 95% coverage dips to 0.932 at 10x in steps 30-40, with all of them 0.936).
+SAMPLE_SIZE = 8192
 #: Log grid of the noise ratio rho = q / r the model is fitted on (and rho = 0); beyond it rho is clipped.
 RATIO_GRID = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-8, 6, 400, dtype=torch.float64)])
 #: Once b^t and LAG_BETA^t are below this, the tables have converged (steady state) and stop changing.
@@ -55,6 +63,16 @@ CONVERGED = 1e-12
 def lag_samples(step: int) -> int:
     """Steps that have entered the pooled lag-1 statistic by `step`: from step 3 on."""
     return max(0, step - 2)
+
+
+def sample_of(tensor: Tensor) -> Tensor:
+    """This mode's fixed strided sample of `tensor` (innovation.sample_of with SAMPLE_SIZE)."""
+    return innovation_model.sample_of(tensor, SAMPLE_SIZE)
+
+
+def sample_count(numel: int) -> int:
+    """Number of sampled coordinates of a tensor with `numel` elements."""
+    return innovation_model.sample_count(numel, SAMPLE_SIZE)
 
 
 def init_state(exp_avg: Tensor) -> dict[str, Tensor]:
@@ -200,7 +218,7 @@ def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict
 # ------------------------------------------------------------------------------------------ read-out
 def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
     """The pooled lag-1 statistic phi (0-dim), shrunk to 1 by PRIOR_COUNT pseudo-samples (not clipped)."""
-    return innovation_model.shrunk_lag_ratio(state, lag_samples(step))
+    return innovation_model.shrunk_lag_ratio(state, lag_samples(step), SAMPLE_SIZE)
 
 
 def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor | None:
@@ -214,5 +232,85 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
     return statistic.mul(factor)
 
 
-#: Degrees of freedom of the interval: the effective sample size of R, as in mode "innovation" (D7).
+#: Degrees of freedom of the Student-t interval after SIMULATED_STEPS: the effective sample size of R (D7).
 degrees_of_freedom = innovation_model.degrees_of_freedom
+
+
+def noise_ratio(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> float:
+    """rho_hat = q / r of the tensor: the ratio whose expected lag statistic is phi (the filter's own lambda(beta1) at
+    step 2, before the lag statistic has data)."""
+    expected_phi, _ = model_tables(beta1, noise_beta, step)
+    if expected_phi is None:
+        return float(beta_to_noise_ratio(beta1))
+    phi = noise_fraction(state, step, beta1, noise_beta).detach().to(device="cpu", dtype=torch.float64)
+    return float(interpolate(phi, torch.cummax(expected_phi.flip(0), 0).values, RATIO_GRID.flip(0)))
+
+
+# ------------------------------------------------------------------------------------------ intervals
+#: Steps up to which intervals use the model's simulated quantiles of |x_t - m_t| / sqrt(P_t). Early on, and the more
+#: so the larger rho, R is dominated by the last few innovations, which the current error shares: the ratio has
+#: lighter tails than the Student-t with R's effective sample size, whose 95% interval covers 0.985 at rho = 100
+#: lambda(0.9), step 10 (D7, exact by Imhof's formula). By step 100 the two agree within a few per cent (E7).
+SIMULATED_STEPS = 100
+#: Simulated paths per ratio (a quantile's coverage error ~ sqrt(0.05 * 0.95 / 8192) = 0.0024 at 95%).
+SIMULATED_PATHS = 8192
+#: Ratios q / r simulated (half-decade spacing); rho_hat outside is clamped.
+SIMULATED_RATIOS = torch.logspace(-5, 5, 21, dtype=torch.float64)
+#: Levels whose quantiles are kept; another level interpolates the ratio to the Student-t quantile between them.
+SIMULATED_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
+_SIMULATED: dict[tuple[float, float], Tensor] = {}
+
+
+def simulated_quantiles(beta1: float, noise_beta: float) -> Tensor:
+    """[SIMULATED_STEPS + 1, len(SIMULATED_LEVELS), len(SIMULATED_RATIOS)] float64: the quantiles of |x_t - m_t| /
+    sqrt(P_t) under the model (rows 0 and 1 unused), P_t = R_t E_t / M_t at the true ratio. Simulated once per
+    (beta1, noise_beta) and process with a fixed seed (deterministic; about 2 s on one CPU core): every path starts
+    from the diffuse prior (m_1 = g_1), r = 1, and follows this mode's R recursion exactly."""
+    key = (float(beta1), float(noise_beta))
+    with _LOCK:
+        if key in _SIMULATED:
+            return _SIMULATED[key]
+        b, dtype = key[1], torch.float64
+        generator = torch.Generator().manual_seed(0)
+        ratios = SIMULATED_RATIOS
+        shape = (ratios.numel(), SIMULATED_PATHS)
+        error = -torch.randn(shape, generator=generator, dtype=dtype)  # x_1 - m_1 = -v_1
+        raw = torch.zeros(shape, dtype=dtype)
+        expected_error, expected_raw = torch.ones_like(ratios), torch.zeros_like(ratios)
+        positions = torch.tensor(SIMULATED_LEVELS, dtype=dtype) * (SIMULATED_PATHS - 1)
+        lower = positions.floor().long()
+        upper, weight = (lower + 1).clamp(max=SIMULATED_PATHS - 1), positions - lower
+        table = torch.full((SIMULATED_STEPS + 1, len(SIMULATED_LEVELS), ratios.numel()), math.nan, dtype=dtype)
+        for t in range(2, SIMULATED_STEPS + 1):
+            k = adam_coefficients(key[0], t).gain
+            drift, noise = torch.randn((2, *shape), generator=generator, dtype=dtype)
+            prior = error + ratios.sqrt()[:, None] * drift
+            nu = prior + noise
+            error = prior - k * nu
+            raw.mul_(b).addcmul_(nu, nu, value=(1 - b) * (1 - k))
+            prior_var = expected_error + ratios
+            expected_raw = expected_raw * b + (1 - b) * (1 - k) * (prior_var + 1)
+            expected_error = prior_var * (1 - k) ** 2 + k**2
+            # |x - m| / sqrt(R E / M) with R and M both un-bias-corrected: the correction cancels.
+            ratio = (error.square() / raw * (expected_raw / expected_error)[:, None]).sort(dim=1).values.sqrt_()
+            table[t] = (ratio[:, lower] * (1 - weight) + ratio[:, upper] * weight).T
+        _SIMULATED[key] = table
+        return table
+
+
+def interval_quantile(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float, level: float) -> float:
+    """The multiplier of sqrt(P_t) of a central `level` interval: up to SIMULATED_STEPS the model's simulated quantile
+    at the tensor's rho_hat (log-linear in rho between the simulated ratios; between SIMULATED_LEVELS its ratio to
+    the Student-t quantile is interpolated linearly in the level, clamped outside), later the Student-t quantile
+    with R's effective sample size (D7)."""
+    student = student_t_quantile(level, degrees_of_freedom(step, noise_beta))
+    if step < 2 or step > SIMULATED_STEPS:
+        return student
+    table = simulated_quantiles(beta1, noise_beta)[step]  # [levels, ratios]
+    log_ratio = torch.tensor(math.log(max(noise_ratio(state, step, beta1, noise_beta), 1e-300)), dtype=torch.float64)
+    at_ratio = torch.stack([interpolate(log_ratio, SIMULATED_RATIOS.log(), row) for row in table])
+    levels = torch.tensor(SIMULATED_LEVELS, dtype=torch.float64)
+    students = torch.tensor([student_t_quantile(v, degrees_of_freedom(step, noise_beta)) for v in SIMULATED_LEVELS],
+                            dtype=torch.float64)
+    scale = interpolate(torch.tensor(float(level), dtype=torch.float64), levels, at_ratio / students)
+    return float(scale) * student

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from kalman_optim._validation import is_dtensor
-from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
+from kalman_optim.schedules import adam_coefficients, ewma_effective_samples, student_t_quantile
 
 STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_num", "lag_den")
 #: Coordinates per tensor whose previous innovation is kept for the pooled lag-1 statistic.
@@ -53,20 +53,21 @@ def lag_samples(step: int) -> int:
     return max(0, step - MIN_NOISE_SAMPLES - 1)
 
 
-def sample_stride(numel: int) -> int:
-    """Stride of the fixed sample: every stride-th coordinate of the flattened tensor (<= SAMPLE_SIZE of them)."""
-    return max(1, -(-numel // SAMPLE_SIZE))
+def sample_stride(numel: int, size: int | None = None) -> int:
+    """Stride of the fixed sample: every stride-th coordinate of the flattened tensor (<= `size` of them,
+    SAMPLE_SIZE by default)."""
+    return max(1, -(-numel // (SAMPLE_SIZE if size is None else size)))
 
 
-def sample_count(numel: int) -> int:
+def sample_count(numel: int, size: int | None = None) -> int:
     """Number of sampled coordinates of a tensor with `numel` elements (over all shards)."""
-    return -(-numel // sample_stride(numel))
+    return -(-numel // sample_stride(numel, size))
 
 
-def sample_of(tensor: Tensor) -> Tensor:
+def sample_of(tensor: Tensor, size: int | None = None) -> Tensor:
     """The sampled coordinates of `tensor` (flattened, strided; a view when contiguous). For a DTensor sharded
     along dim 0 (FSDP2), this rank's part of the same global sample, as a plain tensor."""
-    stride = sample_stride(tensor.numel())
+    stride = sample_stride(tensor.numel(), size)
     if not is_dtensor(tensor):
         return tensor.reshape(-1)[::stride]
     from torch.distributed.tensor import Replicate, Shard
@@ -147,10 +148,11 @@ def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict
     torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
 
 
-def shrunk_lag_ratio(state: dict[str, Tensor], lag_steps: int) -> Tensor:
+def shrunk_lag_ratio(state: dict[str, Tensor], lag_steps: int, sample_size: int | None = None) -> Tensor:
     """The pooled lag statistic lag_num / lag_den (0-dim; 1 before it has data), pulled to 1 by PRIOR_COUNT
-    pseudo-samples against its effective count: ewma_effective_samples(lag_steps, LAG_BETA) x the sampled coordinates."""
-    count = ewma_effective_samples(lag_steps, LAG_BETA) * sample_count(state["innovation_sq_avg"].numel())
+    pseudo-samples against its effective count: ewma_effective_samples(lag_steps, LAG_BETA) x the sampled coordinates
+    (a sample of at most `sample_size` coordinates, SAMPLE_SIZE by default)."""
+    count = ewma_effective_samples(lag_steps, LAG_BETA) * sample_count(state["innovation_sq_avg"].numel(), sample_size)
     den = state["lag_den"]
     measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
     return (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
@@ -178,3 +180,9 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
 def degrees_of_freedom(step: int, noise_beta: float) -> float:
     """Degrees of freedom of the interval: the effective sample size of R_hat (D7)."""
     return ewma_effective_samples(step - 1, noise_beta)
+
+
+def interval_quantile(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float, level: float) -> float:
+    """The multiplier of sqrt(P_t) of a central `level` interval: the Student-t quantile with R_hat's effective
+    sample size (D7; `state` is not needed, the signature is the noise models' common one)."""
+    return student_t_quantile(level, degrees_of_freedom(step, noise_beta))

@@ -11,7 +11,7 @@ import torch
 from derivations import d1_steady_state as d1
 from kalman_optim import KalmanAdam
 from kalman_optim.closed_forms import constant_noise_gain
-from kalman_optim.noise_models import innovation
+from kalman_optim.noise_models import INNOVATION_MODELS, innovation
 from kalman_optim.schedules import student_t_quantile
 from tests.kalman_optim.helpers import filtered_posterior, small_network, train
 
@@ -138,15 +138,17 @@ def test_only_a_constant_series_has_zero_variance(noise):
 
 @pytest.mark.parametrize("noise", INNOVATION_MODES)
 def test_state_is_one_tensor_per_parameter_plus_a_bounded_sample(noise):
-    p = torch.nn.Parameter(torch.zeros(100, 50))
+    """3 floats per parameter plus the mode's sample (innovation 1024, fitted 8192 coordinates) and its scalars."""
+    sample_size = INNOVATION_MODELS[noise].SAMPLE_SIZE
+    p = torch.nn.Parameter(torch.zeros(200, 50))  # 10000 > both sample sizes: a strided sample
     optimizer = KalmanAdam([p], noise=noise)
     p.grad = torch.ones_like(p)
     optimizer.step()
     state = optimizer.state[p]
     full = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == p.shape]
     assert sorted(full) == ["exp_avg", "exp_avg_sq", "innovation_sq_avg"]
-    assert state["lag_prev"].numel() <= innovation.SAMPLE_SIZE
-    assert sum(v.numel() for v in state.values()) <= 3 * p.numel() + innovation.SAMPLE_SIZE + INNOVATION_MODES[noise]
+    assert state["lag_prev"].numel() <= sample_size
+    assert sum(v.numel() for v in state.values()) <= 3 * p.numel() + sample_size + INNOVATION_MODES[noise]
 
 
 @pytest.mark.parametrize("dof", [1.0, 2.0, 3.5, 10.0, 200.0])
