@@ -97,3 +97,36 @@ def test_figures_tables_and_numbers(tiny_runs, tmp_path):
             "IssueInnovationFractionWithin", "FittedCoverageLowFromTwo", "IssueFittedFractionWithin"} <= set(numbers)
     assert numbers["InnovationCoverageLow"] <= numbers["InnovationWorstCoverageFromTenOne"] <= 1.0
     assert e7.numbers([]) == {}
+
+
+def test_likelihood_oracle_is_the_exact_filters_running_ml_estimate(tiny_runs):
+    """The oracle's worst ratio per seed equals a direct computation (exact gain for lambda(beta1), r_hat the running
+    mean of (1 - k) nu^2), and its simulated pass probability is a probability consistent with the seeds'."""
+    issue = by_case(tiny_runs)["issue"]
+    config = issue["config"]
+    beta, r, start = config["beta1"], config["observation_noise"], config["from_step"]
+    g = torch.empty(config["steps"], config["seed_count"], dtype=torch.float64)
+    q = (1 - beta) ** 2 / beta * r
+    for seed in range(config["seed_count"]):
+        generator = torch.Generator().manual_seed(seed)
+        w, v = torch.randn(2, config["steps"], generator=generator, dtype=torch.float64)
+        g[:, seed] = torch.cumsum(math.sqrt(q) * w, 0) + math.sqrt(r) * v
+    for seed in range(config["seed_count"]):
+        m, total, worst = float(g[0, seed]), 0.0, 1.0
+        for t in range(2, config["steps"] + 1):
+            k = constant_gain_at(beta, t)
+            nu = float(g[t - 1, seed]) - m
+            total += (1 - k) * nu * nu
+            m += k * nu
+            if t >= start:
+                ratio = total / (t - 1) / r
+                worst = max(worst, ratio, 1 / ratio)
+        assert issue["metrics"]["oracle"]["worst_ratio"][seed] == pytest.approx(worst, rel=1e-9)
+    oracle = issue["metrics"]["oracle"]
+    assert 0.85 < oracle["pass_probability"] < 0.97  # chi^2_1 running means, steps 50-300: ~0.92
+    assert oracle["all_seeds_probability"] == pytest.approx(oracle["pass_probability"] ** config["seed_count"])
+
+
+def constant_gain_at(beta, t):
+    """Adam's diffuse-prior gain, the exact filter's for lambda(beta) (D2)."""
+    return (1 - beta) / (1 - beta**t)
