@@ -57,6 +57,11 @@ CASES: dict[str, tuple[str, str, dict]] = {
         "fsdp2", "KalmanLAMB", dict(precision_weighting=True, precision_mean="previous", noise="innovation")
     ),
     "ddp-lamb-precision_mean_previous": ("ddp", "KalmanLAMB", dict(precision_weighting=True, precision_mean="previous")),
+    "ddp-adam-noise_fitted-variance_adaptation": ("ddp", "KalmanAdam", dict(noise="fitted", variance_adaptation=True)),
+    "fsdp2-adam-noise_fitted-variance_adaptation": ("fsdp2", "KalmanAdam", dict(noise="fitted", variance_adaptation=True)),
+    "fsdp2-lamb-precision_weighting-noise_fitted-foreach": (
+        "fsdp2", "KalmanLAMB", dict(precision_weighting=True, noise="fitted", foreach=True)
+    ),
 }
 
 
