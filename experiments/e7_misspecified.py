@@ -7,7 +7,8 @@ q / r of 0, 0.1, 1, 10 or 100 times lambda_f (a = 0), or 1 times lambda_f plus a
 ("trend": a drift the random-walk model has no term for). Many series at once, as the coordinates of one float64
 parameter, are fed as gradients to `KalmanAdam(lr=0, weight_decay=0, noise=MODE)`: the parameter stays still, so
 the optimizer's posterior is a pure filter of the gradient, read with `gradient_posterior` and
-`confidence_interval` (Student-t quantile in mode "innovation", normal otherwise).
+`confidence_interval` (Student-t quantile in mode "innovation", the model's simulated quantile for the first 100 steps
+in mode "fitted", normal otherwise).
 
 Measured at ~30 log-spaced steps from 2 to `steps` (>= 3 windows 1 / (1 - beta2) = 1000 in every profile), per
 mode ("adam", "constant", "adaptive" and the calibrated "innovation", D7, also with E2's shorter noise windows

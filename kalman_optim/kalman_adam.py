@@ -41,8 +41,9 @@ class KalmanAdam(KalmanOptimizerBase):
                 in the first ~50 steps at a true noise ratio 10-100x the filter's its 95% intervals cover 0.75-0.9 (E7).
             "fitted": as "innovation" (same step, same 12 bytes), but the read-out fits a local-level model to the
                 innovations (per-tensor ratio rho from the lag statistic, r per coordinate) and returns that model's
-                exact mean-squared error of m_hat at this step: P_t = R E_t(rho) / M_t(rho) (D7), calibrated from
-                step 2 on in simulation (E7). The read-out is a lookup in a per-step table of the model
+                exact mean-squared error of m_hat at this step: P_t = R E_t(rho) / M_t(rho) (D7), with intervals from the
+                model's simulated quantile for the first 100 steps (about 2 s once per process and betas), calibrated
+                from step 2 on in simulation (E7). Its lag sample has 8192 coordinates per tensor. The read-out is a lookup in a per-step table of the model
                 (401 noise ratios): on the eager paths on the host (one sync per tensor when read in the step, i.e.
                 with variance_adaptation or precision weighting), on the fused path in-graph.
             "transport": Adam's gain with the optimizer's own last step as a control input (D8): the prediction
