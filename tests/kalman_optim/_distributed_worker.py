@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 import torch.nn.functional as F
 
 from kalman_optim import KalmanAdam, KalmanLAMB
+from kalman_optim.noise_models import fitted, innovation
 
 STEPS = 10
 GLOBAL_BATCH = 16
@@ -62,6 +64,14 @@ CASES: dict[str, tuple[str, str, dict]] = {
     "fsdp2-lamb-precision_weighting-noise_fitted-foreach": (
         "fsdp2", "KalmanLAMB", dict(precision_weighting=True, noise="fitted", foreach=True)
     ),
+    # The MLP's tensors are smaller than the lag samples; a sample of 5 coordinates makes them strided, with a shard
+    # offset the stride does not divide (Linear(8, 6): 48 elements, stride 10, rank 1 starts at element 24).
+    "fsdp2-adam-noise_innovation-strided_sample": (
+        "fsdp2", "KalmanAdam", dict(noise="innovation", variance_adaptation=True, sample_size=5)
+    ),
+    "fsdp2-adam-noise_fitted-strided_sample": (
+        "fsdp2", "KalmanAdam", dict(noise="fitted", variance_adaptation=True, sample_size=5)
+    ),
 }
 
 
@@ -91,7 +101,21 @@ def global_batches(steps: int = STEPS, seed: int = 7):
 
 def make_optimizer(name: str, params, kwargs: dict):
     cls = {"KalmanAdam": KalmanAdam, "KalmanLAMB": KalmanLAMB}[name]
-    return cls(params, lr=LR, **kwargs)
+    return cls(params, lr=LR, **{key: value for key, value in kwargs.items() if key != "sample_size"})
+
+
+@contextmanager
+def sample_size(kwargs: dict):
+    """A case's `sample_size` (tests only): both innovation modes' lag samples this many coordinates per tensor while
+    the case trains and is read out (the modules' constants are read at call time)."""
+    size = kwargs.get("sample_size")
+    saved = innovation.SAMPLE_SIZE, fitted.SAMPLE_SIZE
+    if size is not None:
+        innovation.SAMPLE_SIZE = fitted.SAMPLE_SIZE = size
+    try:
+        yield
+    finally:
+        innovation.SAMPLE_SIZE, fitted.SAMPLE_SIZE = saved
 
 
 def loss_fn(model, x, y):
@@ -180,7 +204,8 @@ def main(out_dir: str) -> None:
         mesh = init_device_mesh("cpu", (world,))
         for case in CASES:
             try:
-                results[case] = _run_case(case, rank, world, mesh)
+                with sample_size(CASES[case][2]):
+                    results[case] = _run_case(case, rank, world, mesh)
             except Exception:  # recorded per case; the test of that case reports it
                 results[case] = dict(error=traceback.format_exc())
             dist.barrier()

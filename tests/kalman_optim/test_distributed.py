@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from kalman_optim.functional import precision_weighted_norm
-from tests.kalman_optim._distributed_worker import CASES, global_batches, loss_fn, make_model, make_optimizer
+from tests.kalman_optim._distributed_worker import CASES, global_batches, loss_fn, make_model, make_optimizer, sample_size
 
 WORLD_SIZE = 2
 RTOL, ATOL = 1e-5, 1e-6
@@ -94,10 +94,11 @@ def _train_single_process(case: str):
     _, opt_name, kwargs = CASES[case]
     model = make_model()
     optimizer = make_optimizer(opt_name, model.parameters(), kwargs)
-    for x, y in global_batches():
-        optimizer.zero_grad()
-        loss_fn(model, x, y).backward()
-        optimizer.step()
+    with sample_size(kwargs):
+        for x, y in global_batches():
+            optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            optimizer.step()
     return model, optimizer
 
 
@@ -130,7 +131,8 @@ def test_gradient_posterior_matches_one_process(distributed_results, references,
     per_rank = _case_results(distributed_results, case)
     model, optimizer = references[case]
     for name, p in model.named_parameters():
-        mean, variance = optimizer.gradient_posterior(p)
+        with sample_size(CASES[case][2]):
+            mean, variance = optimizer.gradient_posterior(p)
         assert variance.abs().max() > 0, f"{name}: a zero posterior variance would make this test vacuous"
         for rank, result in enumerate(per_rank):
             got = result["posterior"][name]
