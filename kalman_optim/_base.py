@@ -152,12 +152,12 @@ class KalmanOptimizerBase(Optimizer):
         if group["noise"] == "adaptive" and "prev_grad" not in state:
             for key in ADAPTIVE_STATE_KEYS:
                 state[key] = torch.zeros_like(state["exp_avg"], memory_format=torch.preserve_format)
-        if group["noise"] in INNOVATION_MODELS and (_switched_innovation_mode(state, group["noise"])
-                                                    or any(key not in state for key in INNOVATION_MODELS[group["noise"]].STATE_KEYS)):
+        switched = _switched_innovation_mode(state, group["noise"])
+        if group["noise"] in INNOVATION_MODELS and (switched or any(key not in state for key in INNOVATION_MODELS[group["noise"]].STATE_KEYS)):
             # A state saved in the other innovation mode keeps R (the same statistic); its lag statistic has another
             # sample and normalization ("innovation" has no lag_prev_sq), so it starts afresh.
             fresh = INNOVATION_MODELS[group["noise"]].init_state(state["exp_avg"])
-            if _switched_innovation_mode(state, group["noise"]):
+            if switched:
                 for key in ("lag_prev", "lag_prev_sq", "lag_num", "lag_den"):
                     state.pop(key, None)
             for key, value in fresh.items():

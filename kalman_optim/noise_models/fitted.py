@@ -167,8 +167,13 @@ def interpolation_table(step: int, beta1: float, noise_beta: float) -> tuple[Ten
         own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64)
         constant = interpolate(own, RATIO_GRID, factor)
         return RATIO_GRID, constant.expand_as(RATIO_GRID)
-    # expected phi falls as rho grows: the grid backwards, made monotone against rounding.
-    return torch.cummax(expected_phi.flip(0), 0).values, factor.flip(0)
+    return _phi_axis(expected_phi), factor.flip(0)
+
+
+def _phi_axis(expected_phi: Tensor) -> Tensor:
+    """The expected lag statistic as an increasing interpolation axis: it falls as rho grows, so RATIO_GRID backwards,
+    made monotone against rounding (values on it belong to RATIO_GRID.flip(0))."""
+    return torch.cummax(expected_phi.flip(0), 0).values
 
 
 def model_factor(phi: Tensor, step: int, beta1: float, noise_beta: float) -> Tensor:
@@ -243,7 +248,7 @@ def noise_ratio(state: dict[str, Tensor], step: int, beta1: float, noise_beta: f
     if expected_phi is None:
         return float(beta_to_noise_ratio(beta1))
     phi = noise_fraction(state, step, beta1, noise_beta).detach().to(device="cpu", dtype=torch.float64)
-    return float(interpolate(phi, torch.cummax(expected_phi.flip(0), 0).values, RATIO_GRID.flip(0)))
+    return float(interpolate(phi, _phi_axis(expected_phi), RATIO_GRID.flip(0)))
 
 
 # ------------------------------------------------------------------------------------------ intervals
@@ -303,14 +308,14 @@ def interval_quantile(state: dict[str, Tensor], step: int, beta1: float, noise_b
     at the tensor's rho_hat (log-linear in rho between the simulated ratios; between SIMULATED_LEVELS its ratio to
     the Student-t quantile is interpolated linearly in the level, clamped outside), later the Student-t quantile
     with R's effective sample size (D7)."""
-    student = student_t_quantile(level, degrees_of_freedom(step, noise_beta))
+    dof = degrees_of_freedom(step, noise_beta)
+    student = student_t_quantile(level, dof)
     if step < 2 or step > SIMULATED_STEPS:
         return student
     table = simulated_quantiles(beta1, noise_beta)[step]  # [levels, ratios]
     log_ratio = torch.tensor(math.log(max(noise_ratio(state, step, beta1, noise_beta), 1e-300)), dtype=torch.float64)
     at_ratio = torch.stack([interpolate(log_ratio, SIMULATED_RATIOS.log(), row) for row in table])
     levels = torch.tensor(SIMULATED_LEVELS, dtype=torch.float64)
-    students = torch.tensor([student_t_quantile(v, degrees_of_freedom(step, noise_beta)) for v in SIMULATED_LEVELS],
-                            dtype=torch.float64)
+    students = torch.tensor([student_t_quantile(v, dof) for v in SIMULATED_LEVELS], dtype=torch.float64)
     scale = interpolate(torch.tensor(float(level), dtype=torch.float64), levels, at_ratio / students)
     return float(scale) * student
