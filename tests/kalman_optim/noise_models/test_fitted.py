@@ -202,3 +202,15 @@ def test_a_run_switched_from_innovation_to_fitted_keeps_stepping():
     target.step()
     assert "lag_prev_sq" in target.state[p]
     assert torch.isfinite(target.gradient_posterior(p)[1]).all()
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 1.5, float("nan"), True])
+def test_a_bad_interval_level_is_a_clear_error_in_the_simulated_steps(level):
+    """The simulated-quantile path (steps 2..SIMULATED_STEPS) rejects a level outside (0, 1) as the other modes do."""
+    p = torch.nn.Parameter(torch.zeros(10))
+    optimizer = KalmanAdam([p], noise="fitted")
+    for _ in range(3):
+        p.grad = torch.randn(10)
+        optimizer.step()
+    with pytest.raises(ValueError, match="level must be a number in the open interval"):
+        optimizer.confidence_interval(p, level=level)
