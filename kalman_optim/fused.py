@@ -202,24 +202,31 @@ def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(flag > 0.5, a, b)
 
 
-#: Taylor coefficients of asinh(sqrt(s)) / sqrt(s) = sum_n (-1)^n (2n)! / (4^n (n!)^2 (2n + 1)) s^n: at
-#: s <= ASINH_SERIES_MAX_ARGUMENT (lambda <= 0.5, i.e. beta >= 0.5, the default beta_range) the next term is < 1e-9.
-ASINH_SERIES = tuple((-1) ** n * math.factorial(2 * n) / (4**n * math.factorial(n) ** 2 * (2 * n + 1)) for n in range(9))
+#: Taylor coefficients of asinh(sqrt(lambda) / 2) / (sqrt(lambda) / 2) in powers of lambda (the series of
+#: asinh(sqrt(s)) / sqrt(s) = sum_n (-1)^n (2n)! / (4^n (n!)^2 (2n + 1)) s^n at s = lambda / 4), 7 terms: at
+#: lambda <= 4 * ASINH_SERIES_MAX_ARGUMENT = 0.5 (beta >= 0.5, the default beta_range) the next term is < 1e-8, a
+#: sixth of a float32 ulp.
+ASINH_SERIES = tuple((-1) ** n * math.factorial(2 * n) / (4**n * math.factorial(n) ** 2 * (2 * n + 1)) / 4**n
+                     for n in range(7))
 ASINH_SERIES_MAX_ARGUMENT = 0.125
-#: Taylor coefficients of expm1(z) / z = sum_n z^n / (n + 1)!, used for -0.5 < z <= 0 (next term < 1e-9).
-EXPM1_SERIES = tuple(1 / math.factorial(n + 1) for n in range(9))
+#: Taylor coefficients of y coth(y) = sum_n 2^(2n) B_2n y^(2n) / (2n)! in powers of y^2, used for y < COTH_SERIES_MAX
+#: (the next term, 1382 y^12 / 638512875, is < 1e-8 there).
+COTH_SERIES = (1.0, 1 / 3, -1 / 45, 2 / 945, -1 / 4725, 2 / 93555)
+COTH_SERIES_MAX = 0.5
 
 
 def start_up_kind(config: AdaptiveNoiseConfig, step: int, dtype: torch.dtype) -> str | bool:
     """Which start-up factor mode "adaptive"'s kernel computes: False once it is exactly 1
-    (functional.start_up_active); "series" when every noise ratio the kernel can see has lambda / 4 within the
-    asinh series' range (one exp per element, which costs less than the reference's log1p and tanh); "tanh" (the
-    reference's formula) otherwise."""
+    (functional.start_up_active); "series" in float32 and narrower types when every noise ratio the kernel can see
+    has lambda / 4 within the asinh series' range (one exp and one divide per element, about half the cost of the
+    reference's log1p and tanh); "tanh" (the reference's formula) otherwise, and in float64, whose precision the
+    float32-sized series do not reach."""
     if not start_up_active(config, step, dtype):
         return False
     _, lam_max = config.noise_ratio_bounds
     largest = max(lam_max, float(beta_to_noise_ratio(config.prior_beta)))
-    return "series" if largest / 4 <= ASINH_SERIES_MAX_ARGUMENT else "tanh"
+    in_range = largest / 4 <= ASINH_SERIES_MAX_ARGUMENT and torch.finfo(dtype).bits <= 32
+    return "series" if in_range else "tanh"
 
 
 def _horner(x: Tensor, coefficients: tuple[float, ...]) -> Tensor:
@@ -230,16 +237,27 @@ def _horner(x: Tensor, coefficients: tuple[float, ...]) -> Tensor:
     return result
 
 
-def series_start_up_factor(gain: Tensor, root: Tensor, ratio: Tensor, step: Tensor | float) -> Tensor:
-    """D1's start-up factor (1 + beta^(2t-1)) / (1 - beta^(2t)), beta = 1 - gain, root = sqrt(lambda), without log1p
-    and tanh: log beta = -2 asinh(sqrt(lambda) / 2) (D1's beta = 4 / (sqrt(lambda) + sqrt(lambda + 4))^2), so
-    z = 2 t log beta = -2 t sqrt(lambda) A(lambda / 4) with A(s) = asinh(sqrt(s)) / sqrt(s) a short series; valid for
-    lambda / 4 <= ASINH_SERIES_MAX_ARGUMENT."""
-    beta = 1 - gain
-    z = root * _horner(ratio * 0.25, ASINH_SERIES) * (step * -2)
-    x = torch.exp(z)  # beta^(2t)
-    one_minus_x = torch.where(z > -0.5, -(z * _horner(z, EXPM1_SERIES)), 1 - x)  # -expm1(z), no cancellation
-    return (beta + x) / (beta * one_minus_x)
+def steady_gain(root: Tensor, ratio: Tensor, outer_root: Tensor) -> Tensor:
+    """D1's steady-state gain 2 sqrt(lambda) / (sqrt(lambda) + sqrt(lambda + 4)) without the divide:
+    (sqrt(lambda) + sqrt(lambda + 4)) (sqrt(lambda + 4) - sqrt(lambda)) = 4, so it is
+    (sqrt(lambda) sqrt(lambda + 4) - lambda) / 2 (`outer_root` = sqrt(lambda + 4)); the subtraction loses at most a
+    factor sqrt(lambda / (lambda + 4)) + 1 < 1.5 of relative precision for lambda <= 0.5."""
+    return (root * outer_root - ratio) * 0.5
+
+
+def series_start_up_gain(root: Tensor, ratio: Tensor, outer_root: Tensor, step: Tensor | float) -> Tensor:
+    """D1's start-up gain k_t = (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) (diffuse prior) with one exp and one
+    divide. With S = sqrt(lambda + 4), beta = (S - sqrt(lambda)) / (S + sqrt(lambda)) and the product of the two
+    sums 4, k_t = (sqrt(lambda) S coth(y) - lambda) / 2 where y = -t log beta = 2 t asinh(sqrt(lambda) / 2)
+    (beta^(2t) = exp(-2y)). coth(y) = (1 + exp(-2y)) / (1 - exp(-2y)) for y >= COTH_SERIES_MAX and the series
+    y coth(y) / y below it: no 1 - exp(-2y) cancellation (inductor's float32 expm1 is exp - 1). Valid for
+    lambda / 4 <= ASINH_SERIES_MAX_ARGUMENT; about float32 precision (start_up_kind)."""
+    y = root * _horner(ratio, ASINH_SERIES) * step
+    x = torch.exp(y * -2)  # beta^(2t)
+    small = y < COTH_SERIES_MAX
+    numerator = torch.where(small, _horner(y * y, COTH_SERIES), 1 + x)
+    denominator = torch.where(small, y, 1 - x)
+    return steady_gain(root * (numerator / denominator), ratio, outer_root)
 
 
 def _adaptive(g, extra, s, new, start_up):
@@ -256,11 +274,11 @@ def _adaptive(g, extra, s, new, start_up):
     ratio = (sq * s["sq_norm"].reciprocal() + 2 * c1).clamp_min(0)
     ratio = torch.clamp(ratio / r_hat.clamp_min(tiny), s["lam_min"], s["lam_max"])
     ratio = ratio * s["statistics_weight"] + s["prior_term"]
-    root = ratio.sqrt()
-    gain = (root * 2) / (root + (ratio + 4).sqrt())
-    if start_up == "series":  # a structure flag (start_up_kind): the same factor without log1p and tanh
-        gain = gain * series_start_up_factor(gain, root, ratio, s["step"])
-    elif start_up:  # the steps after the start-up compile a kernel without the factor (functional.start_up_active)
+    root, outer_root = ratio.sqrt(), (ratio + 4).sqrt()
+    gain = steady_gain(root, ratio, outer_root)
+    if start_up == "series":  # a structure flag (start_up_kind): the start-up gain without log1p and tanh
+        gain = series_start_up_gain(root, ratio, outer_root, s["step"])
+    elif start_up:  # "tanh"; the steps after the start-up compile a kernel without the factor (start_up_active)
         beta = 1 - gain
         half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's factor via h = tanh(t log beta), as functional
         gain = gain * (((1 - half) * beta + half + 1) / (half * -2 * beta))

@@ -336,21 +336,39 @@ def test_a_step_that_raises_on_the_fused_path_changes_nothing():
             assert torch.equal(value, before[1]["state"][index][key]), key
 
 
-def test_the_series_start_up_factor_equals_the_reference_formula():
-    """Mode adaptive's start-up factor (1 + beta^(2t-1)) / (1 - beta^(2t)) from the asinh/expm1 series (fused, default
-    beta_range) against the reference's log1p/tanh formula and against float64, over the whole range of lambda."""
+def test_the_series_start_up_gain_equals_the_reference_formula():
+    """Mode adaptive's start-up gain (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) from the asinh and coth series
+    (fused, float32, default beta_range) against float64 and against the reference's log1p/tanh formula, over the
+    whole range of lambda and both sides of the coth series' switch; the steady gain without its divide likewise."""
     lam = torch.logspace(-6.3, math.log10(0.5), 5001, dtype=torch.float32)
-    root = lam.sqrt()
-    gain = root * 2 / (root + (lam + 4).sqrt())
+    root, outer_root = lam.sqrt(), (lam + 4).sqrt()
+    gain = root * 2 / (root + outer_root)
     beta = 1 - gain
     exact_beta = 4 / (lam.double().sqrt() + (lam.double() + 4).sqrt()) ** 2
+    steady = fused_path.steady_gain(root, lam, outer_root)
+    assert ((steady.double() - (1 - exact_beta)) / (1 - exact_beta)).abs().max() < 1e-6
     for t in [1, 2, 3, 7, 30, 300, 3000, 7900]:
         half = torch.tanh(torch.log1p(-gain) * t)
-        reference = ((1 - half) * beta + half + 1) / (half * -2 * beta)
-        series = fused_path.series_start_up_factor(gain, root, lam, float(t))
-        exact = (1 + exact_beta ** (2 * t - 1)) / (1 - exact_beta ** (2 * t))
+        reference = gain * ((1 - half) * beta + half + 1) / (half * -2 * beta)
+        series = fused_path.series_start_up_gain(root, lam, outer_root, float(t))
+        exact = (1 - exact_beta) * (1 + exact_beta ** (2 * t - 1)) / (1 - exact_beta ** (2 * t))
         assert ((series.double() - exact) / exact).abs().max() < 1e-6, t
         assert ((series - reference) / reference).abs().max() < 1e-6, t
+    # y = 2 t asinh(sqrt(lambda) / 2) crosses the switch at t = 7: both formulas of coth are exercised.
+    y = 2 * torch.asinh(root.double() / 2) * 7
+    assert (y < fused_path.COTH_SERIES_MAX).any() and (y >= fused_path.COTH_SERIES_MAX).any()
+
+
+def test_the_series_coefficients_are_taylor_coefficients():
+    import sympy as sp
+
+    s, y = sp.symbols("s y")
+    asinh_series = sp.series(sp.asinh(sp.sqrt(s) / 2) / (sp.sqrt(s) / 2), s, 0, len(fused_path.ASINH_SERIES)).removeO()
+    coth_series = sp.series(y * sp.coth(y), y, 0, 2 * len(fused_path.COTH_SERIES)).removeO()
+    for n, value in enumerate(fused_path.ASINH_SERIES):
+        assert math.isclose(value, float(asinh_series.coeff(s, n)), rel_tol=1e-15)
+    for n, value in enumerate(fused_path.COTH_SERIES):
+        assert math.isclose(value, float(coth_series.coeff(y, 2 * n)), rel_tol=1e-15)
 
 
 def test_the_start_up_kind_follows_the_beta_range():
@@ -361,3 +379,4 @@ def test_the_start_up_kind_follows_the_beta_range():
     assert fused_path.start_up_kind(wide, 10, torch.float32) == "tanh"
     low_prior = AdaptiveNoiseConfig(noise_beta=0.99, beta_min=0.5, beta_max=0.999, prior_beta=0.2)
     assert fused_path.start_up_kind(low_prior, 10, torch.float32) == "tanh"
+    assert fused_path.start_up_kind(default, 10, torch.float64) == "tanh"  # the series are sized for float32
