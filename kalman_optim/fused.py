@@ -218,8 +218,8 @@ COTH_SERIES_MAX = 0.5
 def start_up_kind(config: AdaptiveNoiseConfig, step: int, dtype: torch.dtype) -> str | bool:
     """Which start-up factor mode "adaptive"'s kernel computes: False once it is exactly 1
     (functional.start_up_active); "series" in float32 and narrower types when every noise ratio the kernel can see
-    has lambda / 4 within the asinh series' range (one exp and one divide per element, about half the cost of the
-    reference's log1p and tanh); "tanh" (the reference's formula) otherwise, and in float64, whose precision the
+    has lambda / 4 within the asinh series' range (one exp and one divide per element, cheaper than the reference's
+    log1p and tanh); "tanh" (the reference's formula) otherwise, and in float64, whose precision the
     float32-sized series do not reach."""
     if not start_up_active(config, step, dtype):
         return False
@@ -240,8 +240,8 @@ def _horner(x: Tensor, coefficients: tuple[float, ...]) -> Tensor:
 def steady_gain(root: Tensor, ratio: Tensor, outer_root: Tensor) -> Tensor:
     """D1's steady-state gain 2 sqrt(lambda) / (sqrt(lambda) + sqrt(lambda + 4)) without the divide:
     (sqrt(lambda) + sqrt(lambda + 4)) (sqrt(lambda + 4) - sqrt(lambda)) = 4, so it is
-    (sqrt(lambda) sqrt(lambda + 4) - lambda) / 2 (`outer_root` = sqrt(lambda + 4)); the subtraction loses at most a
-    factor sqrt(lambda / (lambda + 4)) + 1 < 1.5 of relative precision for lambda <= 0.5."""
+    (sqrt(lambda) sqrt(lambda + 4) - lambda) / 2 (`outer_root` = sqrt(lambda + 4)); the subtraction amplifies the
+    relative rounding by (S + sqrt(lambda)) / (S - sqrt(lambda)) <= 2 for lambda <= 0.5 (S = sqrt(lambda + 4))."""
     return (root * outer_root - ratio) * 0.5
 
 
@@ -275,13 +275,14 @@ def _adaptive(g, extra, s, new, start_up):
     ratio = torch.clamp(ratio / r_hat.clamp_min(tiny), s["lam_min"], s["lam_max"])
     ratio = ratio * s["statistics_weight"] + s["prior_term"]
     root, outer_root = ratio.sqrt(), (ratio + 4).sqrt()
-    gain = steady_gain(root, ratio, outer_root)
     if start_up == "series":  # a structure flag (start_up_kind): the start-up gain without log1p and tanh
         gain = series_start_up_gain(root, ratio, outer_root, s["step"])
-    elif start_up:  # "tanh"; the steps after the start-up compile a kernel without the factor (start_up_active)
-        beta = 1 - gain
-        half = torch.tanh(torch.log1p(-gain) * s["step"])  # D1's factor via h = tanh(t log beta), as functional
-        gain = gain * (((1 - half) * beta + half + 1) / (half * -2 * beta))
+    else:  # after the start-up (start_up False) the kernel is compiled without the factor (start_up_active)
+        gain = steady_gain(root, ratio, outer_root)
+        if start_up == "tanh":  # D1's factor via h = tanh(t log beta), as functional
+            beta = 1 - gain
+            half = torch.tanh(torch.log1p(-gain) * s["step"])
+            gain = gain * (((1 - half) * beta + half + 1) / (half * -2 * beta))
     gain = _where(s["early"], s["early_gain"].expand_as(g), gain)
     r_hat = _where(s["early"], sq * s["early_noise_norm"].reciprocal(), r_hat)
     return gain, r_hat
