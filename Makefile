@@ -9,6 +9,7 @@
 #                         no venv is created and nothing is installed; missing packages are named.
 #   TORCH_PIN=...         the torch requirement installed into .venv (default: the CPU build torch==2.13.0).
 #   PROFILE=smoke|paper|full experiment profile of `make experiments` / `make reproduce` (default smoke: ~15 min on 2 CPUs).
+#   JOBS=N                   run each experiment's runs as N one-thread processes (PROFILE=paper JOBS=2 on the 2-core CPU).
 #   DEVICE=auto|cpu|cuda  device of the experiments (auto: cuda when available).
 #   BENCH_DEVICE=cpu|cuda  device of `make bench`; BENCH_ARGS=... more options (e.g. --quick, --layout both);
 #                         BENCH_FUSED_ARGS=... options of the fused-path benchmark (e.g. --quick).
@@ -23,6 +24,7 @@ BOOTSTRAP_PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
 PROFILE ?= smoke
+JOBS ?= 1
 DEVICE ?= auto
 BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
@@ -125,7 +127,7 @@ bench: | $(SETUP)
 # skipped in seconds, and a missing, corrupt or stale one (deleted, truncated, or from another config) is redone.
 # The manifest (a hash per result file) changes only when a result did, so figures rerun only then.
 experiments: | $(SETUP) $(DATA_STAMP)
-	$(PY) -m experiments run all --profile $(PROFILE) --device $(DEVICE)
+	$(PY) -m experiments run all --profile $(PROFILE) --device $(DEVICE) --jobs $(JOBS)
 	$(PY) -m experiments manifest --profile $(PROFILE)
 
 $(RESULTS_MANIFEST): experiments

@@ -2,7 +2,7 @@
 
     python -m experiments list
     python -m experiments run NAME|all [--profile smoke|paper|full] [--seeds 0 1 2] [--device auto|cpu|cuda] [--force]
-        [--shard K/N]
+        [--shard K/N | --jobs N]
     python -m experiments figures [--profile smoke|paper|full] [--prefer-full]
 
 `run` writes results/<profile>/<experiment>/<run_id>.json (skipping completed runs); `figures` turns the
@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--root", type=Path, default=RESULTS_ROOT, help="results folder (default: results/)")
     run.add_argument("--shard", type=_shard, default=None, metavar="K/N",
                      help="run only the runs of shard K of N (start N processes, then one call without --shard)")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="run the shards 0/N..N-1/N as N processes of one thread each, again while a pass completes "
+                          "runs (a stage unlocked by another shard's results), then what is left in this process")
     man = sub.add_parser("manifest", help="write results/<profile>/.manifest (a hash per result file) when it changed")
     man.add_argument("--profile", choices=PROFILES, default="smoke")
     man.add_argument("--root", type=Path, default=RESULTS_ROOT)
@@ -77,10 +83,31 @@ def cmd_list() -> None:
         print(f"{name:22s} {module.TITLE}  [profiles: {', '.join(module.PROFILES)}]")
 
 
+def run_in_shards(name: str, args: argparse.Namespace) -> None:
+    """Passes of `args.jobs` shard processes (one thread each) until a pass writes no result file."""
+    folder = args.root / args.profile / name
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    for attempt in itertools.count(1):
+        before = {p: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
+        command = [sys.executable, "-m", "experiments", "run", name, "--profile", args.profile, "--device", args.device,
+                   "--root", str(args.root)] + (["--seeds", *map(str, args.seeds)] if args.seeds else [])
+        children = [subprocess.Popen(command + ["--shard", f"{k}/{args.jobs}"], env=env) for k in range(args.jobs)]
+        failed = [child.args[-1] for child in children if child.wait() != 0]
+        if failed:
+            raise SystemExit(f"error: {name} shard(s) {', '.join(failed)} failed (pass {attempt}); rerun to resume")
+        after = {p: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
+        if after == before:
+            return
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    if args.jobs < 1 or (args.jobs > 1 and (args.shard is not None or args.force)):
+        raise SystemExit(f"error: --jobs {args.jobs}: expected N >= 1, and not with --shard or --force")
     for name in names_for(args.name):
         module = registry.load(name)
         start = time.perf_counter()
+        if args.jobs > 1:
+            run_in_shards(name, args)
         runs = run_experiment(module, args.profile, seeds=args.seeds, device=args.device, force=args.force,
                               root=args.root, shard=args.shard)
         print(f"{name}: {len(runs)} runs complete in {args.root / args.profile / name}/ "

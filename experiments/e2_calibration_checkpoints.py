@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,10 +23,13 @@ class CalibrationCheckpoints:
     which measures the process noise directly (below)."""
 
     def __init__(self, task: training.Task, checkpoints: Sequence[int], levels: Sequence[float],
-                 full_gradient_examples: int | None, level_lags: Sequence[int] = (), noise_truth_every: int = 0):
+                 full_gradient_examples: int | None, level_lags: Sequence[int] = (), noise_truth_every: int = 0,
+                 noise_truth_for: Collection[str] | None = None):
         self.task, self.checkpoints, self.levels = task, sorted(checkpoints), list(levels)
-        # Every n-th checkpoint also measures the per-example gradient variance (the true r, noise_truth.py).
+        # Every n-th checkpoint also measures the per-example gradient variance (the true r, noise_truth.py), checked
+        # against the optimizers named in `noise_truth_for` ("" = the training optimizer; None = all of them).
         self.noise_truth_every = int(noise_truth_every)
+        self.noise_truth_for = None if noise_truth_for is None else set(noise_truth_for)
         self.examples = full_gradient_examples
         self.level_lags = [lag for lag in level_lags if lag >= 1]
         self.scratch = copy.deepcopy(task.model)  # parameters are loaded into it for each full gradient
@@ -40,6 +43,7 @@ class CalibrationCheckpoints:
         self.snapshots: dict[int, list[torch.Tensor]] = {}
         self._maybe_remember(0)
         self.results: list[dict[str, Any]] = []
+        self.shadow_results: dict[str, list[dict[str, Any]]] = {}  # shadow name -> its checkpoints
 
     def _parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
@@ -59,14 +63,28 @@ class CalibrationCheckpoints:
         with torch.enable_grad():
             return self.task.full_gradient(self.scratch, self.examples)
 
-    def __call__(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+    def __call__(self, step: int, optimizer: torch.optim.Optimizer,
+                 shadows: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
+        """Measure at a checkpoint: the training optimizer into `results`, each shadow filter (an optimizer with
+        lr = 0 that has filtered the same gradients) into `shadow_results[name]`, all against one full gradient."""
         if step in self.checkpoints:
-            self.results.append(self.measure(step, optimizer))
+            measured = self.measure_all(step, {"": optimizer, **(shadows or {})})
+            self.results.append(measured.pop(""))
+            for name, checkpoint in measured.items():
+                self.shadow_results.setdefault(name, []).append(checkpoint)
             self.snapshots = {s: v for s, v in self.snapshots.items() if self.last_use[s] > step}
         self._maybe_remember(step)
 
     def measure(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Coverage counts per level and layer type, |z| quantiles, and level-change sums.
+        """measure_all for one optimizer."""
+        return self.measure_all(step, {"": optimizer})[""]
+
+    def measure_all(self, step: int, optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
+        """Per optimizer (name -> optimizer; "" is the one that trains, the others shadow it): the truth, the level
+        changes and the per-example noise truth are computed once and shared; the level changes are stored with ""
+        only (the same numbers for every optimizer).
+
+        Coverage counts per level and layer type, |z| quantiles, and level-change sums.
 
         Coverage is counted over "live" coordinates, those whose full-batch gradient is not exactly 0. Where it
         is exactly 0 no example reaches the coordinate (a dead ReLU unit): the truth is a known point, not random,
@@ -79,6 +97,25 @@ class CalibrationCheckpoints:
         truth = self._full_gradient_at(step - 1)
         earlier = {lag: self._full_gradient_at(step - 1 - lag) for lag in self.level_lags if step - 1 - lag >= 0}
         params = self._parameters(self.task.model)
+        moments = None
+        index = self.checkpoints.index(step)
+        wanted = [name for name in optimizers if self.noise_truth_for is None or name in self.noise_truth_for]
+        if wanted and self.noise_truth_every and index % self.noise_truth_every == self.noise_truth_every - 1:
+            self._load_snapshot(step - 1)
+            with torch.enable_grad():
+                means, variances = noise_truth.per_example_moments(self.task, self.scratch)
+            batch = int(self.task.batch_size)
+            moments = (means, [v / batch for v in variances])
+        out = {}
+        for name, optimizer in optimizers.items():
+            noise = (noise_truth.innovation_noise_check(optimizer, params, *moments, self.levels)
+                     if moments is not None and name in wanted else None)
+            out[name] = self._coverage(step, optimizer, params, truth, earlier if name == "" else {}, noise)
+        return out
+
+    def _coverage(self, step: int, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                  truth: list[torch.Tensor], earlier: dict[int, list[torch.Tensor]],
+                  noise: dict[str, Any] | None) -> dict[str, Any]:
         inside: dict[float, dict[str, int]] = {level: {} for level in self.levels}
         totals: dict[str, int] = {}
         noise_sq: dict[str, float] = {}
@@ -110,15 +147,6 @@ class CalibrationCheckpoints:
                     change = float((true.double() - gradients[j].double()).square().sum())
                     change_sq[lag][kind] = change_sq[lag].get(kind, 0.0) + change
         z_all = torch.cat(scores).numpy()
-        noise = None
-        index = self.checkpoints.index(step)
-        if self.noise_truth_every and index % self.noise_truth_every == self.noise_truth_every - 1:
-            self._load_snapshot(step - 1)
-            with torch.enable_grad():
-                means, variances = noise_truth.per_example_moments(self.task, self.scratch)
-            batch = int(self.task.batch_size)
-            noise = noise_truth.innovation_noise_check(optimizer, params, means, [v / batch for v in variances],
-                                                       self.levels)
 
         def with_all(by_type: dict) -> dict:
             return dict(by_type, all=sum(by_type.values()))

@@ -13,6 +13,21 @@ from experiments.e2_design import QUANTILES, TASK_LABELS
 from experiments.stats import Estimate, binomial_ci
 
 
+def with_shadow_runs(runs: list[dict]) -> list[dict]:
+    """`runs` and, after each run with shadow filters, one run per shadow mode as if it had been run on its own: the
+    same config with that mode and no gradient windows, the shadow's checkpoints as its calibration (the level
+    changes are stored once, with the training run's)."""
+    out = []
+    for run in runs:
+        out.append(run)
+        for mode, shadow in run["metrics"].get("shadows", {}).items():
+            config = dict(run["config"], mode=mode, record_windows=False, shadow_of=run["config"]["mode"])
+            metrics = {k: v for k, v in run["metrics"].items() if k not in ("shadows", "windows", "coordinates")}
+            out.append(dict(run, run_id=f"{run['run_id']}/{mode}", config=config,
+                            metrics=dict(metrics, calibration=shadow["calibration"])))
+    return out
+
+
 def tasks_of(runs: list[dict]) -> list[str]:
     return [t for t in TASK_LABELS if any(r["config"]["task"] == t for r in runs)]
 

@@ -218,3 +218,10 @@ def test_manifest_changes_exactly_when_a_result_file_does(toy_registry, tmp_path
     next((root / "smoke" / toy.NAME).glob("*.json")).unlink()
     main(["manifest", "--root", str(root)])
     assert len(manifest.read_text().splitlines()) == 3
+
+
+def test_jobs_is_validated(toy_registry, tmp_path):
+    for bad in (["--jobs", "0"], ["--jobs", "2", "--force"], ["--jobs", "2", "--shard", "0/2"]):
+        with pytest.raises(SystemExit, match="--jobs"):
+            main(["run", "toy", "--root", str(tmp_path), "--device", "cpu", *bad])
+    assert not (tmp_path / "smoke").exists()

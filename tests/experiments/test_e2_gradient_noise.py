@@ -177,10 +177,12 @@ def test_paper_plan_runs_its_modes_on_three_tasks_and_no_per_example_truth_under
     settings = settings_for(e2, "paper")
     specs = e2.plan(settings, settings["seeds"], {})
     assert {s.config["task"] for s in specs} == {"fashion_mnist", "shakespeare", "fashion_mnist_resnet"}
-    assert {s.config["mode"] for s in specs} == set(e2.MODES)  # every mode with a posterior
+    # Every mode with a posterior but "constant" (smoke only), those with AdamW's steps as shadow filters.
+    assert {s.config["mode"] for s in specs} == {"adam", "adaptive"}
+    assert set(settings["shadow_modes"]) == set(e2.ADAMW_STEP_MODES) == set(e2.MODES) - {"adam", "adaptive", "constant"}
     assert {s.config["seed"] for s in specs if not s.config["static"]} == {0, 1, 2, 3, 4}
     truth = {(s.config["task"], s.config["mode"]) for s in specs if s.config.get("noise_truth_every")}
-    assert truth == {(t, m) for t in ("fashion_mnist", "shakespeare") for m in e2.CALIBRATED_MODES}
+    assert truth == {(t, "adam") for t in ("fashion_mnist", "shakespeare")}  # checked on the calibrated shadows
     assert max(settings["checkpoints"]) == settings["steps"]  # checkpoints through the whole run
 
 
@@ -195,6 +197,49 @@ def test_plan():
         e2.plan(dict(TINY, window_starts=[3, 10]), [0], {})  # overlapping windows
     with pytest.raises(ValueError, match="checkpoints"):
         e2.plan(dict(TINY, checkpoints=[41]), [0], {})
+
+
+def test_shadow_modes_are_planned_inside_the_adamw_runs():
+    shadows = ["innovation", "fitted"]
+    specs = e2.plan(dict(TINY, shadow_modes=shadows, static_modes=["adam", "innovation"]), [0, 1], {})
+    assert not {s.config["mode"] for s in specs} & set(shadows)
+    adam = [s for s in specs if s.config["mode"] == "adam"]
+    assert len(adam) == 2 * 3 and all(s.config["shadow_modes"] == shadows for s in adam)  # tasks x (2 seeds + static)
+    assert all("shadow_modes" not in s.config for s in specs if s.config["mode"] != "adam")
+    for bad in (["constant"], ["innovation", "innovation"], ["nonsense"]):  # constant/adaptive take their own steps
+        with pytest.raises(ValueError, match="shadow_modes"):
+            e2.plan(dict(TINY, shadow_modes=bad), [0], {})
+    with pytest.raises(ValueError, match="shadow_modes"):
+        e2.plan(dict(TINY, shadow_modes=["innovation"], long_modes=["innovation"], long_steps=80,
+                     long_checkpoints=[80]), [0], {})
+
+
+def test_a_shadow_filter_measures_what_its_own_run_measures():
+    """A shadow filter (lr = 0, fed the AdamW run's gradients) sees the gradients its own run would see, since the
+    mode takes AdamW's steps: the same calibration counts, |z| quantiles and noise-truth check, the training run
+    itself unchanged, and the level changes stored with the training run only."""
+    shadows = ["innovation", "fitted"]
+    settings = dict(TINY, shadow_modes=shadows, noise_truth_every=1)
+    specs = {s.run_id: s.config for s in e2.plan(settings, [0], {})}
+    plain = {s.run_id: s.config for s in e2.plan(dict(TINY, noise_truth_every=1), [0], {})}
+    combined = e2.execute(specs["fashion_mnist_adam_seed0"], CPU)["metrics"]
+    assert json.dumps(combined["calibration"]) == json.dumps(
+        e2.execute(plain["fashion_mnist_adam_seed0"], CPU)["metrics"]["calibration"])
+    for mode in shadows:
+        alone = e2.execute(plain[f"fashion_mnist_{mode}_seed0"], CPU)["metrics"]["calibration"]
+        shadow = combined["shadows"][mode]["calibration"]
+        assert len(shadow) == len(alone) == len(TINY["checkpoints"])
+        for mine, theirs in zip(shadow, alone):
+            assert mine["level_change_sq"] == {}
+            for key in ("total", "inside", "dead", "abs_z_quantiles", "noise_truth"):
+                assert mine[key] == theirs[key], (mode, key)
+    assert all(c["level_change_sq"] for c in combined["calibration"])
+    assert combined["shadows"]["innovation"]["calibration"][0]["noise_truth"] is not None
+    assert combined["shadows"]["fitted"]["calibration"][0]["noise_truth"] is None  # fitted is not a CALIBRATED_MODE
+    runs = e2.with_shadow_runs([dict(config=specs["fashion_mnist_adam_seed0"], metrics=combined, run_id="x")])
+    assert [r["config"]["mode"] for r in runs] == ["adam", *shadows]
+    assert e2.select(runs, "fashion_mnist", "fitted")[0]["metrics"]["calibration"] == combined["shadows"]["fitted"]["calibration"]
+    assert len(e2.level_change_ratios(runs, "fashion_mnist")) == len(TINY["checkpoints"])
 
 
 def _config(task: str, mode: str, static: bool = False, **changes) -> dict:
