@@ -376,11 +376,12 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
             out[f"{prefix}BestKalmanLossDiff"] = best.test_loss_vs_baseline.mean
             out[f"{prefix}BestKalmanLossDiffLow"] = best.test_loss_vs_baseline.low
             out[f"{prefix}BestKalmanLossDiffHigh"] = best.test_loss_vs_baseline.high
-        if "LAMB" in task_rows and "KalmanLAMB-PW" in task_rows:
-            # Precision weighting's own effect: KalmanLAMB-PW against plain LAMB, paired by seed.
-            lamb, weighted = task_rows["LAMB"], task_rows["KalmanLAMB-PW"]
-            common = [s for s in weighted.seeds if s in lamb.test_losses]
-            out[f"{prefix}PrecisionWeightingLossDiff"] = paired_difference(
-                [weighted.test_losses[s] for s in common], [lamb.test_losses[s] for s in common]).mean
+        for name, key in (("KalmanLAMB-PW", ""), ("KalmanLAMB-innovation-PW", "Innovation")):
+            if "LAMB" in task_rows and name in task_rows:
+                # Precision weighting's own effect: KalmanLAMB with it against plain LAMB, paired by seed.
+                lamb, weighted = task_rows["LAMB"], task_rows[name]
+                common = [s for s in weighted.seeds if s in lamb.test_losses]
+                out[f"{prefix}{key}PrecisionWeightingLossDiff"] = paired_difference(
+                    [weighted.test_losses[s] for s in common], [lamb.test_losses[s] for s in common]).mean
     # Macros need finite numbers: a diverged row (infinite loss) or a one-seed interval is left out.
     return {k: v for k, v in out.items() if isinstance(v, str) or math.isfinite(v)}

@@ -90,7 +90,27 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
             ratio = ratio_between(smallest, name, "KalmanLAMB")
             out[f"{prefix}{FUSED_VARIANTS[name]}OverLambAtSmallest"] = round(ratio, 2)
             out[f"{prefix}{FUSED_VARIANTS[name]}BandwidthAtSmallest"] = round(100 * candidates[name]["bandwidth_fraction"])
+    # Issue 13's targets as words, from the printed (rounded) ratios: the adaptive mode within 1.1x its bytes ratio to
+    # compiled AdamW, precision-weighted LAMB within 1.1x plain LAMB.
+    adaptive, adamw = "KalmanAdam adaptive", "AdamW [compiled]"
+    if adaptive in candidates and adaptive in result["candidates"]:
+        bound = round(1.1 * result["candidates"][adaptive]["bytes_moved_per_element"]
+                      / result["candidates"][adamw]["bytes_moved_per_element"], 2)
+        out[f"{prefix}AdaptiveTargetBound"] = bound
+        out[f"{prefix}AdaptiveWithinTarget"] = within_phrase(
+            out[f"{prefix}AdaptiveCompiledAtSmallest"] <= bound, out[f"{prefix}AdaptiveCompiled"] <= bound)
+    for name in ("KalmanLAMB precision", "KalmanLAMB precision, previous mean"):
+        key = f"{prefix}{FUSED_VARIANTS[name]}OverLamb"
+        if key in out and f"{key}AtSmallest" in out:
+            out[f"{prefix}{FUSED_VARIANTS[name]}WithinTarget"] = within_phrase(out[f"{key}AtSmallest"] <= 1.1,
+                                                                              out[key] <= 1.1)
     return out
+
+
+def within_phrase(smaller: bool, larger: bool) -> str:
+    """Where a bound holds, of the two sizes measured, as the paper says it."""
+    return {(True, True): "at both sizes", (True, False): "at the smaller size only",
+            (False, True): "at the larger size only", (False, False): "at neither size"}[(smaller, larger)]
 
 
 def fused_table(report: dict, out: FigureOutput) -> None:

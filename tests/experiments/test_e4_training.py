@@ -234,3 +234,22 @@ def test_resnet_is_in_the_paper_profile_only():
     assert all("fashion_mnist_resnet" not in e4.PROFILES[p]["tasks"] for p in ("smoke", "full"))
     assert set(e4.TASKS) == set(e4.TASK_TITLES) == set(e4.TASK_KEYS) == set(e4.TASK_TABLE_NAMES)
     assert all(key.isalpha() for key in e4.TASK_KEYS.values())
+
+
+def test_precision_weighting_is_compared_with_plain_lamb_for_each_uncertainty():
+    """KalmanLAMB with precision weighting against plain LAMB, paired by seed, on the zero-memory and on the
+    innovation uncertainty (the paper profile runs only the latter)."""
+    shift = {"AdamW": 0.0, "LAMB": 0.2, "KalmanLAMB-PW": 0.5, "KalmanLAMB-innovation-PW": 0.1}
+
+    def loss_of(c):
+        base = 1.0 + c["seed"] + abs(math.log10(c["lr"]) + 2)
+        return base + shift[c["optimizer"]], base + shift[c["optimizer"]]
+
+    for optimizers, expected in ((["AdamW", "LAMB", "KalmanLAMB-PW", "KalmanLAMB-innovation-PW"],
+                                  {"": 0.3, "Innovation": -0.1}),
+                                 (["AdamW", "LAMB", "KalmanLAMB-innovation-PW"], {"Innovation": -0.1})):
+        settings = dict(SYNTHETIC, optimizers=optimizers, max_extra_lrs=0)
+        numbers = e4.numbers(list(simulate(settings, [0, 1, 2], loss_of).values()))
+        found = {key: numbers[f"Fashion{key}PrecisionWeightingLossDiff"] for key in ("", "Innovation")
+                 if f"Fashion{key}PrecisionWeightingLossDiff" in numbers}
+        assert found == pytest.approx(expected)

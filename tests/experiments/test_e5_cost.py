@@ -1,5 +1,6 @@
 """E5 cost at a tiny size: the runs time every variant against AdamW, the state bytes are Adam's, outputs are drawn."""
 
+import json
 import math
 
 import pytest
@@ -150,3 +151,23 @@ def test_a_damaged_fused_report_stops_the_build_with_its_name(tmp_path):
     with pytest.raises(ValueError, match="fused_cpu.json.*make bench"):
         e5.fused_report("cpu", tmp_path)
     assert e5.fused_report("cpu", tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("small, large, phrase", [(2.3, 2.4, "at the smaller size only"), (2.3, 2.2, "at both sizes"),
+                                                  (2.5, 2.2, "at the larger size only"), (2.4, 2.5, "at neither size")])
+def test_the_fused_targets_are_said_from_the_ratios(small, large, phrase):
+    """The adaptive mode's target (1.1x its bytes ratio to compiled AdamW, 1.1 x 60/28 = 2.36) and precision
+    weighting's (1.1x plain LAMB) as the paper's words, so that a rerun bench cannot leave a stale claim."""
+    report = _fused_report()
+    largest = report["results"][0]
+    smallest = json.loads(json.dumps(largest))
+    smallest["size"] = 10_000_000
+    for result, ratio in ((smallest, small), (largest, large)):
+        result["candidates"]["KalmanAdam adaptive"] = dict(result["candidates"]["KalmanLAMB"],
+                                                           ratio_to_compiled_adamw=ratio, bytes_moved_per_element=60)
+    report["results"] = [smallest, largest]
+    numbers = e5.fused_numbers(report)
+    assert numbers["FusedCpuAdaptiveTargetBound"] == 2.36
+    assert numbers["FusedCpuAdaptiveWithinTarget"] == phrase
+    # Precision weighting takes 1.5x plain LAMB at both sizes here.
+    assert numbers["FusedCpuLambPrecisionWithinTarget"] == "at neither size"
