@@ -94,7 +94,7 @@ def test_variance_adaptation_shrinks_the_distance_travelled(tiny_runs):
     distance = {(r["config"]["setting"], r["config"]["seed"]): r["metrics"]["parameter_distance"] for r in tiny_runs}
     for seed in (0, 1):
         off = distance[("va=off", seed)]
-        assert distance[("va_level=0.99", seed)] < distance[("va_level=0.5", seed)] < off
+        assert distance[("va_innovation_level=0.99", seed)] < distance[("va_innovation_level=0.5", seed)] < off
 
 
 def test_adaptive_effective_beta_stays_in_the_clipping_range():
