@@ -142,6 +142,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Issue 12's target: the pooled coverage of the nominal level's interval lies in [low, high].
+TARGET_LEVELS = {0.95: (0.92, 0.98), 0.9: (0.85, 0.95), 0.5: (0.45, 0.55)}
+
+
 # ------------------------------------------------------------------------------------------ plan
 def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpec]:
     """Training runs per (task, mode, seed); static (lr = 0) runs per (task, static mode) for the first seed.
@@ -314,6 +318,9 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                 out[f"{name}{_camel(mode)}PhiOverTruePhiMedian"] = float(np.median(
                     [c["phi_over_true_phi_quantiles"][1] for c in checks if c["phi_over_true_phi_quantiles"][1] is not None]))
         for mode in MODES:
+            met = issue_target_met(runs, task, mode)
+            if met is not None:
+                out[f"{name}{_camel(mode)}TargetMet"] = int(met)
             for static, prefix in ((False, ""), (True, "Static")):
                 for level, word in ((0.99, "NinetyNine"), (0.95, "NinetyFive"), (0.9, "Ninety"), (0.8, "Eighty"),
                                     (0.5, "Fifty")):
@@ -324,4 +331,19 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                     if len(per_seed) > 1:  # the seed-to-seed spread of the pooled coverage
                         out[f"{name}{prefix}{_camel(mode)}Coverage{word}SeedLow"] = min(per_seed)
                         out[f"{name}{prefix}{_camel(mode)}Coverage{word}SeedHigh"] = max(per_seed)
+    # Issue 12's training target per mode, over the tasks measured: which modes meet it on every task.
+    tasks = tasks_of(runs)
+    meeting = [mode for mode in MODES if tasks and all(issue_target_met(runs, t, mode) for t in tasks)]
+    out["ModesMeetingTarget"] = ", ".join(f"\\texttt{{{m}}}" for m in meeting) if meeting else "none"
+    out["ModesMeetingTargetCount"] = len(meeting)
     return out
+
+
+def issue_target_met(runs: list[dict], task: str, mode: str) -> bool | None:
+    """Issue 12's calibration target for one task and mode (training runs, pooled over checkpoints and seeds):
+    95% intervals cover 0.92-0.98 and 50% / 90% intervals within 5 points of nominal; None if not measured."""
+    coverage = {level: coverage_estimate(runs, task, mode, level) for level in TARGET_LEVELS}
+    if not all(e.n for e in coverage.values()):
+        return None
+    return all(low <= coverage[level].mean <= high for level, (low, high) in TARGET_LEVELS.items())
+

@@ -386,3 +386,22 @@ def test_seed_spread_of_the_pooled_coverage(tiny_runs, tmp_path):
     out = FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
     e2.figures(runs, out)
     assert f"{low:.3f} - {high:.3f}" in (tmp_path / "e2_calibration.md").read_text()
+
+
+def test_issue_target_is_met_only_inside_every_band():
+    """Issue 12's training target: 95% intervals cover 0.92-0.98, 90% and 50% within 5 points; the modes meeting it
+    on every task are named in ModesMeetingTarget."""
+    def run(task, mode, covered):
+        inside = {str(level): {"all": round(1000 * covered.get(level, level))} for level in e2.LEVELS}
+        checkpoint = dict(step=10, total=1000, inside=inside, noise_truth=None, abs_z_quantiles=[None] * 5)
+        return dict(config=dict(task=task, mode=mode, static=False, steps=20, seed=0),
+                    metrics=dict(calibration=[checkpoint]))
+
+    runs = [run("fashion_mnist", "innovation", {}), run("fashion_mnist", "fitted", {0.95: 0.91}),
+            run("shakespeare", "innovation", {0.95: 0.979, 0.5: 0.549}), run("shakespeare", "fitted", {})]
+    assert e2.issue_target_met(runs, "fashion_mnist", "innovation") is True
+    assert e2.issue_target_met(runs, "fashion_mnist", "fitted") is False
+    assert e2.issue_target_met(runs, "shakespeare", "innovation") is True
+    assert e2.issue_target_met(runs, "shakespeare", "adam") is None  # not measured
+    runs.append(run("shakespeare", "adaptive", {0.9: 0.84}))
+    assert e2.issue_target_met(runs, "shakespeare", "adaptive") is False
