@@ -3,7 +3,8 @@ r"""E4: training on real data -- every optimizer tuned on one learning-rate grid
 Three tasks (experiments/training.py): (a) SmallCNN on Fashion-MNIST, (b) a character-level transformer on
 Shakespeare (held-out plays), (c) a small ResNet with BatchNorm on Fashion-MNIST (paper profile only: normalization
 makes most weights scale-invariant, which changes how step size, weight decay and trust ratios act).
-Eleven optimizers in the smoke profile, six in the paper profile (PAPER_OPTIMIZERS) (training.OPTIMIZERS without the modes that take AdamW's steps exactly): AdamW, KalmanAdam
+Eleven optimizers in the smoke profile, six in the paper profile (PAPER_OPTIMIZERS) (training.OPTIMIZERS without
+the modes that take AdamW's steps exactly): AdamW, KalmanAdam
 with noise "adam" (the sanity row: AdamW exactly), "constant", "adaptive", "adam" + variance adaptation,
 "innovation" + variance adaptation (on the calibrated uncertainty, D7), "transport" (D8), plain LAMB, KalmanLAMB
 with precision weighting on the zero-memory, adaptive and innovation uncertainty.
