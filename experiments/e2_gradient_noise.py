@@ -260,6 +260,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     and seeds), pooled lambda, whiteness rejection per model in training and with frozen parameters, the directly
     measured one-step level change; per task and mode: coverage of the 95% and 50% intervals (training, static)."""
     out: dict[str, float | int | str] = {}
+    target_met: dict[tuple[str, str], bool | None] = {}  # issue 12's target per (task, mode), see issue_target_met
     runs = with_shadow_runs(runs)
     training_runs = [r for r in runs if not is_static(r)]
     if not training_runs:
@@ -318,7 +319,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                 out[f"{name}{_camel(mode)}PhiOverTruePhiMedian"] = float(np.median(
                     [c["phi_over_true_phi_quantiles"][1] for c in checks if c["phi_over_true_phi_quantiles"][1] is not None]))
         for mode in MODES:
-            met = issue_target_met(runs, task, mode)
+            met = target_met[(task, mode)] = issue_target_met(runs, task, mode)
             if met is not None:
                 out[f"{name}{_camel(mode)}TargetMet"] = int(met)
             for static, prefix in ((False, ""), (True, "Static")):
@@ -333,7 +334,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                         out[f"{name}{prefix}{_camel(mode)}Coverage{word}SeedHigh"] = max(per_seed)
     # Issue 12's training target per mode, over the tasks measured: which modes meet it on every task.
     tasks = tasks_of(runs)
-    meeting = [mode for mode in MODES if tasks and all(issue_target_met(runs, t, mode) for t in tasks)]
+    meeting = [mode for mode in MODES if tasks and all(target_met[(t, mode)] for t in tasks)]
     out["ModesMeetingTarget"] = ", ".join(f"\\texttt{{{m}}}" for m in meeting) if meeting else "none"
     out["ModesMeetingTargetCount"] = len(meeting)
     return out
@@ -346,4 +347,3 @@ def issue_target_met(runs: list[dict], task: str, mode: str) -> bool | None:
     if not all(e.n for e in coverage.values()):
         return None
     return all(low <= coverage[level].mean <= high for level, (low, high) in TARGET_LEVELS.items())
-
