@@ -172,7 +172,16 @@ def kalman_adam(
     if noise == "transport":
         if variance_adaptation:
             raise ValueError("noise='transport' keeps no noise statistic: variance_adaptation needs noise='innovation'")
-        # D8: one pure per-tensor step on both paths (the curvature estimate is a chain of per-tensor ops).
+        # D8: one pure per-tensor step on the reference path; the foreach path batches each step count's tensors.
+        if foreach and not any(is_dtensor(p) for p in params):
+            grads = grads if not maximize else torch._foreach_neg(grads)
+            for (_, _, step), index in _group_by_step(steps, params).items():
+                transport.step_foreach(
+                    [params[i] for i in index], [grads[i] for i in index], [exp_avgs[i] for i in index],
+                    [exp_avg_sqs[i] for i in index], {key: [values[i] for i in index] for key, values in adaptive_states.items()},
+                    step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                    decoupled_weight_decay=decoupled_weight_decay, noise_beta=adaptive_config.noise_beta)
+            return
         for i, param in enumerate(params):
             transport.step(param, grads[i] if not maximize else -grads[i], exp_avgs[i], exp_avg_sqs[i],
                            {key: values[i] for key, values in adaptive_states.items()}, steps[i], lr=lr, beta1=beta1,
@@ -349,9 +358,7 @@ def _multi_tensor_moments(grads, exp_avgs, exp_avg_sqs, step, adaptive_state, *,
         correction1, gains = first.correction, 1.0
         r_hats = None
         if posterior:
-            r_hats = [model.posterior_variance({k: v[i] for k, v in adaptive_state.items()}, step, beta1,
-                                               adaptive_config.noise_beta) for i in range(len(grads))]
-            r_hats = None if r_hats[0] is None else r_hats
+            r_hats = model.posterior_variance_foreach(adaptive_state, step, beta1, adaptive_config.noise_beta)
     else:
         first = moment_coefficients(noise, beta1, step, prior_gain)
         torch._foreach_lerp_(exp_avgs, grads, first.weight)
@@ -382,12 +389,55 @@ def _multi_tensor_adaptive_update(grads, state, step, config):
             torch._foreach_addcmul_(state["diff_lag_avg"], diffs, state["prev_diff"], 1 - config.noise_beta)
         _copy_all(state["prev_diff"], diffs)
     _copy_all(state["prev_grad"], grads)
-    # The estimator is a handful of elementwise ops per tensor; one fused expression per tensor
-    # keeps it readable and costs the same memory traffic as a chain of foreach calls.
-    estimates = [
-        adaptive_noise_estimates(sq, lag, step, config) for sq, lag in zip(state["diff_sq_avg"], state["diff_lag_avg"])
-    ]
-    return [gain for gain, _ in estimates], [r for _, r in estimates]
+    return adaptive_noise_estimates_foreach(state["diff_sq_avg"], state["diff_lag_avg"], step, config)
+
+
+def adaptive_noise_estimates_foreach(
+    diff_sq_avgs: list[Tensor], diff_lag_avgs: list[Tensor], step: int, config: AdaptiveNoiseConfig
+) -> tuple[list[Tensor], list[Tensor]]:
+    """`adaptive_noise_estimates` on lists, op for op (a chain of foreach calls: on a small model the eager step
+    costs kernel calls, ~20 per tensor in a per-tensor loop)."""
+    n_sq, n_lag = step - 1, step - 2
+    if n_lag <= 0 or any(is_dtensor(t) for t in diff_sq_avgs):
+        estimates = [adaptive_noise_estimates(sq, lag, step, config) for sq, lag in zip(diff_sq_avgs, diff_lag_avgs)]
+        return [gain for gain, _ in estimates], [r for _, r in estimates]
+    lam_prior, lam_min, lam_max = _adaptive_constants(config)
+    dtype = diff_sq_avgs[0].dtype
+    c1 = torch._foreach_div(diff_lag_avgs, 1 - config.noise_beta**n_lag)
+    r_hats = torch._foreach_neg(c1)
+    torch._foreach_clamp_min_(r_hats, 0)
+    ratios = torch._foreach_div(diff_sq_avgs, 1 - config.noise_beta**n_sq)
+    torch._foreach_add_(ratios, c1, alpha=2)
+    torch._foreach_clamp_min_(ratios, 0)
+    torch._foreach_div_(ratios, torch._foreach_clamp_min(r_hats, torch.finfo(dtype).tiny))
+    torch._foreach_clamp_min_(ratios, lam_min)
+    torch._foreach_clamp_max_(ratios, lam_max)
+    weight = 1 - config.noise_beta**n_lag
+    torch._foreach_mul_(ratios, weight)
+    torch._foreach_add_(ratios, (1 - weight) * lam_prior)
+    roots = torch._foreach_sqrt(ratios)
+    gains = torch._foreach_mul(roots, 2)
+    torch._foreach_add_(ratios, 4)
+    torch._foreach_sqrt_(ratios)
+    torch._foreach_add_(roots, ratios)
+    torch._foreach_div_(gains, roots)
+    if start_up_active(config, step, dtype):
+        betas = torch._foreach_neg(gains)
+        torch._foreach_add_(betas, 1)
+        halves = torch._foreach_neg(gains)
+        torch._foreach_log1p_(halves)
+        torch._foreach_mul_(halves, step)
+        halves = [torch.tanh(h) for h in halves] if not hasattr(torch, "_foreach_tanh") else torch._foreach_tanh(halves)
+        factors = torch._foreach_neg(halves)
+        torch._foreach_add_(factors, 1)
+        torch._foreach_mul_(factors, betas)
+        torch._foreach_add_(factors, halves)
+        torch._foreach_add_(factors, 1)
+        denominators = torch._foreach_mul(halves, -2)
+        torch._foreach_mul_(denominators, betas)
+        torch._foreach_div_(factors, denominators)
+        torch._foreach_mul_(gains, factors)
+    return list(gains), list(r_hats)
 
 
 def precision_weighted_norm(update: Tensor, variance: Tensor, floor: float, mean: Tensor | None = None) -> Tensor:

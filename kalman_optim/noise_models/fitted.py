@@ -214,10 +214,45 @@ def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: in
     innovation_model.observe(grad, prediction, state, step, beta1, noise_beta, update_lag=_update_lag)
 
 
+def _update_lag_batched(states: dict[str, list[Tensor]], innovations: list[Tensor], step: int, beta1: float,
+                        noise_beta: float) -> None:
+    """`_update_lag` for a bucket of plain tensors at once (samples concatenated, per-tensor sums as segment sums)."""
+    samples = [sample_of(innovation) for innovation in innovations]
+    sizes = tuple(sample.numel() for sample in samples)
+    segments = innovation_model.segment_ids(sizes, samples[0].device)
+    flat = torch.cat(samples)
+    if step >= 3:
+        kept = 1 - adam_coefficients(beta1, step - 1).gain
+        scale = torch.cat([sample_of(r) for r in states["innovation_sq_avg"]]) / -math.expm1((step - 2) * math.log(noise_beta))
+        lag_sums, scale_sums = innovation_model.segment_sums(torch.stack([torch.cat(states["lag_prev"]) * flat, scale]), sizes)
+        previous_sq = torch.stack(states["lag_prev_sq"])
+        torch._foreach_mul_(states["lag_num"], LAG_BETA)
+        torch._foreach_add_(states["lag_num"], list((lag_sums - kept * previous_sq).unbind()), alpha=-(1 - LAG_BETA))
+        torch._foreach_mul_(states["lag_den"], LAG_BETA)
+        torch._foreach_add_(states["lag_den"], list(previous_sq.unbind()), alpha=kept * (1 - LAG_BETA))
+        counts = innovation_model.sample_counts(tuple(r.numel() for r in states["innovation_sq_avg"]), SAMPLE_SIZE,
+                                                 flat.dtype, flat.device)
+        means = scale_sums / counts
+        weights = scale.add((means / ewma_effective_samples(step - 2, noise_beta))[segments]).reciprocal_()
+        weights = torch.where(torch.isfinite(weights), weights, torch.zeros_like(weights))
+        totals = innovation_model.segment_sums((weights * scale).unsqueeze(0), sizes)[0]
+    else:  # step 2: no R yet; equal weights, normalized by this step's own (1 - k) nu^2
+        weights = torch.ones_like(flat)
+        totals = innovation_model.segment_sums(flat.square().unsqueeze(0), sizes)[0] * (1 - adam_coefficients(beta1, step).gain)
+    totals = totals[segments]
+    weights = torch.where(totals > 0, weights / totals.clamp_min(torch.finfo(totals.dtype).tiny), torch.zeros_like(weights))
+    weighted = weights.mul_(flat)
+    torch._foreach_copy_(states["lag_prev"], list(weighted.split(sizes)))
+    squares = innovation_model.segment_sums((weighted * flat).unsqueeze(0), sizes)[0]
+    torch._foreach_copy_(states["lag_prev_sq"], list(squares.unbind()))
+
+
 def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict[str, list[Tensor]], step: int,
                     beta1: float, noise_beta: float) -> None:
-    """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples)."""
-    innovation_model.observe_foreach(grads, predictions, states, step, beta1, noise_beta, update_lag=_update_lag)
+    """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples, batched over
+    plain tensors)."""
+    innovation_model.observe_foreach(grads, predictions, states, step, beta1, noise_beta, update_lag=_update_lag,
+                                     update_lag_batched=_update_lag_batched)
 
 
 # ------------------------------------------------------------------------------------------ read-out
@@ -235,6 +270,14 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
     factor = model_factor(noise_fraction(state, step, beta1, noise_beta), step, beta1, noise_beta)
     factor = float(factor) / -math.expm1(count * math.log(noise_beta))  # R's bias correction
     return statistic.mul(factor)
+
+
+def posterior_variance_foreach(states: dict[str, list[Tensor]], step: int, beta1: float,
+                               noise_beta: float) -> list[Tensor] | None:
+    """`posterior_variance` of every tensor of a bucket (None at step 1); the model's table is read per tensor."""
+    variances = [posterior_variance({key: values[i] for key, values in states.items()}, step, beta1, noise_beta)
+                 for i in range(len(states["innovation_sq_avg"]))]
+    return None if not variances or variances[0] is None else variances
 
 
 #: Degrees of freedom of the Student-t interval after SIMULATED_STEPS: the effective sample size of R (D7).

@@ -27,6 +27,7 @@ at most SAMPLE_SIZE + 2 floats per tensor.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -135,14 +136,59 @@ def observe(grad: Tensor, prediction: Tensor, state: dict[str, Tensor], step: in
     state["innovation_sq_avg"].mul_(noise_beta).addcmul_(innovation, innovation, value=weight)
 
 
+@functools.lru_cache(maxsize=64)
+def segment_ids(sizes: tuple[int, ...], device: torch.device) -> Tensor:
+    """Index of the segment (tensor) of each element of the concatenated samples of sizes `sizes`."""
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+
+
+def segment_sums(rows: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """Sums of each row of `rows` (k x sum(sizes)) over consecutive segments of `sizes`: k x len(sizes). One
+    kernel for a bucket's per-tensor dot products instead of two small ones per tensor (the eager step of a small
+    model is dominated by the number of kernel calls, not by bytes)."""
+    return rows.new_zeros(rows.shape[0], len(sizes)).index_add_(1, segment_ids(sizes, rows.device), rows)
+
+
+def plain_tensors(tensors: list[Tensor]) -> bool:
+    """Whether a bucket can be batched across tensors (no DTensor: its samples and sums are per shard)."""
+    return not any(is_dtensor(t) for t in tensors)
+
+
+def _update_lag_batched(states: dict[str, list[Tensor]], innovations: list[Tensor], step: int, beta1: float,
+                        noise_beta: float) -> None:
+    """`_update_lag` for a bucket of plain tensors at once: the samples concatenated, the per-tensor sums of
+    `_update_lag` as segment sums, the per-tensor scalars updated by foreach calls (same arithmetic)."""
+    samples = [sample_of(innovation) for innovation in innovations]
+    if lag_samples(step) > 0:
+        sizes = tuple(sample.numel() for sample in samples)
+        previous, kept = torch.cat(states["lag_prev"]), 1 - adam_coefficients(beta1, step - 1).gain
+        diff = torch.cat(samples) - kept * previous
+        scale = torch.cat([sample_of(r) for r in states["innovation_sq_avg"]]) / -math.expm1((step - 2) * math.log(noise_beta))
+        weights = torch.where(scale > 0, scale.clamp_min(torch.finfo(scale.dtype).tiny).reciprocal(),
+                              torch.zeros_like(scale))
+        weighted = previous * weights
+        sums = segment_sums(torch.stack([weighted * diff, weighted * previous]), sizes)
+        torch._foreach_mul_(states["lag_num"], LAG_BETA)
+        torch._foreach_add_(states["lag_num"], list(sums[0].unbind()), alpha=-(1 - LAG_BETA))
+        torch._foreach_mul_(states["lag_den"], LAG_BETA)
+        torch._foreach_add_(states["lag_den"], list(sums[1].unbind()), alpha=kept * (1 - LAG_BETA))
+    torch._foreach_copy_(states["lag_prev"], samples)
+
+
 def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict[str, list[Tensor]], step: int,
-                    beta1: float, noise_beta: float, *, update_lag=None) -> None:
-    """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples)."""
+                    beta1: float, noise_beta: float, *, update_lag=None, update_lag_batched=None) -> None:
+    """`observe` on lists (one foreach pass over the per-coordinate statistic, then the small samples: batched over
+    the tensors when they are plain, one tensor at a time for DTensors). `update_lag`/`update_lag_batched`: another
+    mode's lag statistic (mode "fitted")."""
     if step < 2:
         return
     innovations = torch._foreach_sub(grads, predictions)
-    for i, innovation in enumerate(innovations):
-        (update_lag or _update_lag)({key: values[i] for key, values in states.items()}, innovation, step, beta1, noise_beta)
+    if plain_tensors(innovations):
+        (update_lag_batched or _update_lag_batched)(states, innovations, step, beta1, noise_beta)
+    else:
+        for i, innovation in enumerate(innovations):
+            (update_lag or _update_lag)({key: values[i] for key, values in states.items()}, innovation, step, beta1,
+                                        noise_beta)
     weight = (1 - noise_beta) * (1 - adam_coefficients(beta1, step).gain)
     torch._foreach_mul_(states["innovation_sq_avg"], noise_beta)
     torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
@@ -175,6 +221,37 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
     statistic = state["innovation_sq_avg"]
     # A DTensor does not mix with a plain 0-dim tensor; the scalar is the same on every rank.
     return statistic.mul(factor.item() if is_dtensor(statistic) else factor)
+
+
+@functools.lru_cache(maxsize=64)
+def sample_counts(numels: tuple[int, ...], size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """sample_count of each of `numels` (a sample of at most `size`), as a tensor (cached per bucket layout)."""
+    return torch.tensor([sample_count(n, size) for n in numels], dtype=dtype, device=device)
+
+
+def shrunk_lag_ratios(states: dict[str, list[Tensor]], lag_steps: int, sample_size: int | None = None) -> Tensor:
+    """`shrunk_lag_ratio` of every tensor of a bucket of plain tensors, as one vector (same arithmetic)."""
+    statistics = states["innovation_sq_avg"]
+    size = SAMPLE_SIZE if sample_size is None else sample_size  # resolved before the cache (tests patch SAMPLE_SIZE)
+    counts = sample_counts(tuple(r.numel() for r in statistics), size, statistics[0].dtype, statistics[0].device)
+    counts = counts * ewma_effective_samples(lag_steps, LAG_BETA)
+    num, den = torch.stack(states["lag_num"]), torch.stack(states["lag_den"])
+    measured = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
+    return (measured * counts + PRIOR_COUNT) / (counts + PRIOR_COUNT)
+
+
+def posterior_variance_foreach(states: dict[str, list[Tensor]], step: int, beta1: float,
+                               noise_beta: float) -> list[Tensor] | None:
+    """`posterior_variance` of every tensor of a bucket (None at step 1): batched over plain tensors."""
+    statistics = states["innovation_sq_avg"]
+    if step < 2 or not plain_tensors(statistics):
+        variances = [posterior_variance({key: values[i] for key, values in states.items()}, step, beta1, noise_beta)
+                     for i in range(len(statistics))]
+        return None if not variances or variances[0] is None else variances
+    k = adam_coefficients(beta1, step).gain
+    phi = shrunk_lag_ratios(states, lag_samples(step)).clamp(0.0, 1.0 / (1.0 - k))
+    factor = phi.mul(2 * k - 1).add_(1 - k).div_(-math.expm1((step - 1) * math.log(noise_beta)))
+    return torch._foreach_mul(statistics, list(factor.unbind()))
 
 
 def degrees_of_freedom(step: int, noise_beta: float) -> float:

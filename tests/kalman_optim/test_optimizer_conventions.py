@@ -53,6 +53,41 @@ def test_reference_and_foreach_paths_agree_step_by_step(make):
 
 
 @ALL
+def test_automatic_cpu_batches_agree_with_the_reference_step_by_step(make, monkeypatch):
+    """foreach=None on CPU: foreach calls over chunks of small tensors, larger ones one at a time (chunks shrunk so
+    that the small network has both kinds and several chunks); the same numbers as the reference loop."""
+    import kalman_optim._base as base
+
+    monkeypatch.setattr(base, "FOREACH_CHUNK_ELEMENTS", 600)
+    model_ref, model_auto = small_network(), small_network()
+    opt_ref, opt_auto = make(model_ref.parameters(), foreach=False), make(model_auto.parameters())
+    params = list(model_auto.parameters())
+    batches_used = opt_auto._eager_batches(opt_auto.param_groups[0], params)
+    assert sorted(i for index, _ in batches_used for i in index) == list(range(len(params)))
+    assert {foreach for _, foreach in batches_used} == {True, False} and len(batches_used) >= 3
+    for index, foreach in batches_used:
+        sizes = [params[i].numel() for i in index]
+        assert (sum(sizes) <= 600 and max(sizes) <= 150) if foreach else (len(index) == 1 and sizes[0] > 150)
+    for x, y in batches(25):
+        for model, opt in [(model_ref, opt_ref), (model_auto, opt_auto)]:
+            opt.zero_grad()
+            loss_fn(model, x, y).backward()
+            opt.step()
+        for p, q in zip(model_ref.parameters(), model_auto.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+            for name, value in opt_ref.state[p].items():
+                torch.testing.assert_close(value, opt_auto.state[q][name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_explicit_foreach_and_cuda_take_one_call():
+    model = small_network()
+    params = list(model.parameters())
+    for foreach in (True, False):
+        optimizer = KalmanAdam(params, foreach=foreach)
+        assert optimizer._eager_batches(optimizer.param_groups[0], params) == [(list(range(len(params))), foreach)]
+
+
+@ALL
 def test_state_dict_round_trip_resumes_identically(make):
     model = small_network()
     optimizer = make(model.parameters())

@@ -116,6 +116,30 @@ def test_equals_an_independent_implementation_of_the_estimator(foreach):
     np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("options", [dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled_weight_decay=False),
+                                     dict(weight_decay=0.0, maximize=True)], ids=["decoupled", "coupled", "maximize"])
+def test_foreach_path_equals_the_reference_step_by_step(options):
+    """The batched foreach step (`transport.step_foreach`) against the per-tensor reference, float64, every step,
+    with tensors joining late (a bucket per step count) and options that change the recomputed dtheta."""
+    torch.manual_seed(1)
+    shapes = [(20, 3), (50,), (4,)]
+    runs = []
+    for foreach in (False, True):
+        params = [torch.nn.Parameter(torch.ones(s, dtype=torch.float64)) for s in shapes]
+        optimizer = KalmanAdam(params, lr=0.02, noise="transport", noise_beta=0.9, foreach=foreach, **options)
+        torch.manual_seed(2)
+        trace = []
+        for t in range(60):
+            for i, p in enumerate(params):
+                p.grad = None if (i == 2 and t < 10) else (p.detach() - 0.5) * (i + 1) + 0.1 * torch.randn(p.shape, dtype=torch.float64)
+            optimizer.step()
+            trace.append([p.detach().clone() for p in params] + [v.clone() for p in params for v in optimizer.state[p].values()])
+        runs.append(trace)
+    for a, b in zip(*runs):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
 def test_unresolved_curvature_leaves_adams_step():
     """Pure noise (no curvature to find): the shrinkage keeps the transport off for most coordinates, whose steps
     are then AdamW's (a few reach the 3-standard-error threshold by chance)."""
