@@ -62,7 +62,9 @@ class KalmanAdam(KalmanOptimizerBase):
         beta_range: (low, high) clipping range of the per-coordinate EWMA coefficient (mode "adaptive").
         decoupled_weight_decay: True for AdamW's decay, False for Adam's L2 penalty added to the gradient.
         maximize: maximize the objective.
-        foreach: None picks the faster eager path for the device (foreach on CUDA, the plain loop on CPU).
+        foreach: None picks the faster eager path for the device: foreach on CUDA; on CPU foreach calls over chunks of
+            small tensors (<= 32k elements per chunk) and the plain loop for larger tensors (the eager step of a
+            small model costs kernel calls, that of a large one memory traffic).
         fused: True runs each step as compiled kernels (torch.compile/inductor: C++/OpenMP on CPU, Triton on
             CUDA; every mode; compiled once per param group on the first step, nothing recompiles as the step,
             the learning rate or the gains change). None (default) uses it when a compiler is found and the group
