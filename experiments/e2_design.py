@@ -11,8 +11,6 @@ import numpy as np
 MODES = ("adam", "constant", "adaptive", "innovation", "innovation-medium", "innovation-fast", "fitted")
 # D7's read-out at three noise windows (noise_beta 0.99, 0.95, 0.9): the noise ground truth and long runs
 CALIBRATED_MODES = ("innovation", "innovation-medium", "innovation-fast")
-# Modes whose steps are AdamW's (they differ only in the uncertainty they read out): shadow filters of an AdamW run
-ADAMW_STEP_MODES = ("innovation", "innovation-medium", "innovation-fast", "fitted")
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Coverage counts coordinates whose full-batch gradient is not exactly 0 (CalibrationCheckpoints.measure); in

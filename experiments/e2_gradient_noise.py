@@ -68,7 +68,7 @@ from experiments import training
 from experiments.e2_calibration_checkpoints import CalibrationCheckpoints
 from experiments.e2_calibration_report import (figure_calibration, table_calibration, table_calibration_by_layer,
                                                table_process_noise)
-from experiments.e2_design import (ADAMW_STEP_MODES, CALIBRATED_MODES, COVERAGE_OVER, LEVELS, MODES, PHASES,
+from experiments.e2_design import (CALIBRATED_MODES, COVERAGE_OVER, LEVELS, MODES, PHASES,
                                   WHITENESS_MODELS)
 from experiments.e2_gradient_windows import GradientWindows, summarize_window
 from experiments.e2_noise_report import figure_beta_distribution, figure_whiteness, table_noise
@@ -83,6 +83,9 @@ from experiments.e2_design import layer_type  # noqa: F401
 from experiments.e2_noise_statistics import (difference_moments, ljung_box, maximum_likelihood_ratio,  # noqa: F401
                                              noise_estimates, profile_log_likelihood, standardized_innovations,
                                              whiteness_rejected)
+
+# The modes whose steps are AdamW's: shadow filters of an AdamW run (training.SAME_STEPS_AS_ADAMW, one list for E2 and E4).
+ADAMW_STEP_MODES = tuple(name.removeprefix("KalmanAdam-") for name in training.SAME_STEPS_AS_ADAMW)
 
 NAME = "e2_gradient_noise"
 TITLE = "Gradient noise in real training: per-coordinate q, r, optimal beta, whiteness, and interval calibration"

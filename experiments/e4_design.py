@@ -19,9 +19,6 @@ TASK_TABLE_NAMES = {"fashion_mnist": "Fashion-MNIST", "fashion_mnist_resnet": "F
 TASK_KEYS = {"fashion_mnist": "Fashion", "fashion_mnist_resnet": "ResNet", "shakespeare": "Shakespeare"}
 BASELINE = "AdamW"
 SANITY = "KalmanAdam-adam"  # must equal AdamW up to float rounding
-# Modes that take AdamW's steps exactly (they differ only in the uncertainty they read out): not trained again.
-SAME_STEPS_AS_ADAMW = ("KalmanAdam-innovation", "KalmanAdam-innovation-fast", "KalmanAdam-innovation-medium",
-                       "KalmanAdam-fitted")
 # Short CamelCase names of the optimizers for numbers() keys (letters only: they become LaTeX macros).
 OPTIMIZER_KEYS = {
     "AdamW": "AdamW", "KalmanAdam-adam": "KalmanAdam", "KalmanAdam-constant": "Constant",

@@ -46,7 +46,7 @@ from experiments import training
 from experiments.runner import RunSpec
 
 # The design and the report live beside this module; re-exported: they are part of E4's interface (and its tests').
-from experiments.e4_design import (BASELINE, KALMAN_VARIANTS, OPTIMIZER_KEYS, SAME_STEPS_AS_ADAMW, SANITY,  # noqa: F401
+from experiments.e4_design import (BASELINE, KALMAN_VARIANTS, OPTIMIZER_KEYS, SANITY,  # noqa: F401
                                    TASK_KEYS, TASK_TABLE_NAMES, TASK_TITLES, TASKS, Tuning, extended_lr, grid_ratio,
                                    run_id, selection_loss, tuning_config, tuning_state)
 from experiments.e4_report import (Row, curve_estimates, evaluation_runs, figure_curves, figure_lr_sweep,  # noqa: F401
@@ -56,7 +56,7 @@ NAME = "e4_training"
 TITLE = "Fashion-MNIST CNN and ResNet, Shakespeare transformer: 11 optimizers tuned on one lr grid, seeds, CIs vs AdamW"
 
 _COMMON: dict[str, Any] = dict(
-    optimizers=[name for name in training.OPTIMIZERS if name not in SAME_STEPS_AS_ADAMW],
+    optimizers=[name for name in training.OPTIMIZERS if name not in training.SAME_STEPS_AS_ADAMW],
     lr_low=1e-4, lr_high=1e-1,
     weight_decay=0.0,
     tuning_seed=0,

@@ -40,6 +40,10 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "KalmanAdam-innovation-medium": (KalmanAdam, dict(noise="innovation", noise_beta=0.95)),
     "KalmanAdam-fitted": (KalmanAdam, dict(noise="fitted")),
 }
+# Optimizers whose steps are AdamW's exactly (Adam's gain and update; they differ only in the uncertainty they read
+# out): E2 runs them as shadow filters of its AdamW run, E4 does not train them again.
+SAME_STEPS_AS_ADAMW = ("KalmanAdam-innovation", "KalmanAdam-innovation-medium", "KalmanAdam-innovation-fast",
+                       "KalmanAdam-fitted")
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, **overrides: Any) -> torch.optim.Optimizer:
