@@ -83,20 +83,25 @@ def cmd_list() -> None:
         print(f"{name:22s} {module.TITLE}  [profiles: {', '.join(module.PROFILES)}]")
 
 
+def result_stamps(folder: Path) -> dict[Path, int]:
+    """Modification time of every result file in `folder` (empty if there is none)."""
+    return {p: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
+
+
 def run_in_shards(name: str, args: argparse.Namespace) -> None:
-    """Passes of `args.jobs` shard processes (one thread each) until a pass writes no result file."""
+    """Passes of `args.jobs` shard processes (one thread each) until a pass writes no result file: a staged plan
+    (E4's tuning) plans its next stage in the pass after the one that completed the last."""
     folder = args.root / args.profile / name
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     for attempt in itertools.count(1):
-        before = {p: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
+        before = result_stamps(folder)
         command = [sys.executable, "-m", "experiments", "run", name, "--profile", args.profile, "--device", args.device,
                    "--root", str(args.root)] + (["--seeds", *map(str, args.seeds)] if args.seeds else [])
         children = [subprocess.Popen(command + ["--shard", f"{k}/{args.jobs}"], env=env) for k in range(args.jobs)]
         failed = [child.args[-1] for child in children if child.wait() != 0]
         if failed:
             raise SystemExit(f"error: {name} shard(s) {', '.join(failed)} failed (pass {attempt}); rerun to resume")
-        after = {p: p.stat().st_mtime_ns for p in folder.glob("*.json")} if folder.is_dir() else {}
-        if after == before:
+        if result_stamps(folder) == before:
             return
 
 

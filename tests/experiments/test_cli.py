@@ -225,3 +225,54 @@ def test_jobs_is_validated(toy_registry, tmp_path):
         with pytest.raises(SystemExit, match="--jobs"):
             main(["run", "toy", "--root", str(tmp_path), "--device", "cpu", *bad])
     assert not (tmp_path / "smoke").exists()
+
+
+class InProcessShard:
+    """Stands in for subprocess.Popen in `run --jobs`: runs the shard's command line through main() here (a real
+    child would import a registry without the toy experiment) and records it."""
+
+    commands: list[list[str]] = []
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        assert command[:3] == [sys.executable, "-m", "experiments"] and env["OMP_NUM_THREADS"] == "1"
+        self.args = command
+        InProcessShard.commands.append(command)
+        try:
+            main(command[3:])
+            self.code = 0
+        except Exception:  # noqa: BLE001 - a crashed child exits non-zero
+            self.code = 1
+
+    def wait(self) -> int:
+        return self.code
+
+
+def test_jobs_runs_shard_passes_until_one_writes_nothing(toy_registry, tmp_path, monkeypatch):
+    import experiments.__main__ as cli
+
+    real_popen = subprocess.Popen  # still used by everything else (e.g. provenance's git calls)
+
+    def popen(command, **kwargs):
+        if command[:3] == [sys.executable, "-m", "experiments"]:
+            return InProcessShard(command, kwargs["env"])
+        return real_popen(command, **kwargs)
+
+    monkeypatch.setattr(cli.subprocess, "Popen", popen)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    InProcessShard.commands = []
+    root = tmp_path / "results"
+    main(["run", "toy", "--root", str(root), "--device", "cpu", "--jobs", "2"])
+    ids = [f"run{i}_seed0" for i in range(4)]
+    # Pass 1: two shards split the four runs; pass 2 finds nothing to do, so the passes stop; the final call in this
+    # process runs nothing either.
+    shards = [command[command.index("--shard") + 1] for command in InProcessShard.commands]
+    assert shards == ["0/2", "1/2", "0/2", "1/2"]
+    assert sorted(executions(toy_registry)) == ids and run_files(root) == ids
+    # A shard that fails stops the call with its name, and a rerun resumes (only the failed run is left).
+    (root / "smoke" / toy.NAME / "run2_seed0.json").unlink()
+    monkeypatch.setenv("TOY_FAIL_RUN", "run2_seed0")
+    with pytest.raises(SystemExit, match=r"shard\(s\) \d/2 failed \(pass 1\)"):
+        main(["run", "toy", "--root", str(root), "--device", "cpu", "--jobs", "2"])
+    monkeypatch.delenv("TOY_FAIL_RUN")
+    main(["run", "toy", "--root", str(root), "--device", "cpu", "--jobs", "2"])
+    assert run_files(root) == ids and executions(toy_registry).count("run2_seed0") == 3
