@@ -1,7 +1,8 @@
 """E3's analysis: the tuned learning rate per (optimizer, batch size) and its steps to target over seeds (tune,
 format_steps), the local scaling efficiency between batch sizes and the critical batch size it gives, and the fit of
 S(B) = S_min (1 + B_noise / B) with the critical batch size of that fit, all as experiments/e3_noisy_quadratic.py's
-docstring defines them; that module is the experiment (plan, execute, figures, numbers) and re-exports these."""
+docstring defines them, and how closely one optimizer's steps follow another's (max_relative_step_difference); that
+module is the experiment (plan, execute, figures, numbers) and re-exports these."""
 
 from __future__ import annotations
 
@@ -114,3 +115,22 @@ def fitted_critical_batch_size(batch_sizes: Sequence[int], steps: Sequence[float
     doubling saves less than 20% beyond 1.5 B_noise (nan when the fit fails)."""
     fit = fit_scaling_law(batch_sizes, steps)
     return 1.5 * fit[1] if fit is not None else math.nan
+
+
+# ------------------------------------------------------------------------------------------ paired step counts
+def max_relative_step_difference(runs: list[dict], name: str, reference: str) -> tuple[float, int, int]:
+    """Over every (batch size, seed, lr) both optimizers ran: max |S - S_ref| / S_ref where both reached the
+    target, the number of points where only one of them reached it, and the number of points compared."""
+    by_key = {(r["config"]["optimizer"], int(r["config"]["batch_size"]), int(r["config"]["seed"])): r for r in runs}
+    worst, mismatched, compared = 0.0, 0, 0
+    for (opt, batch_size, seed), run in by_key.items():
+        other = by_key.get((reference, batch_size, seed))
+        if opt != name or other is None or run["metrics"]["lrs"] != other["metrics"]["lrs"]:
+            continue
+        for a, b in zip(run["metrics"]["steps_to_target"], other["metrics"]["steps_to_target"]):
+            compared += 1
+            if (a is None) != (b is None):
+                mismatched += 1
+            elif a is not None:
+                worst = max(worst, abs(a - b) / b)
+    return worst, mismatched, compared

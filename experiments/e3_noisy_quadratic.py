@@ -61,7 +61,8 @@ import torch
 from tqdm import tqdm
 
 from experiments import training
-from experiments.e3_analysis import Tuned, critical_batch_size, fitted_critical_batch_size, format_steps, tune
+from experiments.e3_analysis import (Tuned, critical_batch_size, fitted_critical_batch_size, format_steps,
+                                    max_relative_step_difference, tune)
 from experiments.nqm import NoisyQuadratic, exact_loss
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
@@ -345,24 +346,6 @@ def _loss_curve_figure(runs: list[dict], tuned: dict[tuple[str, int], Tuned], na
     fig.suptitle(f"E3 loss curves at the tuned learning rate ({out.profile} profile)\n{_describe(runs)}; "
                  f"a run stops at {runs[0]['config']['stop_factor']:g} × the step its best lr reached the target")
     out.save(fig, "e3_loss_curves")
-
-
-def max_relative_step_difference(runs: list[dict], name: str, reference: str) -> tuple[float, int, int]:
-    """Over every (batch size, seed, lr) both optimizers ran: max |S - S_ref| / S_ref where both reached the
-    target, the number of points where only one of them reached it, and the number of points compared."""
-    by_key = {(r["config"]["optimizer"], int(r["config"]["batch_size"]), int(r["config"]["seed"])): r for r in runs}
-    worst, mismatched, compared = 0.0, 0, 0
-    for (opt, batch_size, seed), run in by_key.items():
-        other = by_key.get((reference, batch_size, seed))
-        if opt != name or other is None or run["metrics"]["lrs"] != other["metrics"]["lrs"]:
-            continue
-        for a, b in zip(run["metrics"]["steps_to_target"], other["metrics"]["steps_to_target"]):
-            compared += 1
-            if (a is None) != (b is None):
-                mismatched += 1
-            elif a is not None:
-                worst = max(worst, abs(a - b) / b)
-    return worst, mismatched, compared
 
 
 def numbers(runs: list[dict]) -> dict[str, float | int | str]:
