@@ -324,6 +324,12 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
 
 
 # ------------------------------------------------------------------------------------------ numbers
+def _names(rows) -> str:
+    """Optimizer names for the text: comma-separated, or "none"."""
+    names = [r.optimizer for r in rows]
+    return ", ".join(names) if names else "none"
+
+
 def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     """Per task: AdamW's test accuracy / loss / lr, every optimizer's paired test-loss difference to AdamW,
     the best Kalman variant, counts significantly better / worse than AdamW (paired t-tests, Holm-corrected over the
@@ -367,6 +373,13 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         out[f"{prefix}ComparisonCount"] = len(compared)
         out[f"{prefix}BetterCount"] = sum(rej and r.test_loss_vs_baseline.mean < 0 for rej, r in zip(rejected, compared))
         out[f"{prefix}WorseCount"] = sum(rej and r.test_loss_vs_baseline.mean > 0 for rej, r in zip(rejected, compared))
+        # The same verdicts by name, for the text: "none" or the optimizers, comma-separated.
+        out[f"{prefix}BetterVariants"] = _names(r for rej, r in zip(rejected, compared) if rej and r.test_loss_vs_baseline.mean < 0)
+        out[f"{prefix}WorseVariants"] = _names(r for rej, r in zip(rejected, compared) if rej and r.test_loss_vs_baseline.mean > 0)
+        # Steps to target: the optimizers whose paired ratio's 95% interval lies entirely below / above 1 (uncorrected).
+        ratios = [r for r in compared if r.steps_ratio_to_baseline.n >= 2]
+        out[f"{prefix}FewerStepsVariants"] = _names(r for r in ratios if r.steps_ratio_to_baseline.high < 1)
+        out[f"{prefix}MoreStepsVariants"] = _names(r for r in ratios if r.steps_ratio_to_baseline.low > 1)
         out[f"{prefix}UncorrectedBetterCount"] = sum(significance(r.test_loss_vs_baseline) < 0 for r in compared)
         out[f"{prefix}UncorrectedWorseCount"] = sum(significance(r.test_loss_vs_baseline) > 0 for r in compared)
         kalman = [r for r in compared if r.optimizer in KALMAN_VARIANTS and math.isfinite(r.test_loss_vs_baseline.mean)]

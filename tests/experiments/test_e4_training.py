@@ -114,6 +114,7 @@ def test_paired_differences_target_and_counts_from_synthetic_runs():
     numbers = e4.numbers(runs)
     assert numbers["FashionConstantLossDiff"] == pytest.approx(0.5)
     assert numbers["FashionWorseCount"] == 1 and numbers["FashionBetterCount"] == 0
+    assert numbers["FashionWorseVariants"] == "KalmanAdam-constant" and numbers["FashionBetterVariants"] == "none"
     assert numbers["FashionBestKalmanVariant"] == "KalmanAdam-constant"
     assert numbers["FashionAdamWLr"] == 1e-2
 
@@ -144,6 +145,7 @@ def test_steps_ratio_to_adamw_is_paired_by_seed_and_geometric():
     assert rows["KalmanAdam-constant"].steps_ratio_to_baseline.n == 2
     numbers = e4.numbers(list(runs.values()))
     assert numbers["FashionConstantStepsRatio"] == pytest.approx(rows["KalmanAdam-constant"].steps_ratio_to_baseline.mean)
+    assert numbers["FashionFewerStepsVariants"] == "KalmanAdam-constant" and numbers["FashionMoreStepsVariants"] == "none"
     assert "SanityComparedRuns" not in numbers  # no KalmanAdam-adam runs: no sanity numbers (not "0 of 0")
 
 
