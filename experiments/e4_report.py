@@ -371,11 +371,11 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         # "Significant" after Holm's correction over the task's comparisons with AdamW (paired t-tests by seed).
         rejected = holm_reject([r.test_loss_p_value for r in compared])
         out[f"{prefix}ComparisonCount"] = len(compared)
-        out[f"{prefix}BetterCount"] = sum(rej and r.test_loss_vs_baseline.mean < 0 for rej, r in zip(rejected, compared))
-        out[f"{prefix}WorseCount"] = sum(rej and r.test_loss_vs_baseline.mean > 0 for rej, r in zip(rejected, compared))
+        better = [r for rej, r in zip(rejected, compared) if rej and r.test_loss_vs_baseline.mean < 0]
+        worse = [r for rej, r in zip(rejected, compared) if rej and r.test_loss_vs_baseline.mean > 0]
+        out[f"{prefix}BetterCount"], out[f"{prefix}WorseCount"] = len(better), len(worse)
         # The same verdicts by name, for the text: "none" or the optimizers, comma-separated.
-        out[f"{prefix}BetterVariants"] = _names(r for rej, r in zip(rejected, compared) if rej and r.test_loss_vs_baseline.mean < 0)
-        out[f"{prefix}WorseVariants"] = _names(r for rej, r in zip(rejected, compared) if rej and r.test_loss_vs_baseline.mean > 0)
+        out[f"{prefix}BetterVariants"], out[f"{prefix}WorseVariants"] = _names(better), _names(worse)
         # Steps to target: the optimizers whose paired ratio's 95% interval lies entirely below / above 1 (uncorrected).
         ratios = [r for r in compared if r.steps_ratio_to_baseline.n >= 2]
         out[f"{prefix}FewerStepsVariants"] = _names(r for r in ratios if r.steps_ratio_to_baseline.high < 1)

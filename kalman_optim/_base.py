@@ -272,12 +272,9 @@ class KalmanOptimizerBase(Optimizer):
                 self._write_back(params, work_params)
                 return
             # The fused path became unavailable (a compiler failure, warned once): the rest takes the eager path.
-            tensors = tuple(_pick(values, remaining) for values in tensors[:5]) + (
-                None if adaptive is None else {key: _pick(values, remaining) for key, values in adaptive.items()},)
+            tensors = _pick_tensors(tensors, remaining)
         for index, foreach in self._eager_batches(group, tensors[0]):
-            part = tuple(_pick(values, index) for values in tensors[:5]) + (
-                None if tensors[5] is None else {key: _pick(values, index) for key, values in tensors[5].items()},)
-            self._functional_step(*part, foreach=foreach, **options)
+            self._functional_step(*_pick_tensors(tensors, index), foreach=foreach, **options)
         self._write_back(params, work_params)
 
     def _functional_step(self, *tensors, **options) -> None:  # pragma: no cover - abstract
@@ -377,6 +374,13 @@ def _switched_innovation_mode(state: dict, noise: str) -> bool:
 
 def _pick(values: list, index: list[int]) -> list:
     return [values[i] for i in index]
+
+
+def _pick_tensors(tensors: tuple, index: list[int]) -> tuple:
+    """The functional step's arguments (five lists and the optional dict of state lists) for tensors `index`."""
+    lists, states = tensors[:5], tensors[5]
+    return tuple(_pick(values, index) for values in lists) + (
+        None if states is None else {key: _pick(values, index) for key, values in states.items()},)
 
 
 def group_scalars(group: dict) -> dict[str, Any]:

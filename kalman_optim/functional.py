@@ -427,7 +427,7 @@ def adaptive_noise_estimates_foreach(
         halves = torch._foreach_neg(gains)
         torch._foreach_log1p_(halves)
         torch._foreach_mul_(halves, step)
-        halves = [torch.tanh(h) for h in halves] if not hasattr(torch, "_foreach_tanh") else torch._foreach_tanh(halves)
+        halves = torch._foreach_tanh(halves)
         factors = torch._foreach_neg(halves)
         torch._foreach_add_(factors, 1)
         torch._foreach_mul_(factors, betas)

@@ -275,9 +275,7 @@ def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_
 def posterior_variance_foreach(states: dict[str, list[Tensor]], step: int, beta1: float,
                                noise_beta: float) -> list[Tensor] | None:
     """`posterior_variance` of every tensor of a bucket (None at step 1); the model's table is read per tensor."""
-    variances = [posterior_variance({key: values[i] for key, values in states.items()}, step, beta1, noise_beta)
-                 for i in range(len(states["innovation_sq_avg"]))]
-    return None if not variances or variances[0] is None else variances
+    return innovation_model.posterior_variance_each(posterior_variance, states, step, beta1, noise_beta)
 
 
 #: Degrees of freedom of the Student-t interval after SIMULATED_STEPS: the effective sample size of R (D7).

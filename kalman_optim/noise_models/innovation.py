@@ -240,14 +240,20 @@ def shrunk_lag_ratios(states: dict[str, list[Tensor]], lag_steps: int, sample_si
     return (measured * counts + PRIOR_COUNT) / (counts + PRIOR_COUNT)
 
 
+def posterior_variance_each(read_out, states: dict[str, list[Tensor]], step: int, beta1: float,
+                            noise_beta: float) -> list[Tensor] | None:
+    """A mode's per-tensor `read_out` (its posterior_variance) over a bucket, one tensor at a time; None at step 1."""
+    variances = [read_out({key: values[i] for key, values in states.items()}, step, beta1, noise_beta)
+                 for i in range(len(states["innovation_sq_avg"]))]
+    return None if not variances or variances[0] is None else variances
+
+
 def posterior_variance_foreach(states: dict[str, list[Tensor]], step: int, beta1: float,
                                noise_beta: float) -> list[Tensor] | None:
     """`posterior_variance` of every tensor of a bucket (None at step 1): batched over plain tensors."""
     statistics = states["innovation_sq_avg"]
     if step < 2 or not plain_tensors(statistics):
-        variances = [posterior_variance({key: values[i] for key, values in states.items()}, step, beta1, noise_beta)
-                     for i in range(len(statistics))]
-        return None if not variances or variances[0] is None else variances
+        return posterior_variance_each(posterior_variance, states, step, beta1, noise_beta)
     k = adam_coefficients(beta1, step).gain
     phi = shrunk_lag_ratios(states, lag_samples(step)).clamp(0.0, 1.0 / (1.0 - k))
     factor = phi.mul(2 * k - 1).add_(1 - k).div_(-math.expm1((step - 1) * math.log(noise_beta)))

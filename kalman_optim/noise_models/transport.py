@@ -149,7 +149,6 @@ def step_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
             torch._foreach_div_(dthetas, kept)
         num, den, resid = states["curvature_num"], states["curvature_den"], states["curvature_resid"]
         count = step - 2
-        raws = None
         if step >= 3:
             ys = torch._foreach_sub(observed, prev_grads)
             instruments = torch._foreach_mul(prev_grads, adam_coefficients(beta1, step - 1).gain)
@@ -165,9 +164,8 @@ def step_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
             torch._foreach_addcmul_(resid, ys, ys, 1 - noise_beta)
         if count < 2:
             curvatures = [torch.zeros_like(n) for n in num]
-        else:  # curvature_estimate on lists
+        else:  # curvature_estimate on lists, with the raw ratio of this step's update (count >= 2 means step >= 4)
             tiny = torch.finfo(den[0].dtype).tiny
-            raws = raws if raws is not None else _ratio_or_zero(num, den)
             rho = 1 / ewma_effective_samples(count, noise_beta)
             clamped = torch._foreach_clamp_min(den, tiny)
             se_sq = torch._foreach_mul(resid, rho / (1 - rho))
@@ -194,4 +192,5 @@ def step_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
     torch._foreach_add_(denoms, eps)
     torch._foreach_addcdiv_(params, exp_avgs, denoms, -lr)
     torch._foreach_copy_(prev_grads, observed)
-    torch._foreach_fill_(prev_lrs, lr) if hasattr(torch, "_foreach_fill_") else [t.fill_(lr) for t in prev_lrs]
+    for prev_lr in prev_lrs:  # torch has no _foreach_fill_
+        prev_lr.fill_(lr)

@@ -37,19 +37,24 @@ def assert_same_snapshot(a, b):
             assert torch.equal(state_a[key][name], state_b[key][name]), name
 
 
+def assert_same_training(model_a, opt_a, model_b, opt_b, steps: int) -> None:
+    """Train both on the same batches; after every step parameters and every state tensor agree to float32 rounding."""
+    for x, y in batches(steps):
+        for model, opt in [(model_a, opt_a), (model_b, opt_b)]:
+            opt.zero_grad()
+            loss_fn(model, x, y).backward()
+            opt.step()
+        for p, q in zip(model_a.parameters(), model_b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+            for name, value in opt_a.state[p].items():
+                torch.testing.assert_close(value, opt_b.state[q][name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 @ALL
 def test_reference_and_foreach_paths_agree_step_by_step(make):
     model_ref, model_fe = small_network(), small_network()
     opt_ref, opt_fe = make(model_ref.parameters(), foreach=False), make(model_fe.parameters(), foreach=True)
-    for x, y in batches(40):
-        for model, opt in [(model_ref, opt_ref), (model_fe, opt_fe)]:
-            opt.zero_grad()
-            loss_fn(model, x, y).backward()
-            opt.step()
-        for p, q in zip(model_ref.parameters(), model_fe.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-            for name, value in opt_ref.state[p].items():
-                torch.testing.assert_close(value, opt_fe.state[q][name], rtol=1e-6, atol=1e-7, msg=name)
+    assert_same_training(model_ref, opt_ref, model_fe, opt_fe, steps=40)
 
 
 @ALL
@@ -68,15 +73,7 @@ def test_automatic_cpu_batches_agree_with_the_reference_step_by_step(make, monke
     for index, foreach in batches_used:
         sizes = [params[i].numel() for i in index]
         assert (sum(sizes) <= 600 and max(sizes) <= 150) if foreach else (len(index) == 1 and sizes[0] > 150)
-    for x, y in batches(25):
-        for model, opt in [(model_ref, opt_ref), (model_auto, opt_auto)]:
-            opt.zero_grad()
-            loss_fn(model, x, y).backward()
-            opt.step()
-        for p, q in zip(model_ref.parameters(), model_auto.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-            for name, value in opt_ref.state[p].items():
-                torch.testing.assert_close(value, opt_auto.state[q][name], rtol=1e-6, atol=1e-7, msg=name)
+    assert_same_training(model_ref, opt_ref, model_auto, opt_auto, steps=25)
 
 
 def test_explicit_foreach_and_cuda_take_one_call():
