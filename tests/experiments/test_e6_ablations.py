@@ -150,3 +150,46 @@ def test_clip_fractions_read_drift_as_low_beta_and_white_noise_as_high_beta():
     assert low < 0.1 and 0.4 < high < 0.6
     assert e6.effective_betas(noise_optimizer).mean() > 0.8
     assert e6.clip_fractions(e6.training.make_optimizer("AdamW", [drift], 1e-3)) is None
+
+
+def test_paper_profile_runs_each_group_at_its_lr_without_the_prior_group():
+    paper = e6.PROFILES["paper"]
+    specs = e6.plan(paper, [0, 1], {})
+    lr_of = {s.config["setting"]: s.config["lr"] for s in specs}
+    assert not any(key.startswith("constant_prior") for key in lr_of)
+    groups = {g.name: g for g in e6.GROUPS}
+    for name in paper["groups"]:
+        assert {lr_of[s.key] for s in groups[name].settings} == {paper["group_lrs"][name]}
+    # The adaptive reference is shared by two groups and still run once per seed.
+    assert len(specs) == len({s.run_id for s in specs}) == 2 * len(lr_of)
+
+
+def test_profile_groups_and_lrs_are_validated():
+    with pytest.raises(ValueError, match="groups"):
+        e6.plan(dict(TINY, groups=["Priors"]), [0], {})
+    with pytest.raises(ValueError, match="group_lrs"):
+        e6.plan(dict(TINY, group_lrs=dict(Window=1e-3)), [0], {})
+    # The adaptive reference belongs to NoiseWindow and BetaRange: two lrs for it cannot both be run.
+    with pytest.raises(ValueError, match="shared by groups"):
+        e6.plan(dict(TINY, group_lrs=dict(NoiseWindow=1e-3, BetaRange=1e-4)), [0], {})
+    with pytest.raises(ValueError, match="learning rate"):
+        e6.plan(dict(TINY, group_lrs=dict(Confidence=0.0)), [0], {})
+
+
+def test_outputs_cover_only_the_groups_that_ran(tmp_path):
+    """A profile without the prior group: the figure has one column fewer, the numbers carry each group's lr."""
+    def run(key, seed, loss, lr):
+        return dict(config=dict(TINY, setting=key, seed=seed, lr=lr),
+                    metrics=dict(test_loss=loss, test_accuracy=0.5, val_loss=loss))
+
+    confidence = next(g for g in e6.GROUPS if g.name == "Confidence")
+    runs = [run(s.key, seed, 1.0 + 0.1 * i + 0.01 * seed, 3e-3)
+            for i, s in enumerate(confidence.settings) for seed in (0, 1, 2)]
+    out = FigureOutput(profile="paper", figure_dir=tmp_path, table_dir=tmp_path)
+    e6.figures(runs, out)
+    table = (tmp_path / "e6_ablations.md").read_text()
+    assert "Prior" not in table and "0.003" in table
+    numbers = e6.numbers(runs)
+    assert numbers["ConfidenceLr"] == 3e-3 and "PriorLr" not in numbers and "PriorTestLossSpread" not in numbers
+    # Every setting is shifted by the same amount on every seed: separated with or without Holm's correction.
+    assert numbers["ComparedCount"] == 4 and numbers["SeparatedCount"] == 4 and numbers["HolmSeparatedCount"] == 4
