@@ -3,6 +3,7 @@
 #   make reproduce        set up .venv if missing, then rebuild everything that is out of date
 #   make test             set up .venv if missing, then run the test-suite
 #   make bench            optimizer step-time / memory benchmark -> results/bench/{step,fused}_$(BENCH_DEVICE).json
+#                         and results/bench/models_cpu.json (the step on E4's small models)
 #
 # Switches:
 #   PYTHON=python3        use an existing interpreter (e.g. a GPU machine's system torch, no network):
@@ -12,7 +13,8 @@
 #   JOBS=N                   run each experiment's runs as N one-thread processes (PROFILE=paper JOBS=2 on the 2-core CPU).
 #   DEVICE=auto|cpu|cuda  device of the experiments (auto: cuda when available).
 #   BENCH_DEVICE=cpu|cuda  device of `make bench`; BENCH_ARGS=... more options (e.g. --quick, --layout both);
-#                         BENCH_FUSED_ARGS=... options of the fused-path benchmark (e.g. --quick).
+#                         BENCH_FUSED_ARGS=... options of the fused-path benchmark (e.g. --quick);
+#                         BENCH_MODELS_ARGS=... options of the E4-model benchmark (CPU, one thread; e.g. --quick).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -122,6 +124,7 @@ derivations: $(DERIVATION_LATEX)
 bench: | $(SETUP)
 	$(PY) -m experiments.bench_step --device $(BENCH_DEVICE) --out results/bench/step_$(BENCH_DEVICE).json $(BENCH_ARGS)
 	$(PY) -m experiments.bench_fused --device $(BENCH_DEVICE) --out results/bench/fused_$(BENCH_DEVICE).json $(BENCH_FUSED_ARGS)
+	$(PY) -m experiments.bench_models --out results/bench/models_cpu.json $(BENCH_MODELS_ARGS)
 
 # Every experiment of the profile, every time: completed runs (results/<profile>/<experiment>/*.json) are
 # skipped in seconds, and a missing, corrupt or stale one (deleted, truncated, or from another config) is redone.

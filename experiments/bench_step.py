@@ -189,10 +189,14 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def bench_one(
-    total: int, layout: str, cands: list[Candidate], rounds: int, warmup: int, device: torch.device, seed: int, bar
+    total: int, layout: str, cands: list[Candidate], rounds: int, warmup: int, device: torch.device, seed: int, bar,
+    params: list[torch.nn.Parameter] | None = None,
 ) -> dict[str, Any]:
-    """Time every candidate at one size and layout; return the per-candidate statistics."""
-    params = make_parameters(total, layout, device, seed)
+    """Time every candidate at one size and layout (or on the given `params`, with their gradients set); return the
+    per-candidate statistics."""
+    if params is None:
+        params = make_parameters(total, layout, device, seed)
+    sizes = [p.numel() for p in params]
     optimizers = {c.name: c.build(params) for c in cands}
     rng = random.Random(f"{seed}/{total}/{layout}")  # str seeds are deterministic across runs
     timer = StepTimer(device)
@@ -245,7 +249,6 @@ def bench_one(
             entry["cuda_event_times_s"] = event_times[c.name]
         stats[c.name] = entry
 
-    sizes = tensor_sizes(total, layout)
     del optimizers, params
     gc.collect()
     if device.type == "cuda":

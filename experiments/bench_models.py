@@ -1,0 +1,158 @@
+r"""Optimizer step time on the parameters of E4's small models, against torch's AdamW (issue 13, issue 14).
+
+    python -m experiments.bench_models [--repeats N] [--quick] [--out results/bench/models_cpu.json]
+
+Why: E4's models have 10 to 60 parameter tensors of 10 to 40k elements, so a step costs kernel launches and Python
+per tensor, not bytes; experiments/bench_step.py's layouts (tensors of 1e5 elements and more) do not show that.
+This benchmark times the step of every optimizer of E4's paper profile on exactly the parameter tensors of E4's
+paper models (built by experiments.training.make_task with the paper profile's task settings), with random
+gradients set once, lr 1e-3, weight decay 1e-2. Each optimizer on its default eager path (foreach=None: runs of
+small tensors batched through foreach calls on CPU) and with foreach=False (one tensor at a time: the library's
+reference loop, the cost before the batching), torch's AdamW on its loop (its CPU default) and foreach paths.
+
+Timing as bench_step.py (interleaved rounds in a seeded shuffled order, warm-up first, median and the ratio to the
+fastest torch AdamW, with the IQR of the per-round ratios); one thread (torch.set_num_threads(1)) unless --threads
+says otherwise, as E4 runs its shards with one thread each. Nothing is asserted: this is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from experiments import e4_training, training
+from experiments.bench_step import WARMUP, bench_one, markdown_table, provenance, text_table
+from experiments.provenance import atomic_write
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LR, WEIGHT_DECAY, SEED = 1e-3, 1e-2, 0
+DEFAULT_REPEATS, QUICK_REPEATS = 200, 10
+PATHS = {"default": None, "loop": False}
+
+
+@dataclass(frozen=True)
+class ModelCandidate:
+    """An optimizer of experiments.training.OPTIMIZERS on one eager path (bench_step.bench_one's candidate API)."""
+
+    name: str
+    optimizer: str  # a key of training.OPTIMIZERS
+    path: str  # "default" (foreach=None), "loop" (foreach=False) or "foreach" (torch AdamW)
+
+    def build(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        foreach = {"default": None, "loop": False, "foreach": True}[self.path]
+        extra = {} if self.optimizer == "AdamW" else dict(fused=False)
+        return training.make_optimizer(self.optimizer, params, LR, WEIGHT_DECAY, foreach=foreach, **extra)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(name=self.name, optimizer=self.optimizer, path=self.path)
+
+
+def candidates() -> list[ModelCandidate]:
+    """torch AdamW (loop: its CPU default, and foreach), then every other E4 paper optimizer on both eager paths.
+    bench_one's baseline is the fastest candidate whose `optimizer` is "AdamW"."""
+    out = [ModelCandidate("AdamW [loop]", "AdamW", "loop"), ModelCandidate("AdamW [foreach]", "AdamW", "foreach")]
+    for name in e4_training.PAPER_OPTIMIZERS:
+        if name == "AdamW":
+            continue
+        for path in PATHS:
+            out.append(ModelCandidate(name + ("" if path == "default" else f" [{path}]"), name, path))
+    return out
+
+
+def model_parameters(task_name: str, seed: int) -> list[torch.nn.Parameter]:
+    """The trainable parameters of E4's paper model for `task_name`, with seeded random gradients."""
+    torch.manual_seed(seed)
+    task = training.make_task(task_name, torch.device("cpu"), **e4_training.PROFILES["paper"]["tasks"][task_name])
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
+    return params
+
+
+def loop_speedups(result: dict) -> dict[str, float]:
+    """Per optimizer: median step time of its foreach=False loop over that of its default path."""
+    by_name = result["candidates"]
+    return {name: by_name[f"{name} [loop]"]["median_s"] / by_name[name]["median_s"]
+            for name in e4_training.PAPER_OPTIMIZERS if name != "AdamW"}
+
+
+def render(report: dict) -> tuple[str, str]:
+    """(text, markdown) tables: ratio to the fastest AdamW and median ms per task; the loop / default speed-up."""
+    tasks = [r["task"] for r in report["results"]]
+    names = [c["name"] for c in report["candidates"]]
+    header = ["candidate"] + [f"{t} ({r['tensors']} tensors, {r['size']} el.)" for t, r in zip(tasks, report["results"])]
+    rows = [[name] + [f"{r['candidates'][name]['ratio']:.2f}x [{r['candidates'][name]['ratio_q25']:.2f}, "
+                      f"{r['candidates'][name]['ratio_q75']:.2f}] {1e3 * r['candidates'][name]['median_s']:.2f} ms"
+                      for r in report["results"]] for name in names]
+    speed_header = ["optimizer: loop time / default time"] + tasks
+    speed_rows = [[name] + [f"{r['loop_speedup'][name]:.2f}x" for r in report["results"]]
+                  for name in e4_training.PAPER_OPTIMIZERS if name != "AdamW"]
+    p = report["provenance"]
+    intro = (f"{p['device_name']}, {p['threads']} thread(s), torch {p['torch']}, commit {(p['git_commit'] or '?')[:12]}"
+             f"{' (dirty)' if p['git_dirty'] else ''}, {p['date_utc']}; {report['config']['repeats']} timed rounds "
+             f"after {report['config']['warmup']} warm-up rounds. Ratio = median step / median of the fastest torch "
+             f"AdamW [IQR of per-round ratios], then the median step time.")
+    text = "\n\n".join([intro, text_table(header, rows), text_table(speed_header, speed_rows)])
+    markdown = "\n\n".join([
+        "# Optimizer step time on E4's paper models (CPU)",
+        f"Generated by `{p['command']}` (experiments/bench_models.py).", intro,
+        "## Step time relative to torch AdamW", markdown_table(header, rows),
+        "## Speed-up of the default eager path over the per-tensor loop", markdown_table(speed_header, speed_rows),
+    ]) + "\n"
+    return text, markdown
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench_models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, help=f"timed rounds per task (default {DEFAULT_REPEATS}; "
+                        f"--quick: {QUICK_REPEATS})")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(e4_training.PROFILES["paper"]["tasks"]),
+                        default=list(e4_training.PROFILES["paper"]["tasks"]))
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default %(default)s, as E4)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench" / "models_cpu.json")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
+    if repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {repeats}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    device, cands = torch.device("cpu"), candidates()
+    info = provenance(device, argv, SEED)
+    info["module"] = "experiments.bench_models"
+    results = []
+    with tqdm(total=len(args.tasks) * (WARMUP + repeats) * len(cands), desc="optimizer steps", unit="step",
+              disable=args.no_progress, file=sys.stderr, mininterval=2.0) as bar:
+        for task in args.tasks:
+            bar.set_postfix_str(task)
+            params = model_parameters(task, SEED)
+            size = sum(p.numel() for p in params)
+            result = bench_one(size, f"model:{task}", cands, repeats, WARMUP, device, SEED, bar, params=params)
+            result.update(task=task, loop_speedup=loop_speedups(result))
+            results.append(result)
+    report = dict(benchmark="optimizer step time on E4's paper models (experiments/bench_models.py)", provenance=info,
+                  config=dict(tasks=args.tasks, task_settings={t: e4_training.PROFILES["paper"]["tasks"][t]
+                                                               for t in args.tasks},
+                              repeats=repeats, warmup=WARMUP, threads=torch.get_num_threads(), seed=SEED, lr=LR,
+                              weight_decay=WEIGHT_DECAY, quick=args.quick, dtype="float32"),
+                  candidates=[c.describe() for c in cands], results=results)
+    text, markdown = render(report)
+    atomic_write(args.out, json.dumps(report, indent=1) + "\n")
+    atomic_write(args.out.with_suffix(".md"), markdown)
+    print(text + f"\n\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
