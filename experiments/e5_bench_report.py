@@ -143,3 +143,66 @@ def bench_reports(bench_dir: Path) -> dict[str, dict]:
         except (OSError, ValueError):
             continue
     return reports
+
+
+#: bench_models: E4 paper optimizer -> key of its macros; task -> key (the models of E4's paper profile).
+MODEL_OPTIMIZERS = {"KalmanAdam-adaptive": "Adaptive", "KalmanAdam-innovation-VA": "InnovationVA",
+                    "KalmanAdam-transport": "Transport", "LAMB": "Lamb", "KalmanLAMB-innovation-PW": "LambInnovationPW"}
+MODEL_TASKS = {"fashion_mnist": "Cnn", "fashion_mnist_resnet": "Resnet", "shakespeare": "Transformer"}
+
+
+def models_report(bench_dir: Path) -> dict | None:
+    """The committed report of experiments/bench_models.py (<bench_dir>/models_cpu.json), None if absent; a file that
+    is present but unreadable stops the build with its name."""
+    path = Path(bench_dir) / "models_cpu.json"
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        for result in report["results"]:
+            result["task"], result["candidates"], result["loop_speedup"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: unreadable model-step benchmark ({error}); regenerate it with `make bench`") from error
+    return report
+
+
+def models_numbers(report: dict | None) -> dict[str, float | int | str]:
+    """Macros Models<Task><Optimizer>Ratio (default eager path over the fastest torch AdamW, per E4 model), the range
+    of the Kalman modes' ratios over the models (ModelsKalmanRatioLow/High; plain LAMB excluded), and the largest
+    speed-up of the default path over the per-tensor loop (ModelsLoopSpeedupMax)."""
+    if report is None:
+        return {}
+    out: dict[str, float | int | str] = {"ModelsCommit": str(report["provenance"].get("git_commit") or "unknown")[:7]}
+    kalman, speedups = [], []
+    for result in report["results"]:
+        task = MODEL_TASKS.get(result["task"])
+        if task is None:
+            continue
+        for name, key in MODEL_OPTIMIZERS.items():
+            entry = result["candidates"].get(name)
+            if entry is None:
+                continue
+            out[f"Models{task}{key}Ratio"] = round(entry["ratio"], 2)
+            if name != "LAMB":
+                kalman.append(entry["ratio"])
+            if name in result["loop_speedup"]:
+                speedups.append(result["loop_speedup"][name])
+    if kalman:
+        out["ModelsKalmanRatioLow"], out["ModelsKalmanRatioHigh"] = round(min(kalman), 1), round(max(kalman), 1)
+    if speedups:
+        out["ModelsLoopSpeedupMax"] = round(max(speedups), 1)
+    return out
+
+
+def models_table(report: dict, out: FigureOutput) -> None:
+    """Table e5_models: each E4 paper optimizer's step on each E4 model, default path and per-tensor loop."""
+    results = [r for r in report["results"] if r["task"] in MODEL_TASKS]
+    names = list(results[0]["candidates"])
+    header = ["candidate"] + [f"{r['task'].replace('_', ' ')} ({r['tensors']} tensors)" for r in results]
+    rows = [[name] + [f"{r['candidates'][name]['ratio']:.2f}x ({1e3 * r['candidates'][name]['median_s']:.2f} ms)"
+                      for r in results] for name in names]
+    out.table("e5_models", header, rows, caption=(
+        "Step on E4's paper models (make bench, results/bench/models_cpu.json, "
+        f"commit {str(report['provenance'].get('git_commit'))[:7]}): ratio of the median step to the fastest torch "
+        f"AdamW's, {report['provenance'].get('threads')} CPU thread, {results[0]['rounds']} interleaved rounds; "
+        "no suffix = the library's default eager path, [loop] = foreach=False (one tensor at a time)."))

@@ -46,13 +46,14 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
-from experiments.e5_bench_report import bench_reports, fused_numbers, fused_report, fused_table
+from experiments.e5_bench_report import (bench_reports, fused_numbers, fused_report, fused_table, models_numbers,
+                                         models_report, models_table)
 from experiments.plotting import FigureOutput, style
 from experiments.provenance import REPO_ROOT
 from experiments.runner import RunSpec
 
 # Re-exported though unused here: the fused path's macro keys are part of E5's interface.
-from experiments.e5_bench_report import FUSED_VARIANTS  # noqa: F401
+from experiments.e5_bench_report import FUSED_VARIANTS, MODEL_OPTIMIZERS  # noqa: F401
 
 NAME = "e5_cost"
 TITLE = "Cost per step: step time and optimizer-state bytes vs parameter count, as ratios to torch AdamW"
@@ -339,6 +340,9 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     report = fused_report("cpu", BENCH_DIR)
     if report is not None:
         fused_table(report, out)
+    models = models_report(BENCH_DIR)
+    if models is not None:
+        models_table(models, out)
     out.table("e5_cost", header, rows, caption=(
         f"E5 ({out.profile} profile): optimizer-state bytes per parameter and median step time relative to the fastest "
         "torch AdamW at the largest N measured [IQR of per-round ratios]. D6 bytes moved ×AdamW is the time ratio a "
@@ -387,6 +391,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         out["StateBytesAdamW"] = median_of(largest[adamw[0]], "state_bytes_per_param")
     out.update(bench_numbers(bench_reports(BENCH_DIR)))
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
+    out.update(models_numbers(models_report(BENCH_DIR)))
     return out
 
 

@@ -171,3 +171,40 @@ def test_the_fused_targets_are_said_from_the_ratios(small, large, phrase):
     assert numbers["FusedCpuAdaptiveWithinTarget"] == phrase
     # Precision weighting takes 1.5x plain LAMB at both sizes here.
     assert numbers["FusedCpuLambPrecisionWithinTarget"] == "at neither size"
+
+
+def _models_report():
+    """A bench_models report: two tasks, the default path at 2x/3x AdamW and the loop 1.5x slower than it."""
+    def entry(ratio):
+        return dict(ratio=ratio, median_s=ratio * 1e-3)
+
+    results = []
+    for task, scale in (("fashion_mnist", 2.0), ("fashion_mnist_resnet", 3.0)):
+        candidates = {"AdamW [loop]": entry(1.0), "AdamW [foreach]": entry(1.2)}
+        for name in e5.MODEL_OPTIMIZERS:
+            ratio = 1.5 if name == "LAMB" else scale
+            candidates[name], candidates[f"{name} [loop]"] = entry(ratio), entry(1.5 * ratio)
+        results.append(dict(task=task, tensors=8, rounds=5, candidates=candidates,
+                            loop_speedup={name: 1.5 for name in e5.MODEL_OPTIMIZERS}))
+    return dict(provenance=dict(git_commit="abcdef123456", threads=1), results=results)
+
+
+def test_models_numbers_and_table(tmp_path):
+    numbers = e5.models_numbers(_models_report())
+    assert numbers["ModelsCnnTransportRatio"] == 2.0 and numbers["ModelsResnetInnovationVARatio"] == 3.0
+    assert numbers["ModelsCnnLambRatio"] == 1.5
+    # Plain LAMB is not a Kalman mode: the range runs over the Kalman optimizers only.
+    assert numbers["ModelsKalmanRatioLow"] == 2.0 and numbers["ModelsKalmanRatioHigh"] == 3.0
+    assert numbers["ModelsLoopSpeedupMax"] == 1.5 and numbers["ModelsCommit"] == "abcdef1"
+    assert all(k.isalpha() for k in numbers)
+    assert e5.models_numbers(None) == {}
+    e5.models_table(_models_report(), FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
+    table = (tmp_path / "e5_models.md").read_text()
+    assert "KalmanAdam-transport [loop]" in table and "3.00x" in table
+
+
+def test_a_damaged_models_report_stops_the_build_with_its_name(tmp_path):
+    (tmp_path / "models_cpu.json").write_text('{"results": [{"task": "fashion_mnist"}]}')
+    with pytest.raises(ValueError, match="models_cpu.json"):
+        e5.models_report(tmp_path)
+    assert e5.models_report(tmp_path / "missing") is None
