@@ -351,6 +351,13 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
             continue
         prefix = TASK_KEYS[task]
         out[f"{prefix}OnEdgeCount"] = sum(r.tuning.on_edge for r in task_rows.values())
+        # A training step's wall time (forward, backward, optimizer step and evaluation) on AdamW's finished runs: the
+        # scale against which the optimizer step's own cost (make bench, bench_models) is read.
+        per_step = [1e3 * float(r["wall_time_s"]) / int(r["metrics"]["steps_done"]) for r in runs
+                    if r["config"]["task"] == task and r["config"]["optimizer"] == BASELINE and "wall_time_s" in r
+                    and not r["metrics"].get("diverged") and int(r["metrics"].get("steps_done", 0)) > 0]
+        if per_step:
+            out[f"{prefix}AdamWMillisecondsPerStep"] = round(float(np.median(per_step)), 1)
         baseline = task_rows.get(BASELINE)
         if baseline is None:
             continue

@@ -3,6 +3,7 @@ and the two of the smoke profile without the ResNet)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,6 +214,10 @@ def test_figures_table_and_numbers_are_written(tiny_runs, tmp_path):
         assert 0.0 < numbers[f"{prefix}AdamWTestAccuracy"] <= 1.0
         assert math.isfinite(numbers[f"{prefix}LAMBPWLossDiff"])
         assert numbers[f"{prefix}BestKalmanVariant"] == "KalmanLAMB-PW"
+        # The median wall time per step of the task's AdamW runs, from the runs' own records.
+        adamw = [1e3 * r["wall_time_s"] / r["metrics"]["steps_done"] for r in tiny_runs
+                 if r["config"]["optimizer"] == "AdamW" and e4.TASK_KEYS[r["config"]["task"]] == prefix]
+        assert numbers[f"{prefix}AdamWMillisecondsPerStep"] == pytest.approx(float(np.median(adamw)), abs=0.051)
     assert numbers["SanityMaxAbsDifference"] < 1e-5 and numbers["Seeds"] == 2
     assert all(k.isalpha() and k[0].isupper() for k in numbers)
     assert all(isinstance(v, str) or math.isfinite(v) for v in numbers.values())
