@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from kalman_optim import fused as fused_path
-from kalman_optim._validation import validate_optimizer_hyperparameters
+from kalman_optim._validation import is_dtensor, validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
 from kalman_optim.noise_models import INNOVATION_MODELS, STATE_KEYS, innovation, transport
 from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients
@@ -134,7 +134,10 @@ class KalmanOptimizerBase(Optimizer):
         expected = {key: p.shape for key in ("exp_avg", "exp_avg_sq", *PER_ELEMENT_STATE_KEYS)}
         noise = self.param_groups[group_index]["noise"]
         if "lag_prev" in state and not _switched_innovation_mode(state, noise):  # a strided sample of the mode's size
-            expected["lag_prev"] = INNOVATION_MODELS.get(noise, innovation).sample_of(state["exp_avg"]).shape
+            model, exp_avg = INNOVATION_MODELS.get(noise, innovation), state["exp_avg"]
+            # The sample's length without building it (a view per tensor per step costs more than the check).
+            expected["lag_prev"] = (model.sample_of(exp_avg).shape if is_dtensor(exp_avg)
+                                    else torch.Size([model.sample_count(exp_avg.numel())]))
         for key, shape in expected.items():
             value = state.get(key)
             if torch.is_tensor(value) and value.shape != shape:

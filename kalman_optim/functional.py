@@ -474,6 +474,41 @@ def lamb_trust_ratio(param_norm: Tensor, update_norm: Tensor, trust_clip: float 
     return ratio if trust_clip is None else ratio.clamp_max(trust_clip)
 
 
+def _lamb_apply_foreach(params: list[Tensor], updates: list[Tensor], variances: list[Tensor] | None,
+                        previous_means: list[Tensor] | None, *, lr: float, precision_floor: float,
+                        trust_clip: float | None) -> None:
+    """LAMB's per-tensor tail for a bucket of plain tensors, batched: the norms and D5's weighted sums as foreach
+    reductions, the trust ratios as one vector, the update as one foreach call (mutates params, updates and the
+    stored previous means). The same arithmetic as the per-tensor loop of kalman_lamb: precision_weighted_norm with
+    the layer mean of P (this step's, or the stored `previous_means`; <= 0 gives equal weights), and
+    lamb_trust_ratio; `variances` None = the plain norm (and a stored mean is reset to 0)."""
+    param_norms = torch.stack(torch._foreach_norm(params))
+    numels = torch.tensor([float(u.numel()) for u in updates], dtype=param_norms.dtype, device=param_norms.device)
+    if variances is None:
+        update_norms = torch.stack(torch._foreach_norm(updates))
+        if previous_means is not None:
+            torch._foreach_zero_(previous_means)  # no posterior this step: the next one weighs equally
+    else:
+        # P >= 0, so its sum is its 1-norm: per-tensor sums in one call.
+        current = torch.stack(torch._foreach_norm(variances, 1)) / numels
+        means = current if previous_means is None else torch.stack(previous_means).reshape(-1).to(current.dtype)
+        inverse = torch.where(means > 0, means.clamp_min(torch.finfo(means.dtype).tiny).reciprocal(),
+                              torch.zeros_like(means))
+        weights = torch._foreach_mul(variances, list(inverse.unbind()))
+        torch._foreach_add_(weights, precision_floor)
+        torch._foreach_reciprocal_(weights)
+        weighted = torch._foreach_mul(updates, updates)
+        torch._foreach_mul_(weighted, weights)
+        weighted_sums = torch.stack(torch._foreach_norm(weighted, 1))
+        weight_sums = torch.stack(torch._foreach_norm(weights, 1))
+        update_norms = (weighted_sums / weight_sums * numels).sqrt()
+        if previous_means is not None:
+            torch._foreach_copy_(previous_means, [m.reshape(p.shape) for m, p in zip(current.unbind(), previous_means)])
+    ratios = lamb_trust_ratio(param_norms, update_norms, trust_clip)
+    torch._foreach_mul_(updates, list(ratios.unbind()))
+    torch._foreach_add_(params, updates, alpha=-lr)
+
+
 def kalman_lamb(
     params: list[Tensor],
     grads: list[Tensor],
@@ -544,10 +579,21 @@ def kalman_lamb(
             updates = [mean / ((v / correction2).sqrt() + eps) for mean, v in zip(means, b_sqs)]
             if weight_decay != 0:
                 updates = [u.add(p, alpha=weight_decay) for u, p in zip(updates, b_params)]
+        weighted = precision_weighting and not (noise in INNOVATION_MODELS and r_hats is None)
+        if foreach and not any(is_dtensor(p) for p in b_params):
+            variances = None
+            if weighted:
+                if r_hats is None:
+                    r_hats = [observation_noise_from_moments(m.square(), v, correction2, beta1, beta2)
+                              for m, v in zip(means, b_sqs)]
+                variances = torch._foreach_mul(r_hats, gains)  # P = k_t r_hat: gains a float, or per tensor
+            _lamb_apply_foreach(b_params, updates, variances, b_previous, lr=lr, precision_floor=precision_floor,
+                                trust_clip=trust_clip)
+            continue
         for j, (param, update) in enumerate(zip(b_params, updates)):
             param_norm = torch.linalg.vector_norm(param)
             # Mode "innovation" has no estimate at step 1: plain LAMB norm there.
-            if precision_weighting and not (noise in INNOVATION_MODELS and r_hats is None):
+            if weighted:
                 r_hat = r_hats[j] if r_hats is not None else observation_noise_from_moments(
                     means[j].square(), b_sqs[j], correction2, beta1, beta2
                 )

@@ -156,3 +156,24 @@ def test_step_after_loading_a_state_for_another_model_raises_and_changes_nothing
     for key, value in state_before["state"].items():
         for name, tensor in value.items():
             assert torch.equal(torch.as_tensor(after["state"][key][name]), torch.as_tensor(tensor)), name
+
+
+@pytest.mark.parametrize("noise", ["innovation", "fitted"])
+def test_a_lag_sample_of_the_wrong_length_raises_and_changes_nothing(noise):
+    """The innovation models keep a strided sample of each tensor's previous innovations: its expected length is
+    computed from the tensor's size (20,000 elements are sampled with a stride > 1), and a wrong one is rejected."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(20_000)), torch.nn.Parameter(torch.randn(7))]
+    optimizer = KalmanAdam(params, noise=noise)
+    for _ in range(3):  # a consistent state steps without complaint, strided sample included
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    assert optimizer.state[params[0]]["lag_prev"].numel() < 20_000
+    optimizer.state[params[0]]["lag_prev"] = optimizer.state[params[0]]["lag_prev"][:-1].clone()
+    before = [p.detach().clone() for p in params]
+    exp_avg = optimizer.state[params[0]]["exp_avg"].clone()
+    with pytest.raises(ValueError, match=r"Invalid optimizer state: 'lag_prev' of parameter 0"):
+        optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert torch.equal(optimizer.state[params[0]]["exp_avg"], exp_avg)
