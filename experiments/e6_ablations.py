@@ -430,6 +430,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         means = [r.test_loss.mean for r in rows]
         out[f"{group.name}TestLossSpread"] = max(means) - min(means)
         out[f"{group.name}BestSetting"] = best.setting.label
+        out[f"{group.name}BestTestLoss"] = best.test_loss.mean
         out[f"{group.name}BestMinusReference"] = best.test_loss_vs_reference.mean
         reference = [r for r in rows if r.is_reference]
         out[f"{group.name}ReferenceTestLoss"] = reference[0].test_loss.mean if reference else math.nan

@@ -191,5 +191,6 @@ def test_outputs_cover_only_the_groups_that_ran(tmp_path):
     assert "Prior" not in table and "0.003" in table
     numbers = e6.numbers(runs)
     assert numbers["ConfidenceLr"] == 3e-3 and "PriorLr" not in numbers and "PriorTestLossSpread" not in numbers
+    assert numbers["ConfidenceBestSetting"] == "off" and numbers["ConfidenceBestTestLoss"] == pytest.approx(1.01)
     # Every setting is shifted by the same amount on every seed: separated with or without Holm's correction.
     assert numbers["ComparedCount"] == 4 and numbers["SeparatedCount"] == 4 and numbers["HolmSeparatedCount"] == 4
