@@ -356,7 +356,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     config = runs[0]["config"]
     seeds = sorted({int(r["config"]["seed"]) for r in runs})
     groups = [g for g in GROUPS if any(r.group == g.name for r in summary)]
-    fig, axes = plt.subplots(2, len(groups), figsize=(3.0 * len(groups), 5.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(groups), figsize=(max(3.4 * len(groups), 9.0), 5.6), squeeze=False)
     for column, group in enumerate(groups):
         rows = [r for r in summary if r.group == group.name]
         x = np.arange(len(rows))
@@ -381,13 +381,13 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
             ax.set_xticks(x, [r.setting.label for r in rows], rotation=30, ha="right")
             ax.set_xlim(-0.5, len(rows) - 0.5)
             if row_index == 0:
-                ax.set_title(f"{group.title}, lr {rows[0].lr:g}", fontsize=9)
+                ax.set_title(f"{group.title}\nlr {rows[0].lr:g}", fontsize=9)
             else:
                 ax.set_xlabel(group.axis_label)
             if column == 0:
                 ax.set_ylabel(ylabel)
-    fig.suptitle(f"E6 ablations, Fashion-MNIST CNN, lr fixed per group, {config['steps']} steps, "
-                 f"{len(seeds)} seeds, mean ± 95% CI; open square = reference ({out.profile} profile)")
+    fig.suptitle(f"E6 ablations, Fashion-MNIST CNN, lr fixed per group, {config['steps']} steps, {len(seeds)} seeds\n"
+                 f"mean ± 95% CI; open square = reference ({out.profile} profile)", fontsize=10)
     out.save(fig, "e6_ablations")
 
     table_rows = []
