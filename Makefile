@@ -59,7 +59,7 @@ help:
 	@echo "make reproduce   set up (if needed) and rebuild what is out of date"
 	@echo "make test        set up (if needed) and run the tests"
 	@echo "make derivations run the sympy derivations, write paper/generated/ and derivations/executed/"
-	@echo "make bench       time optimizer steps against AdamW -> results/bench/{step,fused}_$(BENCH_DEVICE).json (~20 min)"
+	@echo "make bench       time optimizer steps against AdamW -> results/bench/{step,fused}_$(BENCH_DEVICE).json, models_cpu.json (~25 min)"
 	@echo "make experiments run the $(PROFILE) experiments -> results/$(PROFILE)/ (smoke: ~15 min on 2 CPUs)"
 	@echo "make figures     figures, tables, number macros from the results -> paper/figures, paper/generated"
 	@echo "make paper       build paper/build/paper.pdf (installs LaTeX with apt-get when root)"
