@@ -174,6 +174,11 @@ def models_numbers(report: dict | None) -> dict[str, float | int | str]:
         return {}
     out: dict[str, float | int | str] = {"ModelsCommit": str(report["provenance"].get("git_commit") or "unknown")[:7]}
     kalman, speedups = [], []
+    measured = [r for r in report["results"] if r["task"] in MODEL_TASKS]
+    if measured:  # the models' layout: tensor counts and the largest tensor
+        out["ModelsTensorsLow"] = min(int(r["tensors"]) for r in measured)
+        out["ModelsTensorsHigh"] = max(int(r["tensors"]) for r in measured)
+        out["ModelsLargestTensor"] = max(int(r["largest_tensor"]) for r in measured)
     for result in report["results"]:
         task = MODEL_TASKS.get(result["task"])
         if task is None:

@@ -184,7 +184,8 @@ def _models_report():
         for name in e5.MODEL_OPTIMIZERS:
             ratio = 1.5 if name == "LAMB" else scale
             candidates[name], candidates[f"{name} [loop]"] = entry(ratio), entry(1.5 * ratio)
-        results.append(dict(task=task, tensors=8, rounds=5, candidates=candidates,
+        results.append(dict(task=task, tensors=8 if scale == 2.0 else 29, largest_tensor=int(50_000 * scale), rounds=5,
+                            candidates=candidates,
                             loop_speedup={name: 1.5 for name in e5.MODEL_OPTIMIZERS}))
     return dict(provenance=dict(git_commit="abcdef123456", threads=1), results=results)
 
@@ -196,6 +197,7 @@ def test_models_numbers_and_table(tmp_path):
     # Plain LAMB is not a Kalman mode: the range runs over the Kalman optimizers only.
     assert numbers["ModelsKalmanRatioLow"] == 2.0 and numbers["ModelsKalmanRatioHigh"] == 3.0
     assert numbers["ModelsLoopSpeedupMax"] == 1.5 and numbers["ModelsCommit"] == "abcdef1"
+    assert (numbers["ModelsTensorsLow"], numbers["ModelsTensorsHigh"], numbers["ModelsLargestTensor"]) == (8, 29, 150_000)
     assert all(k.isalpha() for k in numbers)
     assert e5.models_numbers(None) == {}
     e5.models_table(_models_report(), FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
