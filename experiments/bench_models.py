@@ -88,7 +88,8 @@ def render(report: dict) -> tuple[str, str]:
     """(text, markdown) tables: ratio to the fastest AdamW and median ms per task; the loop / default speed-up."""
     tasks = [r["task"] for r in report["results"]]
     names = [c["name"] for c in report["candidates"]]
-    header = ["candidate"] + [f"{t} ({r['tensors']} tensors, {r['size']} el.)" for t, r in zip(tasks, report["results"])]
+    header = ["candidate"] + [f"{t} ({r['tensors']} tensors, {r['size']} el.)"
+                              for t, r in zip(tasks, report["results"])]
     rows = [[name] + [f"{r['candidates'][name]['ratio']:.2f}x [{r['candidates'][name]['ratio_q25']:.2f}, "
                       f"{r['candidates'][name]['ratio_q75']:.2f}] {1e3 * r['candidates'][name]['median_s']:.2f} ms"
                       for r in report["results"]] for name in names]

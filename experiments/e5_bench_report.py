@@ -162,7 +162,8 @@ def models_report(bench_dir: Path) -> dict | None:
         for result in report["results"]:
             result["task"], result["candidates"], result["loop_speedup"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: unreadable model-step benchmark ({error}); regenerate it with `make bench`") from error
+        raise ValueError(
+            f"{path}: unreadable model-step benchmark ({error}); regenerate it with `make bench`") from error
     return report
 
 

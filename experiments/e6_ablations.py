@@ -1,6 +1,7 @@
 """E6: ablations of KalmanAdam's design choices on the Fashion-MNIST CNN, at one fixed learning rate.
 
-Four groups (the paper profile runs the last three), each varying one knob with everything else fixed and paired with a reference setting:
+Four groups (the paper profile runs the last three), each varying one knob with everything else fixed and paired
+with a reference setting:
 
 * prior (noise="constant"): P_0 / r in {diffuse, 0.01, 0.1, 1, 10}. With a nearly static state (small q)
   a prior variance P_0 = r / n_0 acts like n_0 pseudo-observations of a zero gradient, so 0.01 shrinks
@@ -17,8 +18,8 @@ Four groups (the paper profile runs the last three), each varying one knob with 
 No tuning (E4 tunes learning rates): the smoke profile runs every group at one common lr; the paper profile runs
 each group at the lr E4's paper profile tuned for its mode on this task (`group_lrs`) and leaves out the prior
 group (the constant mode is not among E4's paper optimizers; the prior matters over the first ~100 steps, which
-the smoke profile measures). So E6 measures sensitivity to each knob around a sensible lr, not tuned performance. Runs are paired by seed (same initial model, same
-mini-batches), so each setting is reported as mean +- 95% t-interval over seeds and as the paired difference
+the smoke profile measures). So E6 measures sensitivity to each knob around a sensible lr, not tuned performance.
+Runs are paired by seed (same initial model, same mini-batches), so each setting is reported as mean +- 95% t-interval over seeds and as the paired difference
 to its group's reference. The adaptive reference (noise_beta 0.99, range [0.5, 0.999]) is one set of runs
 shared by the window and clipping groups.
 """
@@ -326,7 +327,8 @@ def summarize(runs: list[dict]) -> list[SettingSummary]:
             low = [own[s]["clipped_low_fraction"] for s in seeds if "clipped_low_fraction" in own[s]]
             high = [own[s]["clipped_high_fraction"] for s in seeds if "clipped_high_fraction" in own[s]]
             rows.append(SettingSummary(
-                group=group.name, lr=_lr_of(runs, setting.key), setting=setting, is_reference=setting.key == group.reference.key, seeds=seeds,
+                group=group.name, lr=_lr_of(runs, setting.key), setting=setting,
+                is_reference=setting.key == group.reference.key, seeds=seeds,
                 diverged=sum(bool(own[s].get("diverged")) for s in seeds),
                 test_loss=mean_ci(_values(own, seeds, "test_loss")),
                 test_accuracy=mean_ci(_values(own, seeds, "test_accuracy")),
@@ -400,8 +402,8 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
         clipped = "-"
         if r.clipped_low is not None and r.clipped_high is not None:
             clipped = f"{100 * r.clipped_low.mean:.0f} / {100 * r.clipped_high.mean:.0f}"
-        table_rows.append([r.group, f"{r.lr:g}", r.setting.label, r.test_loss.format(), accuracy.format(), diff, beta, clipped,
-                           runs_text])
+        table_rows.append([r.group, f"{r.lr:g}", r.setting.label, r.test_loss.format(), accuracy.format(), diff, beta,
+                           clipped, runs_text])
     out.table("e6_ablations", ["group", "lr", "setting", "test loss", "test acc. (%)", "diff. vs ref.",
                                "mean eff. β", "clipped low/high (%)", "seeds"], table_rows,
               caption=f"E6 ablations ({out.profile} profile): Fashion-MNIST CNN, one fixed lr per group, "
@@ -440,12 +442,11 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out["SeparatedCount"] = sum(significance(r.test_loss_vs_reference) != 0 for r in compared)
     # The same question with Holm's correction over every comparison made (paired t-tests).
     out["HolmSeparatedCount"] = sum(holm_reject([r.test_loss_p_value for r in compared]))
-    narrow = _by_seed(runs, adaptive_setting(DEFAULT_NOISE_BETA, NARROW_RANGE, "").key)
-    adam = _by_seed(runs, confidence_setting(None).key)
+    narrow_key, adam_key = adaptive_setting(DEFAULT_NOISE_BETA, NARROW_RANGE, "").key, confidence_setting(None).key
+    narrow, adam = _by_seed(runs, narrow_key), _by_seed(runs, adam_key)
     common = sorted(set(narrow) & set(adam))
-    same_lr = common and _lr_of(runs, adaptive_setting(DEFAULT_NOISE_BETA, NARROW_RANGE, "").key) == _lr_of(
-        runs, confidence_setting(None).key)
-    if same_lr:  # a comparison across two learning rates would measure the lrs
+    lrs = {r.setting.key: r.lr for r in summary}
+    if common and lrs[narrow_key] == lrs[adam_key]:  # a comparison across two learning rates would measure the lrs
         out["NarrowRangeMinusAdamTestLoss"] = paired_difference(_values(narrow, common, "test_loss"),
                                                                 _values(adam, common, "test_loss")).mean
     reference = [r for r in summary if r.group == "NoiseWindow" and r.is_reference and r.effective_beta]

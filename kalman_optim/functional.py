@@ -579,26 +579,23 @@ def kalman_lamb(
             updates = [mean / ((v / correction2).sqrt() + eps) for mean, v in zip(means, b_sqs)]
             if weight_decay != 0:
                 updates = [u.add(p, alpha=weight_decay) for u, p in zip(updates, b_params)]
-        weighted = precision_weighting and not (noise in INNOVATION_MODELS and r_hats is None)
-        if foreach and not any(is_dtensor(p) for p in b_params):
-            variances = None
-            if weighted:
-                if r_hats is None:
-                    r_hats = [observation_noise_from_moments(m.square(), v, correction2, beta1, beta2)
-                              for m, v in zip(means, b_sqs)]
-                variances = torch._foreach_mul(r_hats, gains)  # P = k_t r_hat: gains a float, or per tensor
+        batched = foreach and not any(is_dtensor(p) for p in b_params)
+        # D5's posterior variances P = k_t r_hat; mode "innovation" has no estimate at step 1: plain LAMB norm there.
+        variances = None
+        if precision_weighting and not (noise in INNOVATION_MODELS and r_hats is None):
+            if r_hats is None:
+                r_hats = [observation_noise_from_moments(m.square(), v, correction2, beta1, beta2)
+                          for m, v in zip(means, b_sqs)]
+            variances = (torch._foreach_mul(r_hats, gains) if batched else  # gains: a float, or one per tensor
+                         [(gains[j] if isinstance(gains, list) else gains) * r for j, r in enumerate(r_hats)])
+        if batched:
             _lamb_apply_foreach(b_params, updates, variances, b_previous, lr=lr, precision_floor=precision_floor,
                                 trust_clip=trust_clip)
             continue
         for j, (param, update) in enumerate(zip(b_params, updates)):
             param_norm = torch.linalg.vector_norm(param)
-            # Mode "innovation" has no estimate at step 1: plain LAMB norm there.
-            if weighted:
-                r_hat = r_hats[j] if r_hats is not None else observation_noise_from_moments(
-                    means[j].square(), b_sqs[j], correction2, beta1, beta2
-                )
-                gain = gains[j] if isinstance(gains, list) else gains
-                variance = gain * r_hat
+            if variances is not None:
+                variance = variances[j]
                 if b_previous is None:
                     update_norm = precision_weighted_norm(update, variance, precision_floor)
                 else:

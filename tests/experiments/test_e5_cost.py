@@ -197,7 +197,8 @@ def test_models_numbers_and_table(tmp_path):
     # Plain LAMB is not a Kalman mode: the range runs over the Kalman optimizers only.
     assert numbers["ModelsKalmanRatioLow"] == 2.0 and numbers["ModelsKalmanRatioHigh"] == 3.0
     assert numbers["ModelsLoopSpeedupMax"] == 1.5 and numbers["ModelsCommit"] == "abcdef1"
-    assert (numbers["ModelsTensorsLow"], numbers["ModelsTensorsHigh"], numbers["ModelsLargestTensor"]) == (8, 29, 150_000)
+    layout = (numbers["ModelsTensorsLow"], numbers["ModelsTensorsHigh"], numbers["ModelsLargestTensor"])
+    assert layout == (8, 29, 150_000)
     assert all(k.isalpha() for k in numbers)
     assert e5.models_numbers(None) == {}
     e5.models_table(_models_report(), FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))

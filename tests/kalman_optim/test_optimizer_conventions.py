@@ -19,10 +19,11 @@ OPTIMIZERS = {
     "lamb": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, **kw}),
     "lamb-adaptive": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, "noise": "adaptive", **kw}),
     "lamb-innovation": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, "noise": "innovation", **kw}),
-    # The previous step's layer mean and a trust clip that binds in about a third of the (tensor, step) pairs (||p|| / ||u||
-    # has median ~0.2 and maximum ~1.9 on the small network).
+    # The previous step's layer mean and a trust clip that binds in about a third of the (tensor, step) pairs
+    # (||p|| / ||u|| has median ~0.2 and maximum ~1.9 on the small network).
     "lamb-previous-clipped": lambda params, **kw: KalmanLAMB(params, **{
-        "lr": 1e-2, "noise": "innovation", "precision_mean": "previous", "trust_clip": 0.3, "weight_decay": 0.05, **kw}),
+        "lr": 1e-2, "noise": "innovation", "precision_mean": "previous", "trust_clip": 0.3, "weight_decay": 0.05,
+        **kw}),
 }
 ALL = pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
 
