@@ -19,12 +19,12 @@ from experiments.e2_design import QUANTILES, finite_or_none, layer_type
 
 class CalibrationCheckpoints:
     """At each checkpoint c: the full-batch gradient G(theta_{c-1}) at the parameters where g_c was taken,
-    against the optimizer's intervals after filtering g_c; optionally also G(theta_{c-1-l}) for `level_lags` l,
-    which measures the process noise directly (below)."""
+    against the optimizer's intervals after filtering g_c; optionally also G(theta_{c-1-l}) for `level_lags` l at
+    the checkpoints in `level_checkpoints` (all by default), which measures the process noise directly (below)."""
 
     def __init__(self, task: training.Task, checkpoints: Sequence[int], levels: Sequence[float],
                  full_gradient_examples: int | None, level_lags: Sequence[int] = (), noise_truth_every: int = 0,
-                 noise_truth_for: Collection[str] | None = None):
+                 noise_truth_for: Collection[str] | None = None, level_checkpoints: Collection[int] | None = None):
         self.task, self.checkpoints, self.levels = task, sorted(checkpoints), list(levels)
         # Every n-th checkpoint also measures the per-example gradient variance (the true r, noise_truth.py), checked
         # against the optimizers named in `noise_truth_for` ("" = the training optimizer; None = all of them).
@@ -32,12 +32,14 @@ class CalibrationCheckpoints:
         self.noise_truth_for = None if noise_truth_for is None else set(noise_truth_for)
         self.examples = full_gradient_examples
         self.level_lags = [lag for lag in level_lags if lag >= 1]
+        # Each level change costs a full gradient per lag: a subset of the checkpoints keeps the paper profile's budget.
+        self.level_checkpoints = set(self.checkpoints if level_checkpoints is None else level_checkpoints)
         self.scratch = copy.deepcopy(task.model)  # parameters are loaded into it for each full gradient
         self.names = [n for n, p in task.model.named_parameters() if p.requires_grad]
         # Parameter snapshots theta_s for every step s = c - 1 - l needed (l = 0 and the level lags).
         self.last_use: dict[int, int] = {}  # snapshot step -> the last checkpoint that needs it
         for c in self.checkpoints:
-            for lag in [0, *self.level_lags]:
+            for lag in [0, *(self.level_lags if c in self.level_checkpoints else [])]:
                 if c - 1 - lag >= 0:
                     self.last_use[c - 1 - lag] = max(c, self.last_use.get(c - 1 - lag, 0))
         self.snapshots: dict[int, list[torch.Tensor]] = {}
@@ -95,7 +97,8 @@ class CalibrationCheckpoints:
         mini-batch's squared sampling error, E = r_i);
         under the local-level model their ratio is l * lambda (a random walk's increments add up)."""
         truth = self._full_gradient_at(step - 1)
-        earlier = {lag: self._full_gradient_at(step - 1 - lag) for lag in self.level_lags if step - 1 - lag >= 0}
+        earlier = {lag: self._full_gradient_at(step - 1 - lag) for lag in self.level_lags
+                   if step - 1 - lag >= 0 and step in self.level_checkpoints}
         params = self._parameters(self.task.model)
         moments = None
         index = self.checkpoints.index(step)

@@ -113,7 +113,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # tasks; the modes with a posterior (adam = AdamW, adaptive, the calibrated innovation with noise windows 0.99,
     # 0.95 and 0.9, fitted), 5 seeds (a run takes ~2-4 minutes of a core; the static lr = 0 controls for the first
     # seed only); the per-example noise truth at every fifth checkpoint (not for the ResNet: with
-    # BatchNorm in training mode a single example's gradient is not a term of the mini-batch gradient).
+    # BatchNorm in training mode a single example's gradient is not a term of the mini-batch gradient); the level
+    # changes over 1 and 10 steps (two more full gradients each) at 6 of the 11 checkpoints.
     "paper": dict(
         tasks={
             "fashion_mnist": dict(task_kwargs=dict(train_size=8192, eval_size=1000, batch_size=128), lr=1e-3,
@@ -132,7 +133,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         shadow_modes=["innovation", "innovation-medium", "innovation-fast", "fitted"],
         steps=2000, eval_every=500, window_length=200, window_starts=[101, 901, 1801],
         checkpoints=[100] + list(range(200, 2001, 200)), coords_per_tensor=128, lags=10, level_lags=[1, 10],
-        static_modes=["adam"], noise_truth_every=5, seeds=[0, 1, 2, 3, 4]),
+        level_checkpoints=[100, 400, 800, 1200, 1600, 2000], static_modes=["adam"], noise_truth_every=5,
+        seeds=[0, 1, 2, 3, 4]),
     # Full: all 55,000 training images; Shakespeare: a pool of 4096 windows tiling the start of the stream.
     "full": dict(
         tasks={
@@ -160,6 +162,9 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
                          f"of {length} steps within 2..{steps}")
     if any(not 1 <= c <= steps for c in settings["checkpoints"]):
         raise ValueError(f"Invalid checkpoints {settings['checkpoints']}: expected steps in 1..{steps}")
+    if not set(settings.get("level_checkpoints", ())) <= set(settings["checkpoints"]):
+        raise ValueError(f"Invalid level_checkpoints {settings['level_checkpoints']}: expected a subset of the "
+                         f"checkpoints {settings['checkpoints']}")
     shadows = [m for m in MODES if m in settings.get("shadow_modes", ())]
     if len(shadows) != len(settings.get("shadow_modes", ())) or not set(shadows) <= set(ADAMW_STEP_MODES) \
             or set(shadows) & set(settings.get("long_modes", ())):
@@ -180,6 +185,8 @@ def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpe
                           record_windows=mode == "adam", window_length=length, window_starts=starts,
                           coords_per_tensor=int(settings["coords_per_tensor"]), lags=int(settings["lags"]),
                           level_lags=[] if static else list(settings["level_lags"]), seed=int(seed))
+            if "level_checkpoints" in settings and config["level_lags"]:
+                config["level_checkpoints"] = list(settings["level_checkpoints"])
             if mode == "adam" and shadows:
                 # Modes that take AdamW's steps read their intervals off shadow filters in this run (lr = 0,
                 # fed the same gradients), measured against the same full gradients: one run instead of one each.
@@ -212,7 +219,8 @@ def execute(config: dict, device: torch.device) -> dict:
     calibrated = [name for name in ["", *shadows] if (name or config["mode"]) in CALIBRATED_MODES]
     calibration = CalibrationCheckpoints(task, config["checkpoints"], config["levels"], config["full_gradient_examples"],
                                          config["level_lags"] if config["record_windows"] else (),
-                                         noise_truth_every=config.get("noise_truth_every", 0), noise_truth_for=calibrated)
+                                         noise_truth_every=config.get("noise_truth_every", 0), noise_truth_for=calibrated,
+                                         level_checkpoints=config.get("level_checkpoints"))
 
     def on_step(step: int, _task: training.Task, opt: torch.optim.Optimizer) -> None:
         for shadow in shadows.values():

@@ -197,6 +197,12 @@ def test_plan():
         e2.plan(dict(TINY, window_starts=[3, 10]), [0], {})  # overlapping windows
     with pytest.raises(ValueError, match="checkpoints"):
         e2.plan(dict(TINY, checkpoints=[41]), [0], {})
+    with pytest.raises(ValueError, match="level_checkpoints"):
+        e2.plan(dict(TINY, level_checkpoints=[10, 20]), [0], {})  # 20 is not a checkpoint
+    subset = e2.plan(dict(TINY, level_checkpoints=[40]), [0], {})
+    assert {tuple(s.config.get("level_checkpoints", ())) for s in subset if s.config["level_lags"]} == {(40,)}
+    assert all("level_checkpoints" not in s.config for s in subset if not s.config["level_lags"])
+    assert all("level_checkpoints" not in s.config for s in specs)  # absent from the profile: every checkpoint
 
 
 def test_shadow_modes_are_planned_inside_the_adamw_runs():
@@ -257,6 +263,15 @@ def test_truth_is_the_full_gradient_where_the_last_mini_batch_was_taken():
     for c in checkpoints:
         change = c["level_change_sq"]["1"]["all"]
         assert change > 0 and c["noise_sq"]["all"] < 1e-6 * change
+
+
+def test_level_changes_only_at_the_level_checkpoints():
+    """level_checkpoints: the full gradients of the lags are taken at those checkpoints only, the coverage at all."""
+    config = _config("fashion_mnist", "adam", level_checkpoints=[40])
+    checkpoints = e2.execute(config, CPU)["metrics"]["calibration"]
+    assert [c["step"] for c in checkpoints] == TINY["checkpoints"]
+    assert [sorted(c["level_change_sq"]) for c in checkpoints] == [[], ["1", "3"]]
+    assert all(c["total"] > 0 for c in checkpoints)
 
 
 def test_frozen_parameters_give_white_noise_and_no_level_change():
