@@ -66,6 +66,7 @@ from experiments.e3_analysis import (Tuned, critical_batch_size, fitted_critical
 from experiments.nqm import NoisyQuadratic, exact_loss
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
+from kalman_optim import KalmanAdam
 
 # Re-exported though unused here: the scaling-law analysis is part of E3's interface (its tests use it here).
 from experiments.e3_analysis import SCALING_EFFICIENCY_THRESHOLD, fit_scaling_law, scaling_efficiencies  # noqa: F401
@@ -81,11 +82,15 @@ ADAM_FAMILY = ("AdamW", "KalmanAdam-adam", "KalmanAdam-constant", "KalmanAdam-ad
 OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "SGD-momentum": (torch.optim.SGD, dict(momentum=0.9)),
     **{name: (training.OPTIMIZERS[name][0], dict(training.OPTIMIZERS[name][1], weight_decay=0.0)) for name in ADAM_FAMILY},
+    # D8 with the transport measured by the gradient at an extrapolated point: E3 only (its parameters hold that
+    # point, so a training loop must evaluate after optimizer.eval(); E4's loop does not).
+    "KalmanAdam-extrapolated": (KalmanAdam, dict(noise="extrapolated", weight_decay=0.0)),
 }
 # CamelCase names for number keys (LaTeX macros take letters only).
 MACRO_NAMES = {"SGD-momentum": "SGDMomentum", "AdamW": "AdamW", "KalmanAdam-adam": "KalmanAdamAdam",
                "KalmanAdam-constant": "KalmanAdamConstant", "KalmanAdam-adaptive": "KalmanAdamAdaptive",
-               "KalmanAdam-VA": "KalmanAdamVA", "KalmanAdam-transport": "KalmanAdamTransport"}
+               "KalmanAdam-VA": "KalmanAdamVA", "KalmanAdam-transport": "KalmanAdamTransport",
+               "KalmanAdam-extrapolated": "KalmanAdamExtrapolated"}
 
 
 def power_of_two_grid(low: int, high: int) -> list[float]:
@@ -95,11 +100,11 @@ def power_of_two_grid(low: int, high: int) -> list[float]:
 
 # SGD with momentum 0.9 is stable for lr * h_max < 2 (1 + 0.9) = 3.8 (h_max = 1), so 4 = 2^2 diverges and
 # bounds the grid from above; the Adam family's steps are bounded (~lr per coordinate) and its best lr at
-# large B is ~2^-2, so its grid reaches 2^1 to leave room for variance adaptation, which shrinks steps. All
-# Adam-type optimizers share one grid, so KalmanAdam-adam and AdamW see identical noise and must agree step
-# for step. The lower ends sit 3+ octaves below the best lr at B = 1.
+# large B is ~2^-2, but mode "extrapolated" (whose momentum carries no lag on a quadratic) takes 2^1 there, so the
+# grid reaches 2^3. All Adam-type optimizers share one grid, so KalmanAdam-adam and AdamW see identical noise and
+# must agree step for step. The lower ends sit 3+ octaves below the best lr at B = 1.
 SGD_GRID = power_of_two_grid(-9, 2)
-ADAM_GRID = power_of_two_grid(-10, 1)
+ADAM_GRID = power_of_two_grid(-10, 3)
 LR_GRIDS = {name: (SGD_GRID if name == "SGD-momentum" else ADAM_GRID) for name in OPTIMIZERS}
 
 _COMMON = dict(target_fraction=0.1, init="normal", init_seed=12345, stop_factor=1.5, divergence_factor=1e3,
@@ -154,6 +159,18 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _iterate_loss(problem: NoisyQuadratic, optimizer: torch.optim.Optimizer) -> np.ndarray:
+    """L at the iterate: a KalmanAdam in mode "extrapolated" holds the extrapolated point in its parameters
+    (D8), so it is read between optimizer.eval() and optimizer.train() (bit-exact swaps; no-ops in other modes)."""
+    if not isinstance(optimizer, KalmanAdam):
+        return problem.loss().cpu().numpy()
+    optimizer.eval()
+    try:
+        return problem.loss().cpu().numpy()
+    finally:
+        optimizer.train()
+
+
 def execute(config: dict, device: torch.device) -> dict:
     """Every lr of the grid on its own replica, stepped together until the stop rule (module docstring).
 
@@ -180,7 +197,7 @@ def execute(config: dict, device: torch.device) -> dict:
     for step in bar:
         problem.set_noisy_gradients()
         optimizer.step()
-        loss = problem.loss().cpu().numpy()
+        loss = _iterate_loss(problem, optimizer)
         diverged |= ~np.isfinite(loss) | (loss > config["divergence_factor"] * initial)
         newly = (loss <= target) & (reached < 0) & ~diverged
         reached[newly] = step
@@ -381,15 +398,18 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
                 out[key] = f"more than {max_steps / adamw[index]:.2g}"
             else:
                 out[key] = "n/a (AdamW did not reach the target)"
-    if "KalmanAdam-transport" in names and "AdamW" in names:
+    for name, prefix in (("KalmanAdam-transport", "Transport"), ("KalmanAdam-extrapolated", "Extrapolated")):
+        if name not in names or "AdamW" not in names:
+            continue
         # D8's target: no more steps than AdamW at any batch size (each at its own tuned lr).
-        sizes, transport = _curve(tuned, "KalmanAdam-transport")
+        sizes, steps = _curve(tuned, name)
         _, adamw = _curve(tuned, "AdamW")
-        ratios = [a / b for a, b in zip(transport, adamw) if math.isfinite(a) and math.isfinite(b)]
-        small = [a / b for size, a, b in zip(sizes, transport, adamw) if size <= 16 and math.isfinite(a * b)]
-        out.update(TransportOverAdamWWorst=max(ratios), TransportOverAdamWBest=min(ratios),
-                   TransportOverAdamWWorstSmallBatch=max(small),
-                   TransportNotMoreStepsCount=sum(r <= 1 for r in ratios), TransportComparedCount=len(ratios))
+        ratios = [a / b for a, b in zip(steps, adamw) if math.isfinite(a) and math.isfinite(b)]
+        small = [a / b for size, a, b in zip(sizes, steps, adamw) if size <= 16 and math.isfinite(a * b)]
+        out.update({f"{prefix}OverAdamWWorst": max(ratios), f"{prefix}OverAdamWBest": min(ratios),
+                    f"{prefix}OverAdamWWorstSmallBatch": max(small),
+                    f"{prefix}OverAdamWBestSmallBatch": min(small),
+                    f"{prefix}NotMoreStepsCount": sum(r <= 1 for r in ratios), f"{prefix}ComparedCount": len(ratios)})
     if "KalmanAdam-adam" in names and "AdamW" in names:
         worst, mismatched, compared = max_relative_step_difference(runs, "KalmanAdam-adam", "AdamW")
         out.update(AdamVsAdamWMaxRelativeStepDifference=worst, AdamVsAdamWReachedMismatches=mismatched,

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from kalman_optim import fused as fused_path
 from kalman_optim._validation import is_dtensor, validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
-from kalman_optim.noise_models import INNOVATION_MODELS, STATE_KEYS, innovation, transport
+from kalman_optim.noise_models import INNOVATION_MODELS, STATE_KEYS, extrapolated, innovation, transport
 from kalman_optim.schedules import moment_coefficients, normal_quantile, second_moment_coefficients
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -29,7 +29,8 @@ ADAPTIVE_STATE_KEYS = ("prev_grad", "prev_diff", "diff_sq_avg", "diff_lag_avg")
 #: falls out of cache, which measured up to 2-3x slower than the per-tensor loop (2-core CPU, 40 tensors of 8k-128k
 #: elements), while chunks of this size stay within the L2 cache.
 FOREACH_CHUNK_ELEMENTS = 32768
-PER_ELEMENT_STATE_KEYS = (*ADAPTIVE_STATE_KEYS, "innovation_sq_avg", "curvature_num", "curvature_den", "curvature_resid")
+PER_ELEMENT_STATE_KEYS = (*ADAPTIVE_STATE_KEYS, "innovation_sq_avg", "curvature_num", "curvature_den", "curvature_resid",
+                          "iterate")
 
 #: Defaults of every option, also used by __setstate__ for checkpoints that predate an option.
 COMMON_DEFAULTS: dict[str, Any] = dict(
@@ -44,6 +45,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     fused=None,
     skip_nonfinite=False,
     nonfinite_skips=0,
+    train_mode=True,  # False between optimizer.eval() and optimizer.train() (mode "extrapolated" swaps points)
 )
 
 
@@ -77,6 +79,19 @@ class KalmanOptimizerBase(Optimizer):
     def _extra_defaults(self) -> dict[str, Any]:
         return {}
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load_state_dict, except that the float32 filter state of a half-precision parameter is loaded as
+        saved: torch casts floating-point state to the parameter's dtype, which would round it and break the step."""
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"]
+        saved_ids = (i for g in state_dict["param_groups"] for i in g["params"])
+        for saved_id, p in zip(saved_ids, (p for g in self.param_groups for p in g["params"])):
+            if p.dtype not in LOW_PRECISION or saved_id not in saved:
+                continue
+            for key, value in saved[saved_id].items():
+                if key != "step" and torch.is_tensor(value) and value.is_floating_point():
+                    self.state[p][key] = value.to(dtype=_state_dtype(p), device=p.device, copy=True)
+
     def _extra_state_keys(self, group: dict) -> tuple[str, ...]:
         """State a subclass keeps beside its noise model's, passed to the functional step with it."""
         return ()
@@ -102,6 +117,9 @@ class KalmanOptimizerBase(Optimizer):
         plan = []
         for group_index, group in enumerate(self.param_groups):
             self._validate_group(group)
+            if group["noise"] == "extrapolated" and not group["train_mode"]:
+                raise ValueError(f"Invalid call: param group {group_index} (noise='extrapolated') holds its iterate after "
+                                 "optimizer.eval(); call optimizer.train() before step() (nothing was updated)")
             params = []
             for p in group["params"]:
                 if p.grad is None:
@@ -173,7 +191,32 @@ class KalmanOptimizerBase(Optimizer):
                 state.setdefault(key, value)
         if group["noise"] == "transport" and "prev_grad" not in state:
             state.update(transport.init_state(state["exp_avg"]))
+        if group["noise"] == "extrapolated" and "iterate" not in state:
+            state.update(extrapolated.init_state(p, state["exp_avg"].dtype))
         return state
+
+    # ----------------------------------------------------------------------------------------- train / eval
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Put the iterate into the parameters, to evaluate or save the model. A no-op except in mode
+        "extrapolated", whose parameters hold the extrapolated point where the next gradient is taken (D8)."""
+        self._switch_points(train=False)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Undo `eval` (bit for bit) before the next training forward pass; a no-op after `train`."""
+        self._switch_points(train=True)
+
+    def _switch_points(self, train: bool) -> None:
+        for group in self.param_groups:
+            if group["train_mode"] == train:
+                continue
+            if group["noise"] == "extrapolated":
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state and "iterate" in state:
+                        (extrapolated.to_extrapolated if train else extrapolated.to_iterate)(p, state)
+            group["train_mode"] = train
 
     def _eager_batches(self, group: dict, params: list[Tensor]) -> list[tuple[list[int], bool]]:
         """(indices, foreach) of the eager path's calls: foreach=True/False as asked; with None, foreach on CUDA and,
@@ -326,8 +369,8 @@ class KalmanOptimizerBase(Optimizer):
         step = int(state["step"].item())
         beta1, beta2 = (float(b) for b in group["betas"])
         noise, prior = group["noise"], group["prior_variance"]
-        if noise == "transport":
-            raise ValueError("noise='transport' keeps no noise statistic, so it has no posterior variance; "
+        if noise in ("transport", "extrapolated"):
+            raise ValueError(f"noise={noise!r} keeps no noise statistic, so it has no posterior variance; "
                              "use noise='innovation' for calibrated intervals")
         second = second_moment_coefficients(noise, beta2, step, prior)
         if noise == "adaptive":

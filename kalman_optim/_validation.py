@@ -83,7 +83,7 @@ def check_step(value, name: str = "step"):
     return x
 
 
-NOISE_MODES = ("adam", "constant", "adaptive", "innovation", "fitted", "transport")
+NOISE_MODES = ("adam", "constant", "adaptive", "innovation", "fitted", "transport", "extrapolated")
 
 
 def _real(value, name: str) -> float:
@@ -125,7 +125,7 @@ def validate_optimizer_hyperparameters(group: dict) -> None:
             )
     prior = group["prior_variance"]
     if prior is not None:
-        if noise in ("adam", "innovation", "fitted", "transport"):
+        if noise in ("adam", "innovation", "fitted", "transport", "extrapolated"):
             raise ValueError(
                 f"Invalid prior_variance: noise={noise!r} fixes the prior (diffuse); prior_variance applies to "
                 "noise='constant' or 'adaptive'"
@@ -133,8 +133,8 @@ def validate_optimizer_hyperparameters(group: dict) -> None:
         p = _real(prior, "prior_variance")
         if not (math.isfinite(p) and p >= 0):
             raise ValueError(f"Invalid prior_variance: must be None (diffuse) or finite and >= 0 (P_0 / r), got {p}")
-    if noise == "transport" and group.get("variance_adaptation"):
-        raise ValueError("Invalid variance_adaptation: noise='transport' keeps no noise statistic; use noise='innovation'")
+    if noise in ("transport", "extrapolated") and group.get("variance_adaptation"):
+        raise ValueError(f"Invalid variance_adaptation: noise={noise!r} keeps no noise statistic; use noise='innovation'")
     scale = _real(group["adaptation_scale"], "adaptation_scale")
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"Invalid adaptation_scale: must be finite and > 0, got {scale}")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from kalman_optim._validation import is_dtensor
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
-from kalman_optim.noise_models import INNOVATION_MODELS, transport
+from kalman_optim.noise_models import INNOVATION_MODELS, extrapolated, transport
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
 #: State key of KalmanLAMB's precision_mean="previous": each tensor's layer mean of P from its last step (0-dim).
@@ -169,6 +169,24 @@ def kalman_adam(
     "diff_lag_avg". All tensors of one index share shape, device and dtype (float32 or float64).
     """
     _check_model_states(noise, adaptive_states, adaptive_config)
+    if noise == "extrapolated":
+        if variance_adaptation:
+            raise ValueError("noise='extrapolated' keeps no noise statistic: variance_adaptation needs noise='innovation'")
+        # D8 with the transport measured by the gradient (taken at the extrapolated point the parameter holds).
+        options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                       decoupled_weight_decay=decoupled_weight_decay)
+        if foreach and not any(is_dtensor(p) for p in params):
+            grads = grads if not maximize else torch._foreach_neg(grads)
+            for (_, _, step), index in _group_by_step(steps, params).items():
+                extrapolated.step_foreach(
+                    [params[i] for i in index], [grads[i] for i in index], [exp_avgs[i] for i in index],
+                    [exp_avg_sqs[i] for i in index], {key: [values[i] for i in index] for key, values in adaptive_states.items()},
+                    step, **options)
+            return
+        for i, param in enumerate(params):
+            extrapolated.step(param, grads[i] if not maximize else -grads[i], exp_avgs[i], exp_avg_sqs[i],
+                              {key: values[i] for key, values in adaptive_states.items()}, steps[i], **options)
+        return
     if noise == "transport":
         if variance_adaptation:
             raise ValueError("noise='transport' keeps no noise statistic: variance_adaptation needs noise='innovation'")
@@ -201,6 +219,8 @@ def kalman_adam(
 def _check_model_states(noise, states, config) -> None:
     if noise == "adaptive" and (states is None or config is None):
         raise ValueError("noise='adaptive' needs adaptive_states and adaptive_config")
+    if noise == "extrapolated" and states is None:
+        raise ValueError("noise='extrapolated' needs adaptive_states (its iterate)")
     if (noise in INNOVATION_MODELS or noise == "transport") and (states is None or config is None):
         raise ValueError(f"noise={noise!r} needs adaptive_states (its statistics) and adaptive_config (noise_beta)")
 

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.functional import PREVIOUS_MEAN_KEY, AdaptiveNoiseConfig, _group_by_step, start_up_active
-from kalman_optim.noise_models import INNOVATION_MODELS, fitted, innovation, transport
+from kalman_optim.noise_models import INNOVATION_MODELS, extrapolated, fitted, innovation, transport
 from kalman_optim.schedules import (
     adam_coefficients,
     ewma_effective_samples,
@@ -480,6 +480,27 @@ def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients
         prev_lr.copy_(s["lr"])
 
 
+def _extrapolated_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, coupled_decay, maximize):
+    """Mode extrapolated (D8, the gradient taken at the extrapolated point): noise_models.extrapolated.step."""
+    s = _unpack(coefficients, names)
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        g = -g if maximize else g
+        if coupled_decay:
+            g = g + s["weight_decay"] * p
+        iterate = extras["iterate"][i]
+        m_new = torch.lerp(m, g, s["gain"])
+        v_new = v * s["beta2"] + s["one_minus_beta2"] * g * g
+        denom = (v_new * s["correction2"].reciprocal()).sqrt() + s["eps"]
+        update = m_new / denom * s["neg_lr"]
+        if not coupled_decay:
+            update = update + s["neg_lr_weight_decay"] * iterate
+        iterate_new = iterate + update
+        p.copy_(iterate_new + s["extrapolation"] * update)
+        m.copy_(m_new)
+        v.copy_(v_new)
+        iterate.copy_(iterate_new)
+
+
 def _lamb_moments(g, m, v, extra, s, *, noise, maximize, start_up, posterior):
     """(m_new, v_new, new extra state, bias-corrected mean, and with `posterior` the posterior variance P that D5's
     weights need, else None) of one tensor."""
@@ -653,7 +674,13 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
     coupled = weight_decay != 0 and not decoupled_weight_decay
     jobs = []
     for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
-        if noise == "transport":
+        if noise == "extrapolated":
+            kernel, flags = _extrapolated_kernel, dict(coupled_decay=coupled, maximize=maximize)
+            scalars = dict(gain=adam_coefficients(beta1, step).gain, beta2=beta2, one_minus_beta2=1 - beta2,
+                           correction2=1 - beta2**step, eps=eps, neg_lr=-lr, weight_decay=weight_decay,
+                           neg_lr_weight_decay=-lr * weight_decay if not coupled else 0.0,
+                           extrapolation=extrapolated.extrapolation(beta1, step))
+        elif noise == "transport":
             kernel, flags = _transport_kernel, dict(coupled_decay=coupled, maximize=maximize)
             scalars = transport_scalars(step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                                         coupled=coupled, noise_beta=adaptive_config.noise_beta)

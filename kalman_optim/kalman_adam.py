@@ -51,6 +51,13 @@ class KalmanAdam(KalmanOptimizerBase):
                 per-coordinate curvature estimated by instrumental variables, shrunk to 0 where not resolved.
                 Extra state: 4 tensors (24 bytes per fp32 parameter); no posterior variance; no
                 variance_adaptation.
+            "extrapolated": D8's control input measured instead of estimated (implicit gradient transport, Arnold et
+                al. 2019): the gradient is taken at phi_t = theta_{t-1} + c_t (theta_{t-1} - theta_{t-2}),
+                c_t = (1 - k_t) / k_t, so that on a quadratic Adam's filter of it equals the Kalman filter with the
+                exact input H dtheta. THE PARAMETER HOLDS phi BETWEEN STEPS: call ``optimizer.eval()`` before
+                evaluating or saving the model (the iterate theta goes into the parameters) and
+                ``optimizer.train()`` before the next forward pass of training, as for schedule-free optimizers.
+                Extra state: the iterate (12 bytes per fp32 parameter); no posterior variance; no variance_adaptation.
         prior_variance: P_0 / r for noise="constant"/"adaptive"; None (default) is a diffuse prior.
         variance_adaptation: scale each coordinate's step by m^2 / (m^2 + adaptation_scale * P) (D3), so
             coordinates whose gradient estimate is uncertain move less.

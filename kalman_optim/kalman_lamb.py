@@ -26,9 +26,9 @@ def _validate_lamb(group: dict) -> None:
         clip = _real(group["trust_clip"], "trust_clip")
         if not clip > 0:
             raise ValueError(f"Invalid trust_clip: must be None or > 0, got {clip}")
-    if group["noise"] == "transport":
-        raise ValueError("Invalid noise mode: noise='transport' recomputes Adam's last step and is not available in "
-                         "KalmanLAMB; use one of 'adam', 'constant', 'adaptive', 'innovation'")
+    if group["noise"] in ("transport", "extrapolated"):
+        raise ValueError(f"Invalid noise mode: noise={group['noise']!r} is built on Adam's step and is not available in "
+                         "KalmanLAMB; use one of 'adam', 'constant', 'adaptive', 'innovation', 'fitted'")
     if group["variance_adaptation"]:
         raise ValueError("Invalid variance_adaptation: KalmanLAMB uses the uncertainty in its trust ratio; use precision_weighting")
 
@@ -47,7 +47,7 @@ class KalmanLAMB(KalmanOptimizerBase):
     (equal weights until one exists): the fused step then needs no pass over the data for the mean before the
     weighted sums (one 0-dim tensor of state per parameter; E5 measures the speed). Since only ratios of the
     weights matter, this is D5's weighting with the floor scaled by mean(P_{t-1}) / mean(P_t).
-    ``noise`` and the other filter options, ``foreach`` and ``fused`` included, are KalmanAdam's (not "transport").
+    ``noise`` and the other filter options, ``foreach`` and ``fused`` included, are KalmanAdam's (not "transport" or "extrapolated").
     """
 
     def __init__(

@@ -224,3 +224,19 @@ def test_tiny_experiment_figures_table_and_numbers(tiny_runs, tmp_path):
     # SGD with momentum scales: it needs more steps at B = 1 than at B = 4096.
     tuned = e3.tune(tiny_runs)
     assert tuned[("SGD-momentum", 1)].steps.mean > 3 * tuned[("SGD-momentum", 4096)].steps.mean
+
+
+def test_extrapolated_mode_is_scored_at_its_iterate():
+    """Mode "extrapolated" keeps the extrapolated point in its parameters (D8); E3 scores the iterate, read between
+    optimizer.eval() and optimizer.train(), which leave the parameters as they were, bit for bit."""
+    problem = nqm.NoisyQuadratic(50, 4, 2, generator=torch.Generator().manual_seed(0))
+    optimizer = e3.make_optimizer("KalmanAdam-extrapolated", problem.params, [0.05, 0.1])
+    for _ in range(5):
+        problem.set_noisy_gradients()
+        optimizer.step()
+    point = problem.theta.clone()
+    iterates = torch.stack([optimizer.state[p]["iterate"] for p in problem.params])
+    loss = e3._iterate_loss(problem, optimizer)
+    assert torch.equal(problem.theta, point)
+    assert loss.tolist() == nqm.exact_loss(iterates, problem.curvature).tolist()
+    assert loss.tolist() != problem.loss().tolist()  # the point is not the iterate

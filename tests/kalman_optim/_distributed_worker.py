@@ -51,6 +51,8 @@ CASES: dict[str, tuple[str, str, dict]] = {
     ),
     "ddp-adam-noise_transport": ("ddp", "KalmanAdam", dict(noise="transport")),
     "fsdp2-adam-noise_transport-foreach": ("fsdp2", "KalmanAdam", dict(noise="transport", foreach=True)),
+    "ddp-adam-noise_extrapolated": ("ddp", "KalmanAdam", dict(noise="extrapolated")),
+    "fsdp2-adam-noise_extrapolated-foreach": ("fsdp2", "KalmanAdam", dict(noise="extrapolated", foreach=True)),
     "fsdp2-lamb-plain": ("fsdp2", "KalmanLAMB", dict(precision_weighting=False)),
     "fsdp2-lamb-precision_weighting": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True)),
     "fsdp2-lamb-precision_weighting-noise_adaptive": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True, noise="adaptive")),
@@ -174,7 +176,7 @@ def _run_case(case: str, rank: int, world: int, mesh) -> dict:
     for name, p in model.named_parameters():
         result["layout"][name] = _describe(p)
         result["params"][name] = _full(p)
-        if kwargs.get("noise") == "transport":  # no posterior read-out (D8 keeps no noise statistic)
+        if kwargs.get("noise") in ("transport", "extrapolated"):  # no posterior read-out (D8 keeps no noise statistic)
             continue
         mean, variance = optimizer.gradient_posterior(p)
         result["posterior"][name] = dict(mean=_full(mean), variance=_full(variance), layout=_describe(mean))

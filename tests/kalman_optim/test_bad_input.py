@@ -24,7 +24,7 @@ CLASSES = pytest.mark.parametrize("cls", [KalmanAdam, KalmanLAMB])
         (dict(betas=(0.0, 0.999), noise="constant"), r"with noise='constant', betas\[0\] must be in the open interval \(0, 1\)"),
         (dict(eps=-1e-8), r"Invalid epsilon value: eps must be finite and >= 0"),
         (dict(weight_decay=-0.1), r"Invalid weight_decay value: weight_decay must be finite and >= 0"),
-        (dict(noise="kalman"), r"Invalid noise mode: noise must be one of \('adam', 'constant', 'adaptive', 'innovation', 'fitted', 'transport'\), got 'kalman'"),
+        (dict(noise="kalman"), r"Invalid noise mode: noise must be one of \('adam', 'constant', 'adaptive', 'innovation', 'fitted', 'transport', 'extrapolated'\), got 'kalman'"),
         (dict(noise="constant", prior_variance=-1.0), r"Invalid prior_variance: must be None \(diffuse\) or finite and >= 0"),
         (dict(noise="adam", prior_variance=1.0), r"noise='adam' fixes the prior"),
         (dict(noise_beta=1.0), r"Invalid noise_beta: must be in the open interval \(0, 1\)"),
@@ -131,7 +131,7 @@ def test_nonfinite_gradient_by_default_behaves_as_torch_adamw():
     assert math.isnan(next(model.parameters())[0, 0].item())
 
 
-@pytest.mark.parametrize("noise", ["adam", "adaptive", "innovation", "transport"])
+@pytest.mark.parametrize("noise", ["adam", "adaptive", "innovation", "transport", "extrapolated"])
 def test_step_after_loading_a_state_for_another_model_raises_and_changes_nothing(noise):
     """load_state_dict does not check shapes; the step does, before touching any parameter or state."""
     torch.manual_seed(0)

@@ -31,6 +31,8 @@ CONFIGS = {
     "lamb-pw-fitted": (KalmanLAMB, dict(noise="fitted")),
     "transport": (KalmanAdam, dict(noise="transport", noise_beta=0.95)),
     "transport-l2": (KalmanAdam, dict(noise="transport", decoupled_weight_decay=False)),
+    "extrapolated": (KalmanAdam, dict(noise="extrapolated", betas=(0.8, 0.99))),
+    "extrapolated-l2-maximize": (KalmanAdam, dict(noise="extrapolated", decoupled_weight_decay=False, maximize=True)),
     "lamb": (KalmanLAMB, dict(noise="adam", precision_weighting=False, trust_clip=0.5)),  # the clip binds
     "lamb-pw-constant": (KalmanLAMB, dict(noise="constant", precision_floor=0.1)),
     "lamb-pw-adaptive-maximize": (KalmanLAMB, dict(noise="adaptive", maximize=True)),

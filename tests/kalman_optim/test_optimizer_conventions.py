@@ -16,6 +16,7 @@ OPTIMIZERS = {
     "adaptive-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "adaptive", "variance_adaptation": True, "adaptation_scale": 0.5, **kw}),
     "innovation-va": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "innovation", "variance_adaptation": True, "adaptation_scale": 2.0, "noise_beta": 0.95, **kw}),
     "transport": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "transport", "noise_beta": 0.95, **kw}),
+    "extrapolated": lambda params, **kw: KalmanAdam(params, **{"lr": 1e-2, "noise": "extrapolated", **kw}),
     "lamb": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, **kw}),
     "lamb-adaptive": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, "noise": "adaptive", **kw}),
     "lamb-innovation": lambda params, **kw: KalmanLAMB(params, **{"lr": 1e-2, "noise": "innovation", **kw}),
@@ -177,7 +178,7 @@ def test_maximize_equals_minimizing_the_negated_objective(make, foreach):
         torch.testing.assert_close(p, q)
     # The posterior is of the gradient that was observed (of the maximized objective).
     p, q = next(model_max.parameters()), next(model_min.parameters())
-    if opt_max.param_groups[0]["noise"] == "transport":  # no posterior read-out: the filters saw the same -p.grad
+    if opt_max.param_groups[0]["noise"] in ("transport", "extrapolated"):  # no posterior read-out: the filters saw the same -p.grad
         torch.testing.assert_close(opt_max.state[p]["exp_avg"], opt_min.state[q]["exp_avg"])
     else:
         torch.testing.assert_close(opt_max.gradient_posterior(p)[0], -opt_min.gradient_posterior(q)[0])
@@ -227,6 +228,29 @@ def test_half_precision_parameters_update_in_float32_and_round_once(make, dtype)
         p_full.data.copy_(p_half.detach().float())  # continue from the rounded value, as the half model does
         assert p_half.dtype == dtype and opt_half.state[p_half]["exp_avg"].dtype == torch.float32
         torch.testing.assert_close(opt_half.state[p_half]["exp_avg"], opt_full.state[p_full]["exp_avg"])
+
+
+@ALL
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_state_dict_round_trip_keeps_float32_state(make, dtype):
+    """load_state_dict casts floating-point state to the parameter's dtype in torch; the float32 filter state of a
+    half-precision parameter must come back float32 and the resumed optimizer must step as the original."""
+    generator = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(64, generator=generator).to(dtype))
+    optimizer = make([p])
+    for _ in range(3):
+        p.grad = torch.randn(64, generator=generator).to(dtype)
+        optimizer.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    resumed = make([q])
+    resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    assert all(v.dtype == torch.float32 for k, v in resumed.state[q].items() if torch.is_tensor(v) and k != "step")
+    for _ in range(3):
+        grad = torch.randn(64, generator=generator).to(dtype)
+        p.grad, q.grad = grad, grad.clone()
+        optimizer.step()
+        resumed.step()
+    assert torch.equal(p.detach(), q.detach())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
