@@ -405,6 +405,29 @@ assert_identity(igt.subs({v_prev: grad(theta_prev), noise_term: 0}) - grad(theta
 assert_identity(gamma / (1 - gamma) - lag_steps.subs(beta, gamma), "extrapolation distance = momentum's lag")
 
 # %% [markdown]
+# **Any gain sequence, hence Adam's (library mode "extrapolated").** With a time-varying gain $k_t$ the filter
+# $m_t = (1-k_t)\, m_{t-1} + k_t\, g(arphi_t)$ of the gradient taken at $arphi_t = 	heta_{t-1} + c_t\,\Delta	heta_{t-1}$ equals
+# the filter with the exact known input, $m^-_t + k_t (g(	heta_{t-1}) - m^-_t)$, $m^-_t = m_{t-1} + H\Delta	heta_{t-1}$, with the
+# same noise draw, if and only if $k_t c_t = 1 - k_t$, i.e. $c_t = (1-k_t)/k_t$. With Adam's diffuse gain (D2)
+# $c_{t+1} = eta(1-eta^t)/(1-eta)$: $c_1 = 0$ (the first gradient is taken at $	heta_0$), rising to IGT's $eta/(1-eta)$.
+# The posterior variance is the Kalman filter's of D2: the input does not enter it (section 1).
+
+# %%
+c_t = sp.Symbol("c_t", real=True)
+extrapolated_filter = (1 - k) * m_prev + k * (grad(theta_now + c_t * (theta_now - theta_prev)) + noise_term)
+input_prior = m_prev + h * (theta_now - theta_prev)  # m^-_t with the exact input
+filter_with_input = input_prior + k * (grad(theta_now) + noise_term - input_prior)
+difference = sp.factor(sp.expand(extrapolated_filter - filter_with_input))
+assert_identity(difference - h * (theta_now - theta_prev) * (k * c_t - (1 - k)), "difference = (k c - (1 - k)) h dtheta")
+extrapolation_distance = (1 - k) / k
+assert_identity(extrapolated_filter.subs(c_t, extrapolation_distance) - filter_with_input, "c_t = (1 - k_t) / k_t")
+adam_extrapolation = sp.simplify(extrapolation_distance.subs(k, adam_k.subs(t, t + 1)))
+assert_identity(adam_extrapolation - beta * (1 - beta**t) / (1 - beta), "Adam: c_{t+1} = beta (1 - beta^t) / (1 - beta)")
+assert sp.limit(adam_extrapolation.subs(beta, sp.Rational(9, 10)), t, sp.oo) == 9
+adam_extrapolation_oracle = sp.lambdify((beta, t), adam_extrapolation, "numpy")
+show_equation(r"c_{t+1}", adam_extrapolation)
+
+# %% [markdown]
 # ## 5. Baseline without $h$: the local linear trend model (Holt)
 #
 # $x_t = x_{t-1} + s_{t-1} + w_t$, $s_t = s_{t-1} + \zeta_t$ ($\operatorname{Var} w = q_\ell$, $\operatorname{Var}\zeta = q_s$), $g_t = x_t + v_t$.
@@ -539,6 +562,8 @@ export_latex("InstrumentalCurvatureEstimator", r"\hat h = \frac{\mathbb{E}[d_t\,
 export_latex("MomentumErrorStateCovariance", r"-\frac{K^2 r - (1-K)\,q}{(2-K)\,\big(K + \eta h\,(1-K)\big)}")
 export_latex("InnovationRegressionSlope", r"-\frac{\rho}{1-\rho},\ \rho = (1-K)(1-\eta h)")
 export_latex("IgtEvaluationPoint", r"\theta_t + \frac{\gamma}{1-\gamma}(\theta_t - \theta_{t-1})")
+export_latex("ExtrapolationDistance", r"c_t = \frac{1-k_t}{k_t}")  # asserted in section 4
+export_latex("AdamExtrapolationDistance", r"c_{t+1} = \frac{\beta\,(1-\beta^t)}{1-\beta}")
 export_latex("LocalLinearTrendModel", r"x_t = x_{t-1} + s_{t-1} + w_t,\quad s_t = s_{t-1} + \zeta_t,\quad g_t = x_t + v_t")
 # The typeset forms below are the ones asserted in sections 3 and 5.
 export_latex("HoltLevelNoiseRatio", r"\frac{\alpha^2 + \alpha^2\gamma - 2\alpha\gamma}{1-\alpha}")

@@ -85,6 +85,14 @@ def test_parameter_is_the_extrapolated_point():
         previous = theta.clone()
 
 
+@pytest.mark.parametrize("beta1", [0.5, 0.9, 0.99])
+def test_extrapolation_distance_is_d8s(beta1):
+    """c_{t+1} = (1 - k_{t+1}) / k_{t+1} with Adam's gain: D8's asserted closed form, exported as an oracle."""
+    for step in (1, 2, 7, 100, 10_000):
+        assert extrapolated.extrapolation(beta1, step) == pytest.approx(float(d8.adam_extrapolation_oracle(beta1, step)),
+                                                                        rel=1e-12)
+
+
 @pytest.mark.parametrize("options", [dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled_weight_decay=False),
                                      dict(weight_decay=0.0, maximize=True)], ids=["decoupled", "coupled", "maximize"])
 def test_foreach_path_equals_the_reference_step_by_step(options):
