@@ -66,6 +66,7 @@ from experiments.e3_analysis import (Tuned, critical_batch_size, fitted_critical
 from experiments.nqm import NoisyQuadratic, exact_loss
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
+from experiments.stats import paired_difference
 from kalman_optim import KalmanAdam
 
 # Re-exported though unused here: the scaling-law analysis is part of E3's interface (its tests use it here).
@@ -406,10 +407,18 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         _, adamw = _curve(tuned, "AdamW")
         ratios = [a / b for a, b in zip(steps, adamw) if math.isfinite(a) and math.isfinite(b)]
         small = [a / b for size, a, b in zip(sizes, steps, adamw) if size <= 16 and math.isfinite(a * b)]
-        out.update({f"{prefix}OverAdamWWorst": max(ratios), f"{prefix}OverAdamWBest": min(ratios),
-                    f"{prefix}OverAdamWWorstSmallBatch": max(small),
-                    f"{prefix}OverAdamWBestSmallBatch": min(small),
+        # Three decimals: a ratio of 1.005 printed with three significant digits would read "1", a pass.
+        out.update({f"{prefix}OverAdamWWorst": f"{max(ratios):.3f}", f"{prefix}OverAdamWBest": f"{min(ratios):.3f}",
+                    f"{prefix}OverAdamWWorstSmallBatch": f"{max(small):.3f}",
+                    f"{prefix}OverAdamWBestSmallBatch": f"{min(small):.3f}",
                     f"{prefix}NotMoreStepsCount": sum(r <= 1 for r in ratios), f"{prefix}ComparedCount": len(ratios)})
+        # Where the ratio is worst: the paired (by seed: the same noise at the same lr row) step difference.
+        worst = max((b for b, a, w in zip(sizes, steps, adamw) if math.isfinite(a * w)),
+                    key=lambda b: tuned[(name, b)].steps.mean / tuned[("AdamW", b)].steps.mean)
+        difference = paired_difference(tuned[(name, worst)].steps_per_seed, tuned[("AdamW", worst)].steps_per_seed)
+        out.update({f"{prefix}WorstBatch": worst, f"{prefix}WorstStepDifference": difference.mean,
+                    f"{prefix}WorstStepDifferenceLow": difference.low,
+                    f"{prefix}WorstStepDifferenceHigh": difference.high})
     if "KalmanAdam-adam" in names and "AdamW" in names:
         worst, mismatched, compared = max_relative_step_difference(runs, "KalmanAdam-adam", "AdamW")
         out.update(AdamVsAdamWMaxRelativeStepDifference=worst, AdamVsAdamWReachedMismatches=mismatched,
