@@ -79,13 +79,10 @@ TITLE = "Noisy quadratic model: steps to a target loss vs batch size, tuned lr p
 # SGD with momentum, then the Adam family as E4 builds it (experiments.training.OPTIMIZERS), all without weight
 # decay so that only the optimizers' handling of the gradient noise differs.
 ADAM_FAMILY = ("AdamW", "KalmanAdam-adam", "KalmanAdam-constant", "KalmanAdam-adaptive", "KalmanAdam-VA",
-               "KalmanAdam-transport")
+               "KalmanAdam-transport", "KalmanAdam-extrapolated")
 OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "SGD-momentum": (torch.optim.SGD, dict(momentum=0.9)),
     **{name: (training.OPTIMIZERS[name][0], dict(training.OPTIMIZERS[name][1], weight_decay=0.0)) for name in ADAM_FAMILY},
-    # D8 with the transport measured by the gradient at an extrapolated point: E3 only (its parameters hold that
-    # point, so a training loop must evaluate after optimizer.eval(); E4's loop does not).
-    "KalmanAdam-extrapolated": (KalmanAdam, dict(noise="extrapolated", weight_decay=0.0)),
 }
 # CamelCase names for number keys (LaTeX macros take letters only).
 MACRO_NAMES = {"SGD-momentum": "SGDMomentum", "AdamW": "AdamW", "KalmanAdam-adam": "KalmanAdamAdam",

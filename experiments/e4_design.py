@@ -25,11 +25,12 @@ OPTIMIZER_KEYS = {
     "KalmanAdam-adaptive": "Adaptive", "KalmanAdam-VA": "VA", "LAMB": "LAMB", "KalmanLAMB-PW": "LAMBPW",
     "KalmanLAMB-adaptive-PW": "AdaptiveLAMBPW", "KalmanAdam-innovation": "Innovation",
     "KalmanAdam-innovation-VA": "InnovationVA", "KalmanAdam-transport": "Transport",
-    "KalmanLAMB-innovation-PW": "InnovationLAMBPW",
+    "KalmanLAMB-innovation-PW": "InnovationLAMBPW", "KalmanAdam-extrapolated": "Extrapolated",
 }
 # The Kalman variants that differ from their baseline (the sanity row is AdamW itself).
 KALMAN_VARIANTS = ("KalmanAdam-constant", "KalmanAdam-adaptive", "KalmanAdam-VA", "KalmanAdam-innovation-VA",
-                   "KalmanAdam-transport", "KalmanLAMB-PW", "KalmanLAMB-adaptive-PW", "KalmanLAMB-innovation-PW")
+                   "KalmanAdam-transport", "KalmanLAMB-PW", "KalmanLAMB-adaptive-PW", "KalmanLAMB-innovation-PW",
+                   "KalmanAdam-extrapolated")
 
 
 # ------------------------------------------------------------------------------------------ lr grid and tuning

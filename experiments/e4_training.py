@@ -68,7 +68,7 @@ _COMMON: dict[str, Any] = dict(
 # Left to the smoke profile: the sanity row (AdamW step for step; the tests check 1000 steps), "constant" (AdamW
 # but for its start-up) and variance adaptation / precision weighting on the zero-memory and adaptive uncertainty.
 PAPER_OPTIMIZERS = ("AdamW", "KalmanAdam-adaptive", "KalmanAdam-innovation-VA", "KalmanAdam-transport", "LAMB",
-                    "KalmanLAMB-innovation-PW")
+                    "KalmanLAMB-innovation-PW", "KalmanAdam-extrapolated")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # 2 tasks x 11 optimizers x (5 lrs + widening + 2 seeds) ~ 155-165 runs of 100 steps; half the default

@@ -39,6 +39,8 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     # Added last so that the figures' styles (indexed by position) stay as they were; E2 only.
     "KalmanAdam-innovation-medium": (KalmanAdam, dict(noise="innovation", noise_beta=0.95)),
     "KalmanAdam-fitted": (KalmanAdam, dict(noise="fitted")),
+    # D8 with the input measured by the gradient at an extrapolated point: the model is evaluated at the iterate.
+    "KalmanAdam-extrapolated": (KalmanAdam, dict(noise="extrapolated")),
 }
 # Optimizers whose steps are AdamW's exactly (Adam's gain and update; they differ only in the uncertainty they read
 # out): E2 runs them as shadow filters of its AdamW run, E4 does not train them again.
@@ -305,7 +307,7 @@ def train(task: Task, optimizer: torch.optim.Optimizer, steps: int, seed: int, e
         if step % eval_every == 0 or step == steps:
             result.train_loss.append(running / count)
             running, count = 0.0, 0
-            metrics = task.evaluate(model, "val")
+            metrics = evaluate_iterate(task, optimizer, "val")
             result.eval_steps.append(step)
             result.val_loss.append(metrics["loss"])
             result.val_accuracy.append(metrics["accuracy"])
@@ -318,8 +320,21 @@ def train(task: Task, optimizer: torch.optim.Optimizer, steps: int, seed: int, e
         return result
     result.final_val = dict(loss=result.val_loss[-1], accuracy=result.val_accuracy[-1])
     if evaluate_test:
-        result.final_test = task.evaluate(model, "test")
+        result.final_test = evaluate_iterate(task, optimizer, "test")
     return result
+
+
+def evaluate_iterate(task: Task, optimizer: torch.optim.Optimizer, split: str) -> dict[str, float]:
+    """task.evaluate at the optimizer's iterate: between optimizer.eval() and optimizer.train() where the optimizer
+    has them (KalmanAdam in mode "extrapolated" keeps the extrapolated point in the parameters; bit-exact swaps, and
+    no-ops in every other mode); torch's optimizers have no such methods and are evaluated as they are."""
+    if not isinstance(optimizer, (KalmanAdam, KalmanLAMB)):
+        return task.evaluate(task.model, split)
+    optimizer.eval()
+    try:
+        return task.evaluate(task.model, split)
+    finally:
+        optimizer.train()
 
 
 def steps_to_target(eval_steps: list[int], values: list[float], target: float) -> int | None:

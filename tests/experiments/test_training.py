@@ -129,3 +129,19 @@ def test_resnet_full_gradient_is_the_mean_of_mini_batch_gradients_and_keeps_runn
 def test_unknown_task_is_rejected():
     with pytest.raises(ValueError, match="Invalid task"):
         training.make_task("imagenet", CPU)
+
+
+def test_extrapolated_mode_is_evaluated_at_its_iterate():
+    """Mode "extrapolated" holds the extrapolated point in the parameters between steps (D8): train() reports the
+    losses of the iterate and leaves the point in place for the next step."""
+    torch.manual_seed(0)
+    task = training.make_task("fashion_mnist", CPU, train_size=256, eval_size=128, batch_size=32)
+    optimizer = training.make_optimizer("KalmanAdam-extrapolated", task.model.parameters(), lr=3e-3)
+    result = training.train(task, optimizer, steps=12, seed=0, eval_every=6)
+    point = [p.detach().clone() for p in task.model.parameters()]
+    at_point = task.evaluate(task.model, "val")["loss"]
+    optimizer.eval()
+    at_iterate = task.evaluate(task.model, "val")["loss"]
+    optimizer.train()
+    assert result.final_val["loss"] == at_iterate != at_point
+    assert all(torch.equal(p, q) for p, q in zip(task.model.parameters(), point))
