@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kalman_optim.schedules import adam_coefficients
+from kalman_optim.noise_models import adam_moments
 
 STATE_KEYS = ("iterate",)
 
@@ -45,9 +45,7 @@ def step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, state
     iterate = state["iterate"]
     # Adam's L2 penalty is part of the observed gradient, taken where the gradient is (it is linear: transported too).
     observed = grad if weight_decay == 0 or decoupled_weight_decay else grad.add(param, alpha=weight_decay)
-    exp_avg.lerp_(observed, adam_coefficients(beta1, step).gain)
-    exp_avg_sq.mul_(beta2).addcmul_(observed, observed, value=1 - beta2)
-    denom = exp_avg_sq.div(1 - beta2**step).sqrt_().add_(eps)
+    denom = adam_moments.update(exp_avg, exp_avg_sq, observed, step, beta1=beta1, beta2=beta2, eps=eps)
     update = exp_avg.div(denom).mul_(-lr)  # theta_t - theta_{t-1}
     if weight_decay != 0 and decoupled_weight_decay:
         update.add_(iterate, alpha=-lr * weight_decay)
@@ -62,12 +60,7 @@ def step_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
     """`step` on a bucket of plain tensors sharing `step`, op for op as foreach calls."""
     iterates = states["iterate"]
     observed = grads if weight_decay == 0 or decoupled_weight_decay else torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_lerp_(exp_avgs, observed, adam_coefficients(beta1, step).gain)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, observed, observed, 1 - beta2)
-    denoms = torch._foreach_div(exp_avg_sqs, 1 - beta2**step)
-    torch._foreach_sqrt_(denoms)
-    torch._foreach_add_(denoms, eps)
+    denoms = adam_moments.update_foreach(exp_avgs, exp_avg_sqs, observed, step, beta1=beta1, beta2=beta2, eps=eps)
     updates = torch._foreach_div(exp_avgs, denoms)
     torch._foreach_mul_(updates, -lr)
     if weight_decay != 0 and decoupled_weight_decay:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from kalman_optim._validation import is_dtensor
+from kalman_optim.noise_models import adam_moments
 from kalman_optim.schedules import adam_coefficients, ewma_effective_samples
 
 STATE_KEYS = ("prev_grad", "curvature_num", "curvature_den", "curvature_resid", "prev_lr")
@@ -112,9 +113,7 @@ def step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, state
         param.mul_(1 - lr * weight_decay)
     if shift is not None:
         exp_avg.add_(shift)  # the prediction m^-_t
-    exp_avg.lerp_(observed, adam_coefficients(beta1, step).gain)
-    exp_avg_sq.mul_(beta2).addcmul_(observed, observed, value=1 - beta2)
-    denom = exp_avg_sq.div(1 - beta2**step).sqrt_().add_(eps)
+    denom = adam_moments.update(exp_avg, exp_avg_sq, observed, step, beta1=beta1, beta2=beta2, eps=eps)
     param.addcdiv_(exp_avg, denom, value=-lr)
     finish(observed, state, lr)
 
@@ -184,12 +183,7 @@ def step_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     if shifts is not None:
         torch._foreach_add_(exp_avgs, shifts)
-    torch._foreach_lerp_(exp_avgs, observed, adam_coefficients(beta1, step).gain)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, observed, observed, 1 - beta2)
-    denoms = torch._foreach_div(exp_avg_sqs, 1 - beta2**step)
-    torch._foreach_sqrt_(denoms)
-    torch._foreach_add_(denoms, eps)
+    denoms = adam_moments.update_foreach(exp_avgs, exp_avg_sqs, observed, step, beta1=beta1, beta2=beta2, eps=eps)
     torch._foreach_addcdiv_(params, exp_avgs, denoms, -lr)
     torch._foreach_copy_(prev_grads, observed)
     for prev_lr in prev_lrs:  # torch has no _foreach_fill_
