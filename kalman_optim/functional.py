@@ -28,6 +28,9 @@ from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.noise_models import INNOVATION_MODELS, extrapolated, transport
 from kalman_optim.schedules import moment_coefficients, second_moment_coefficients, state_noise_bias
 
+#: The modes of D8 (Adam's gain, the optimizer's step as a control input): mode -> module with `step`/`step_foreach`.
+D8_MODELS = {"transport": transport, "extrapolated": extrapolated}
+
 #: State key of KalmanLAMB's precision_mean="previous": each tensor's layer mean of P from its last step (0-dim).
 PREVIOUS_MEAN_KEY = "layer_mean_variance"
 
@@ -169,42 +172,26 @@ def kalman_adam(
     "diff_lag_avg". All tensors of one index share shape, device and dtype (float32 or float64).
     """
     _check_model_states(noise, adaptive_states, adaptive_config)
-    if noise == "extrapolated":
+    if noise in D8_MODELS:
         if variance_adaptation:
-            raise ValueError("noise='extrapolated' keeps no noise statistic: variance_adaptation needs noise='innovation'")
-        # D8 with the transport measured by the gradient (taken at the extrapolated point the parameter holds).
+            raise ValueError(f"noise={noise!r} keeps no noise statistic: variance_adaptation needs noise='innovation'")
+        # D8: one pure per-tensor step on the reference path; the foreach path batches each step count's tensors.
         options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                        decoupled_weight_decay=decoupled_weight_decay)
+        if noise == "transport":
+            options["noise_beta"] = adaptive_config.noise_beta
+        model = D8_MODELS[noise]
         if foreach and not any(is_dtensor(p) for p in params):
             grads = grads if not maximize else torch._foreach_neg(grads)
             for (_, _, step), index in _group_by_step(steps, params).items():
-                extrapolated.step_foreach(
+                model.step_foreach(
                     [params[i] for i in index], [grads[i] for i in index], [exp_avgs[i] for i in index],
                     [exp_avg_sqs[i] for i in index], {key: [values[i] for i in index] for key, values in adaptive_states.items()},
                     step, **options)
             return
         for i, param in enumerate(params):
-            extrapolated.step(param, grads[i] if not maximize else -grads[i], exp_avgs[i], exp_avg_sqs[i],
-                              {key: values[i] for key, values in adaptive_states.items()}, steps[i], **options)
-        return
-    if noise == "transport":
-        if variance_adaptation:
-            raise ValueError("noise='transport' keeps no noise statistic: variance_adaptation needs noise='innovation'")
-        # D8: one pure per-tensor step on the reference path; the foreach path batches each step count's tensors.
-        if foreach and not any(is_dtensor(p) for p in params):
-            grads = grads if not maximize else torch._foreach_neg(grads)
-            for (_, _, step), index in _group_by_step(steps, params).items():
-                transport.step_foreach(
-                    [params[i] for i in index], [grads[i] for i in index], [exp_avgs[i] for i in index],
-                    [exp_avg_sqs[i] for i in index], {key: [values[i] for i in index] for key, values in adaptive_states.items()},
-                    step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                    decoupled_weight_decay=decoupled_weight_decay, noise_beta=adaptive_config.noise_beta)
-            return
-        for i, param in enumerate(params):
-            transport.step(param, grads[i] if not maximize else -grads[i], exp_avgs[i], exp_avg_sqs[i],
-                           {key: values[i] for key, values in adaptive_states.items()}, steps[i], lr=lr, beta1=beta1,
-                           beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-                           noise_beta=adaptive_config.noise_beta)
+            model.step(param, grads[i] if not maximize else -grads[i], exp_avgs[i], exp_avg_sqs[i],
+                       {key: values[i] for key, values in adaptive_states.items()}, steps[i], **options)
         return
     fn = _multi_tensor_kalman_adam if foreach else _single_tensor_kalman_adam
     fn(
