@@ -67,7 +67,6 @@ from experiments.nqm import NoisyQuadratic, exact_loss
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
 from experiments.stats import paired_difference
-from kalman_optim import KalmanAdam
 
 # Re-exported though unused here: the scaling-law analysis is part of E3's interface (its tests use it here).
 from experiments.e3_analysis import SCALING_EFFICIENCY_THRESHOLD, fit_scaling_law, scaling_efficiencies  # noqa: F401
@@ -158,15 +157,9 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def _iterate_loss(problem: NoisyQuadratic, optimizer: torch.optim.Optimizer) -> np.ndarray:
-    """L at the iterate: a KalmanAdam in mode "extrapolated" holds the extrapolated point in its parameters
-    (D8), so it is read between optimizer.eval() and optimizer.train() (bit-exact swaps; no-ops in other modes)."""
-    if not isinstance(optimizer, KalmanAdam):
+    """L at the iterate (training.at_iterate: mode "extrapolated" holds the extrapolated point in its parameters)."""
+    with training.at_iterate(optimizer):
         return problem.loss().cpu().numpy()
-    optimizer.eval()
-    try:
-        return problem.loss().cpu().numpy()
-    finally:
-        optimizer.train()
 
 
 def execute(config: dict, device: torch.device) -> dict:

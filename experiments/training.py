@@ -6,8 +6,9 @@ is no data-loader bottleneck and a run is deterministic in its seed on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,17 +325,25 @@ def train(task: Task, optimizer: torch.optim.Optimizer, steps: int, seed: int, e
     return result
 
 
-def evaluate_iterate(task: Task, optimizer: torch.optim.Optimizer, split: str) -> dict[str, float]:
-    """task.evaluate at the optimizer's iterate: between optimizer.eval() and optimizer.train() where the optimizer
-    has them (KalmanAdam in mode "extrapolated" keeps the extrapolated point in the parameters; bit-exact swaps, and
-    no-ops in every other mode); torch's optimizers have no such methods and are evaluated as they are."""
+@contextlib.contextmanager
+def at_iterate(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """The parameters at the optimizer's iterate inside the block: between optimizer.eval() and optimizer.train() for
+    this library's optimizers (KalmanAdam in mode "extrapolated" keeps the extrapolated point in the parameters;
+    bit-exact swaps, no-ops in every other mode); torch's optimizers have no such methods and leave them as they are."""
     if not isinstance(optimizer, (KalmanAdam, KalmanLAMB)):
-        return task.evaluate(task.model, split)
+        yield
+        return
     optimizer.eval()
     try:
-        return task.evaluate(task.model, split)
+        yield
     finally:
         optimizer.train()
+
+
+def evaluate_iterate(task: Task, optimizer: torch.optim.Optimizer, split: str) -> dict[str, float]:
+    """task.evaluate at the optimizer's iterate (`at_iterate`)."""
+    with at_iterate(optimizer):
+        return task.evaluate(task.model, split)
 
 
 def steps_to_target(eval_steps: list[int], values: list[float], target: float) -> int | None:
