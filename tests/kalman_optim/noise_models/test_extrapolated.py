@@ -171,15 +171,6 @@ def test_eval_and_train_are_no_ops_in_other_modes():
     optimizer.train()
 
 
-def test_state_is_12_bytes_per_fp32_parameter():
-    p = torch.nn.Parameter(torch.zeros(64, 32))
-    optimizer = KalmanAdam([p], noise="extrapolated")
-    p.grad = torch.ones_like(p)
-    optimizer.step()
-    per_element = [v for v in optimizer.state[p].values() if torch.is_tensor(v) and v.shape == p.shape]
-    assert sum(v.element_size() for v in per_element) == 12
-
-
 def test_bad_combinations_are_rejected_and_change_nothing():
     p = torch.nn.Parameter(torch.ones(3))
     with pytest.raises(ValueError, match="variance_adaptation"):
