@@ -18,7 +18,7 @@ FUSED_VARIANTS = {
     "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive",
     "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp", "KalmanAdam innovation": "Innovation",
     "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam fitted": "Fitted", "KalmanAdam fitted+VA": "FittedVA",
-    "KalmanAdam transport": "Transport", "KalmanLAMB": "Lamb",
+    "KalmanAdam transport": "Transport", "KalmanAdam extrapolated": "Extrapolated", "KalmanLAMB": "Lamb",
     "KalmanLAMB precision": "LambPrecision", "KalmanLAMB precision innovation": "LambPrecisionInnovation",
     "KalmanLAMB precision, previous mean": "LambPrecisionPrevious",
     "KalmanLAMB precision innovation, previous mean": "LambPrecisionInnovationPrevious",
@@ -147,7 +147,7 @@ def bench_reports(bench_dir: Path) -> dict[str, dict]:
 
 #: bench_models: E4 paper optimizer -> key of its macros; task -> key (the models of E4's paper profile).
 MODEL_OPTIMIZERS = {"KalmanAdam-adaptive": "Adaptive", "KalmanAdam-innovation-VA": "InnovationVA",
-                    "KalmanAdam-transport": "Transport", "LAMB": "Lamb", "KalmanLAMB-innovation-PW": "LambInnovationPW"}
+                    "KalmanAdam-transport": "Transport", "KalmanAdam-extrapolated": "Extrapolated", "LAMB": "Lamb", "KalmanLAMB-innovation-PW": "LambInnovationPW"}
 MODEL_TASKS = {"fashion_mnist": "Cnn", "fashion_mnist_resnet": "Resnet", "shakespeare": "Transformer"}
 
 

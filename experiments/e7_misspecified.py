@@ -22,6 +22,9 @@ parameter of one optimizer, so their filters are independent). Against the exact
 P*_t = constant_noise_gain(b, t) r: the worst ratio max(P_t / P*_t, P*_t / P_t) over steps 50..300 and whether
 P_t > 0 at every step >= 2, for the innovation windows and, for contrast, "adam" and "adaptive"; and as the bound
 no read-out can beat without knowing r, the exact filter with r estimated by maximum likelihood (`likelihood_oracle`).
+
+The 'prior_count' run (e7_prior_count): the same issue series and shortened long runs at several values of the
+read-outs' one constant, the prior count that pulls each tensor's noise fraction to the filter's model.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from experiments import e7_prior_count
 from experiments.local_level import single_threaded_on_cpu
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
 from experiments.stats import binomial_ci
 from kalman_optim import KalmanAdam, beta_to_noise_ratio, constant_noise_gain
+from kalman_optim.noise_models import innovation
 
 NAME = "e7_misspecified"
 TITLE = "Misspecified noise ratio (0-100x) and trend: interval coverage of every noise mode over long runs"
@@ -63,23 +68,31 @@ COMMON: dict[str, Any] = dict(
     issue=dict(observation_noise=0.25, steps=300, from_step=50, seed_count=20, within=1.5,
                modes=["innovation", "adam", "adaptive", *WINDOWS, "fitted"]),
 )
+#: The prior-count sweep (e7_prior_count): read-outs, counts, issue-series seeds, and the shortened long runs.
+_PRIOR = dict(modes=["innovation", "fitted"], steps=300, series=2000)
 PROFILES: dict[str, dict[str, Any]] = {
     # smoke: 6 runs of 3000 steps x 4 optimizers (~2 ms per step of all four on one core) + the issue run: ~50 s.
-    "smoke": dict(COMMON, series=2000, steps=3000, seeds=[0]),
-    "full": dict(COMMON, series=2000, steps=10000, seeds=[0, 1, 2]),
+    "smoke": dict(COMMON, series=2000, steps=3000, seeds=[0],
+                  prior=dict(_PRIOR, prior_counts=[1000, 10000], seed_count=20, cases=["ten", "hundred"], seeds=[0])),
+    "full": dict(COMMON, series=2000, steps=10000, seeds=[0, 1, 2],
+                 prior=dict(_PRIOR, prior_counts=[300, 1000, 3000, 10000, 30000], seed_count=100,
+                            cases=["one", "ten", "hundred"], seeds=[0, 1, 2])),
 }
 BAND = (0.93, 0.97)  # the shaded band around 95% in the figure
 
 
 # ------------------------------------------------------------------------------------------ plan
 def plan(settings: dict, seeds: list[int], done: dict[str, dict]) -> list[RunSpec]:
-    """One run per (case, seed), then the issue-series run (its own seeds 0..seed_count-1)."""
-    base = {k: v for k, v in settings.items() if k not in ("seeds", "cases", "issue")}
+    """One run per (case, seed), then the issue-series run (its own seeds 0..seed_count-1) and the prior-count sweep."""
+    base = {k: v for k, v in settings.items() if k not in ("seeds", "cases", "issue", "prior")}
     specs = [RunSpec(f"{case}_seed{seed}", dict(base, case=case, ratio_multiple=CASES[case][0],
                                                 trend=CASES[case][1], seed=int(seed)))
              for case in settings["cases"] for seed in seeds]
     issue = {k: settings[k] for k in ("beta1", "beta2", "noise_beta")}
     specs.append(RunSpec("issue_series", dict(issue, **settings["issue"], case="issue", seed=0)))
+    if "prior" in settings:
+        specs.append(RunSpec("prior_count", dict(base, issue=settings["issue"], prior=settings["prior"], case="prior",
+                                                 seed=0)))
     return specs
 
 
@@ -106,6 +119,8 @@ def macro_name(mode: str) -> str:
 # ------------------------------------------------------------------------------------------ measurement
 def execute(config: dict, device: torch.device) -> dict:
     with single_threaded_on_cpu(device):
+        if config["case"] == "prior":
+            return e7_prior_count.measure(config, device, issue_series, long_run, CASES)
         return issue_series(config, device) if config["case"] == "issue" else long_run(config, device)
 
 
@@ -226,7 +241,7 @@ def case_runs(runs: list[dict]) -> dict[str, list[dict]]:
     """The long runs grouped by case, in CASES order."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        if run["config"]["case"] != "issue":
+        if run["config"]["case"] not in ("issue", "prior"):
             groups.setdefault(run["config"]["case"], []).append(run)
     return {case: groups[case] for case in CASES if case in groups}
 
@@ -234,6 +249,11 @@ def case_runs(runs: list[dict]) -> dict[str, list[dict]]:
 def issue_run(runs: list[dict]) -> dict | None:
     """The issue-series run, if it is among `runs`."""
     return next((run for run in runs if run["config"]["case"] == "issue"), None)
+
+
+def prior_run(runs: list[dict]) -> dict | None:
+    """The prior-count sweep, if it is among `runs`."""
+    return next((run for run in runs if run["config"]["case"] == "prior"), None)
 
 
 def mean_curve(group: list[dict], mode: str, key: str, level: float | None = None) -> np.ndarray:
@@ -297,6 +317,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     out.save(fig, "e7_misspecified")
     _zoom_figure(groups, config, out)
     _tables(groups, issue, out)
+    e7_prior_count.table(prior_run(runs), out, innovation.PRIOR_COUNT)
 
 
 def _zoom_figure(groups: dict[str, list[dict]], config: dict, out: FigureOutput) -> None:
@@ -395,4 +416,5 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         oracle = issue["metrics"]["oracle"]
         out.update(IssueOracleFractionWithin=oracle["fraction_within"], IssueOraclePassProbability=oracle["pass_probability"],
                    IssueOracleAllSeedsProbability=oracle["all_seeds_probability"])
+    out.update(e7_prior_count.numbers(prior_run(runs)), PriorLibraryCount=int(innovation.PRIOR_COUNT))
     return out

@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from experiments import e7_misspecified as e7
+from experiments import e7_prior_count
+from kalman_optim.noise_models import innovation
 from experiments.plotting import FigureOutput
 from tests.experiments.helpers import run_tiny
 
 CPU = torch.device("cpu")
 TINY = dict(e7.PROFILES["smoke"], series=500, steps=400, cases=["one", "trend"], seeds=[0],
-            issue=dict(e7.PROFILES["smoke"]["issue"], seed_count=5))
+            issue=dict(e7.PROFILES["smoke"]["issue"], seed_count=5),
+            prior=dict(e7.PROFILES["smoke"]["prior"], prior_counts=[100, 100000], seed_count=5, series=200, steps=120))
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +38,15 @@ def test_record_steps_are_log_spaced_from_two_to_the_last_step():
     assert set(range(2, 41)) <= set(dense) and set(steps) <= set(dense)
 
 
-def test_plan_has_one_run_per_case_and_seed_then_the_issue_series():
+def test_plan_has_one_run_per_case_and_seed_then_the_issue_series_and_the_prior_sweep():
     ids = [s.run_id for s in e7.plan(dict(TINY, seeds=[0, 1]), [0, 1], {})]
-    assert ids == ["one_seed0", "one_seed1", "trend_seed0", "trend_seed1", "issue_series"]
+    assert ids == ["one_seed0", "one_seed1", "trend_seed0", "trend_seed1", "issue_series", "prior_count"]
     assert set(e7.PROFILES["smoke"]["cases"]) == set(e7.CASES) and e7.PROFILES["smoke"]["steps"] >= 3000
 
 
 def test_tiny_runs_structure(tiny_runs):
     runs = by_case(tiny_runs)
-    assert set(runs) == {"one", "trend", "issue"}
+    assert set(runs) == {"one", "trend", "issue", "prior"}
     one = runs["one"]
     assert one["curves"]["step"] == e7.record_steps(TINY["steps"], TINY["record_points"], TINY["dense_until"])
     assert set(range(2, TINY["dense_until"] + 1)) <= set(one["curves"]["step"])
@@ -88,13 +91,15 @@ def test_figures_tables_and_numbers(tiny_runs, tmp_path):
     out = FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path)
     e7.figures(tiny_runs, out)
     for name in ("e7_misspecified.pdf", "e7_misspecified.png", "e7_calibrated.pdf", "e7_coverage.tex", "e7_coverage.md",
-                 "e7_issue_series.tex", "e7_issue_series.md"):
+                 "e7_issue_series.tex", "e7_issue_series.md", "e7_prior_count.tex", "e7_prior_count.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     numbers = e7.numbers(tiny_runs)
     assert all(k.isalpha() and k[0].isupper() for k in numbers)
     assert all(math.isfinite(v) for v in numbers.values())
     assert {"InnovationWorstCoverageFromTenOne", "AdamWorstCoverageFromHundredTrend", "InnovationCoverageLow",
-            "IssueInnovationFractionWithin", "FittedCoverageLowFromTwo", "IssueFittedFractionWithin"} <= set(numbers)
+            "IssueInnovationFractionWithin", "FittedCoverageLowFromTwo", "IssueFittedFractionWithin",
+            "PriorOneHundredInnovationIssueFraction", "PriorOneHundredThousandFittedWorstFromTwo",
+            "PriorLibraryCount"} <= set(numbers)
     assert numbers["InnovationCoverageLow"] <= numbers["InnovationWorstCoverageFromTenOne"] <= 1.0
     assert e7.numbers([]) == {}
 
@@ -130,3 +135,20 @@ def test_likelihood_oracle_is_the_exact_filters_running_ml_estimate(tiny_runs):
 def constant_gain_at(beta, t):
     """Adam's diffuse-prior gain, the exact filter's for lambda(beta) (D2)."""
     return (1 - beta) / (1 - beta**t)
+
+
+def test_prior_count_sweep_patches_the_library_constant_only_inside_and_covers_every_count_and_mode(tiny_runs):
+    saved = innovation.PRIOR_COUNT
+    with pytest.raises(RuntimeError), e7_prior_count.prior_count(5.0):
+        assert innovation.PRIOR_COUNT == 5.0
+        raise RuntimeError
+    assert innovation.PRIOR_COUNT == saved
+    state = dict(innovation_sq_avg=torch.ones(4), lag_num=torch.tensor(0.2), lag_den=torch.tensor(1.0))
+    with e7_prior_count.prior_count(1e12):  # the data (phi = 0.2) has no weight: the filter's model, phi = 1
+        assert innovation.shrunk_lag_ratio(state, 100).item() == pytest.approx(1.0, abs=1e-6)
+    with e7_prior_count.prior_count(1e-12):
+        assert innovation.shrunk_lag_ratio(state, 100).item() == pytest.approx(0.2, abs=1e-6)
+    run = by_case(tiny_runs)["prior"]
+    rows = e7_prior_count.rows(run)
+    assert {(r["count"], r["mode"]) for r in rows} == {(c, m) for c in (100.0, 100000.0) for m in ("innovation", "fitted")}
+    assert all(0 <= r["issue"] <= 1 and 0 <= r["from_two"] <= r["from_ten"] <= 1 for r in rows)
