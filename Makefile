@@ -140,7 +140,7 @@ $(RESULTS_MANIFEST): experiments
 figures: $(FIGURES_STAMP)
 
 $(FIGURES_STAMP): $(RESULTS_MANIFEST) $(EXPERIMENT_CODE) $(wildcard results/full/*/*.json) $(wildcard results/paper/*/*.json) $(wildcard results/bench/*.json)
-	$(PY) -m experiments figures --profile $(PROFILE) --prefer-full
+	$(PY) -m experiments figures --profile $(PROFILE) --prefer-full --readme README.md
 
 # LaTeX from Debian: installed here when running as root, otherwise named.
 LATEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-science lmodern

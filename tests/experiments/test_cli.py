@@ -276,3 +276,31 @@ def test_jobs_runs_shard_passes_until_one_writes_nothing(toy_registry, tmp_path,
     monkeypatch.delenv("TOY_FAIL_RUN")
     main(["run", "toy", "--root", str(root), "--device", "cpu", "--jobs", "2"])
     assert run_files(root) == ids and executions(toy_registry).count("run2_seed0") == 3
+
+
+def test_figures_rewrite_the_readme_numbers_it_tags_and_refuse_a_tag_without_a_macro(toy_registry, tmp_path, capsys):
+    root, table_dir = tmp_path / "results", tmp_path / "generated"
+    readme = tmp_path / "README.md"
+    main(["run", "toy", "--root", str(root), "--device", "cpu"])
+    readme.write_text("We ran <!--n:KORToyRunCount-->99<!--/n--> runs; loss <!--n:KORToyMeanLoss-->?<!--/n-->.\n")
+    args = ["figures", "--root", str(root), "--figure-dir", str(tmp_path / "f"), "--table-dir", str(table_dir),
+            "--readme", str(readme)]
+    main(args)
+    macros = macro_lines(table_dir / "numbers.tex")
+    assert readme.read_text() == (f"We ran <!--n:KORToyRunCount-->4<!--/n--> runs; loss "
+                                  f"<!--n:KORToyMeanLoss-->{macros['KORToyMeanLoss']}<!--/n-->.\n")
+    assert "2 number(s) updated" in capsys.readouterr().out
+    readme.write_text("<!--n:KORToyRenamed-->1<!--/n-->\n")
+    (table_dir / "numbers.tex").unlink()
+    with pytest.raises(SystemExit, match="KORToyRenamed"):
+        main(args)
+    assert readme.read_text() == "<!--n:KORToyRenamed-->1<!--/n-->\n" and not (table_dir / "numbers.tex").exists()
+
+
+def test_readme_values_are_plain_text_or_an_error():
+    from experiments.readme_numbers import plain, sync
+    assert plain("2{,}000") == "2,000"
+    with pytest.raises(ValueError, match="LaTeX"):
+        plain("$\\times$")
+    assert sync("<!--n:A-->x<!--/n--> and <!--n:A-->y<!--/n-->", {"A": "1"}) == ("<!--n:A-->1<!--/n--> and "
+                                                                              "<!--n:A-->1<!--/n-->", ["A", "A"])
