@@ -81,7 +81,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
     smallest = report["results"][0]
     candidates = smallest["candidates"]
     out[f"{prefix}SmallestSize"] = int(smallest["size"])
-    for name in ("KalmanLAMB", "KalmanAdam adaptive"):
+    for name in ("KalmanLAMB", "KalmanAdam adaptive", "KalmanAdam extrapolated"):
         if name in candidates:
             out[f"{prefix}{FUSED_VARIANTS[name]}CompiledAtSmallest"] = round(candidates[name]["ratio_to_compiled_adamw"], 2)
             out[f"{prefix}{FUSED_VARIANTS[name]}BandwidthAtSmallest"] = round(100 * candidates[name]["bandwidth_fraction"])

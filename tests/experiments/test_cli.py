@@ -204,6 +204,10 @@ def test_figures_refuse_missing_corrupt_invalid_or_stale_results(toy_registry, t
 def test_profile_summary_names_each_experiment_profile_run_count_and_hours():
     text = profile_summary([("e1_synthetic", "full", 27, 0.04), ("e4_training", "smoke", 80, 12.25)])
     assert text.splitlines()[1] == r"\texttt{E1} full (27 runs, 0.0 h); \texttt{E4} smoke (80 runs, 12.2 h)."
+    paper = profile_summary([("e2_gradient_noise", "paper", 17, 1.25), ("e4_training", "paper", 231, 3.5),
+                             ("e7_misspecified", "full", 20, 0.1)])
+    assert paper.splitlines()[1].endswith("The paper profile's runs took 4.75 h of run time in all, 2.38 h on two "
+                                          "cores (its runs are independent one-thread processes).")
 
 
 def test_manifest_changes_exactly_when_a_result_file_does(toy_registry, tmp_path):

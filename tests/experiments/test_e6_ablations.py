@@ -152,16 +152,19 @@ def test_clip_fractions_read_drift_as_low_beta_and_white_noise_as_high_beta():
     assert e6.clip_fractions(e6.training.make_optimizer("AdamW", [drift], 1e-3)) is None
 
 
-def test_paper_profile_runs_each_group_at_its_lr_without_the_prior_group():
+def test_paper_profile_runs_each_group_at_its_lr_without_the_prior_and_adaptive_groups():
     paper = e6.PROFILES["paper"]
     specs = e6.plan(paper, [0, 1], {})
     lr_of = {s.config["setting"]: s.config["lr"] for s in specs}
-    assert not any(key.startswith("constant_prior") for key in lr_of)
+    assert not any(key.startswith(("constant_prior", "adaptive")) for key in lr_of)
     groups = {g.name: g for g in e6.GROUPS}
     for name in paper["groups"]:
         assert {lr_of[s.key] for s in groups[name].settings} == {paper["group_lrs"][name]}
-    # The adaptive reference is shared by two groups and still run once per seed.
-    assert len(specs) == len({s.run_id for s in specs}) == 2 * len(lr_of)
+    # With the adaptive groups, their shared reference is run once per seed.
+    adaptive = dict(paper, groups=["NoiseWindow", "BetaRange"], group_lrs=dict(NoiseWindow=3e-4, BetaRange=3e-4))
+    specs = e6.plan(adaptive, [0, 1], {})
+    keys = {s.config["setting"] for s in specs}
+    assert len(specs) == len({s.run_id for s in specs}) == 2 * len(keys) == 2 * 6
 
 
 def test_profile_groups_and_lrs_are_validated():
