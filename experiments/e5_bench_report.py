@@ -60,6 +60,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         f"{prefix}Bandwidth": round(result["bandwidth_bytes_per_s"] / 1e9, 1),
         f"{prefix}CopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e9, 1),
         f"{prefix}Commit": str(report["provenance"].get("git_commit") or "unknown")[:7],
+        f"{prefix}Device": cpu_name(report),
         f"{prefix}Processes": int(report.get("config", {}).get("processes", 1)),
         f"{prefix}AdamWCompiledBandwidth": round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"]),
     }
@@ -105,6 +106,12 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
             out[f"{prefix}{FUSED_VARIANTS[name]}WithinTarget"] = within_phrase(out[f"{key}AtSmallest"] <= 1.1,
                                                                               out[key] <= 1.1)
     return out
+
+
+def cpu_name(report: dict) -> str:
+    """The measured device as the paper names it ("(R)" marks dropped): benchmarks of one build may come from
+    different machines, and their ratios differ between CPUs."""
+    return str(report.get("provenance", {}).get("device_name") or "unknown").replace("(R)", "")
 
 
 def within_phrase(smaller: bool, larger: bool) -> str:
@@ -173,7 +180,8 @@ def models_numbers(report: dict | None) -> dict[str, float | int | str]:
     speed-up of the default path over the per-tensor loop (ModelsLoopSpeedupMax)."""
     if report is None:
         return {}
-    out: dict[str, float | int | str] = {"ModelsCommit": str(report["provenance"].get("git_commit") or "unknown")[:7]}
+    out: dict[str, float | int | str] = {"ModelsCommit": str(report["provenance"].get("git_commit") or "unknown")[:7],
+                                         "ModelsDevice": cpu_name(report)}
     kalman, speedups = [], []
     measured = [r for r in report["results"] if r["task"] in MODEL_TASKS]
     if measured:  # the models' layout: tensor counts and the largest tensor
