@@ -240,3 +240,12 @@ def test_extrapolated_mode_is_scored_at_its_iterate():
     assert torch.equal(problem.theta, point)
     assert loss.tolist() == nqm.exact_loss(iterates, problem.curvature).tolist()
     assert loss.tolist() != problem.loss().tolist()  # the point is not the iterate
+
+
+def test_the_paper_profile_tunes_on_a_grid_twice_as_fine_over_the_same_range():
+    assert e3.power_of_two_grid(-2, 1) == [0.25, 0.5, 1.0, 2.0]
+    fine = e3.power_of_two_grid(-2, 1, 2)
+    assert len(fine) == 7 and fine[0] == 0.25 and fine[-1] == 2.0 and fine[1] == pytest.approx(0.25 * 2**0.5)
+    for name, grid in e3.PROFILES["paper"]["lr_grids"].items():
+        coarse = e3.LR_GRIDS[name]
+        assert (grid[0], grid[-1]) == (coarse[0], coarse[-1]) and len(grid) == 2 * len(coarse) - 1
