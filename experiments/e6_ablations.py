@@ -1,6 +1,6 @@
 """E6: ablations of KalmanAdam's design choices on the Fashion-MNIST CNN, at one fixed learning rate.
 
-Four groups (the paper profile runs the last three), each varying one knob with everything else fixed and paired
+Four groups (the paper profile runs the last one), each varying one knob with everything else fixed and paired
 with a reference setting:
 
 * prior (noise="constant"): P_0 / r in {diffuse, 0.01, 0.1, 1, 10}. With a nearly static state (small q)
@@ -35,10 +35,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from experiments import training
+from experiments import e6_summary, training
+from experiments.e6_summary import SettingSummary
+from experiments.e6_summary import by_seed as _by_seed
+from experiments.e6_summary import error_bars as _error
+from experiments.e6_summary import values as _values
 from experiments.plotting import FigureOutput
 from experiments.runner import RunSpec
-from experiments.stats import Estimate, holm_reject, mean_ci, paired_difference, paired_t_p_value, significance
+from experiments.stats import Estimate, holm_reject, paired_difference, significance
 from kalman_optim._base import adaptive_config
 from kalman_optim.functional import adaptive_noise_estimates
 from kalman_optim.schedules import normal_quantile
@@ -271,82 +275,9 @@ def execute(config: dict, device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ summaries
-@dataclass
-class SettingSummary:
-    """One setting within its group: estimates over seeds and the paired difference to the reference."""
-
-    group: str
-    lr: float
-    setting: Setting
-    is_reference: bool
-    seeds: list[int]
-    diverged: int
-    test_loss: Estimate
-    test_accuracy: Estimate
-    val_loss: Estimate
-    test_loss_vs_reference: Estimate  # mean over common seeds of loss(setting) - loss(reference)
-    test_loss_p_value: float  # paired t-test of the same differences (Holm-corrected in numbers())
-    effective_beta: Estimate | None
-    clipped_low: Estimate | None  # fraction of coordinates with beta clipped to beta_min (adaptive only)
-    clipped_high: Estimate | None
-
-
-def _by_seed(runs: list[dict], key: str) -> dict[int, dict]:
-    return {int(r["config"]["seed"]): r["metrics"] for r in runs if r["config"]["setting"] == key}
-
-
-def _lr_of(runs: list[dict], key: str) -> float:
-    lrs = {float(r["config"]["lr"]) for r in runs if r["config"]["setting"] == key}
-    if len(lrs) != 1:
-        raise ValueError(f"E6 runs of setting {key} have learning rates {sorted(lrs)}; expected one")
-    return lrs.pop()
-
-
-def _values(by_seed: dict[int, dict], seeds: Sequence[int], metric: str) -> list[float]:
-    return [float(by_seed[s][metric]) for s in seeds]
-
-
 def summarize(runs: list[dict]) -> list[SettingSummary]:
-    """Per group and setting (in the group's order): mean +- 95% CI over seeds and the paired difference.
-
-    Paired difference: mean_i (L_i(setting) - L_i(reference)) over the seeds both have, with its t-interval;
-    pairing by seed removes the shared variation of initialisation and mini-batch order."""
-    rows = []
-    for group in GROUPS:
-        reference = _by_seed(runs, group.reference.key)
-        if not reference:  # a group the profile does not run (paper: no prior group)
-            continue
-        for setting in group.settings:
-            own = _by_seed(runs, setting.key)
-            if not own:
-                continue
-            seeds = sorted(own)
-            common = [s for s in seeds if s in reference]
-            betas = [own[s]["effective_beta_mean"] for s in seeds if "effective_beta_mean" in own[s]]
-            low = [own[s]["clipped_low_fraction"] for s in seeds if "clipped_low_fraction" in own[s]]
-            high = [own[s]["clipped_high_fraction"] for s in seeds if "clipped_high_fraction" in own[s]]
-            rows.append(SettingSummary(
-                group=group.name, lr=_lr_of(runs, setting.key), setting=setting,
-                is_reference=setting.key == group.reference.key, seeds=seeds,
-                diverged=sum(bool(own[s].get("diverged")) for s in seeds),
-                test_loss=mean_ci(_values(own, seeds, "test_loss")),
-                test_accuracy=mean_ci(_values(own, seeds, "test_accuracy")),
-                val_loss=mean_ci(_values(own, seeds, "val_loss")),
-                test_loss_vs_reference=paired_difference(_values(own, common, "test_loss"),
-                                                         _values(reference, common, "test_loss")),
-                test_loss_p_value=paired_t_p_value(_values(own, common, "test_loss"),
-                                                   _values(reference, common, "test_loss")),
-                effective_beta=mean_ci(betas) if betas else None,
-                clipped_low=mean_ci(low) if low else None, clipped_high=mean_ci(high) if high else None,
-            ))
-    return rows
-
-
-def _error(estimate: Estimate) -> tuple[float, float]:
-    """(below, above) error-bar lengths; 0 when the interval is not finite (one seed)."""
-    if not (math.isfinite(estimate.low) and math.isfinite(estimate.high)):
-        return 0.0, 0.0
-    return estimate.mean - estimate.low, estimate.high - estimate.mean
+    """e6_summary.summarize over this experiment's GROUPS."""
+    return e6_summary.summarize(runs, GROUPS)
 
 
 # ------------------------------------------------------------------------------------------ figures / numbers
