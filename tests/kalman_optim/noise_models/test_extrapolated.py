@@ -185,3 +185,39 @@ def test_bad_combinations_are_rejected_and_change_nothing():
     with pytest.raises(ValueError, match="no posterior variance"):
         optimizer.gradient_posterior(p)
     assert math.isfinite(float(p.sum()))
+
+
+@pytest.mark.parametrize("saved_in_eval", [True, False], ids=["saved-after-eval", "saved-in-training"])
+def test_a_checkpoint_resumes_bit_for_bit_whether_saved_after_eval_or_during_training(saved_in_eval):
+    """The usual loop: evaluate (eval()), save model and optimizer, train() on. A run restored from that checkpoint
+    into a fresh model and optimizer continues exactly as the original (the loaded group remembers its mode)."""
+    x, y = torch.randn(64, 5, generator=torch.Generator().manual_seed(1)), torch.randn(64, 1)
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def step(net, optimizer, i):
+        optimizer.zero_grad()
+        batch = slice(i % 4 * 16, i % 4 * 16 + 16)
+        torch.nn.functional.mse_loss(net(x[batch]), y[batch]).backward()
+        optimizer.step()
+
+    net = model()
+    optimizer = KalmanAdam(net.parameters(), lr=1e-2, weight_decay=0.01, noise="extrapolated")
+    for i in range(10):
+        step(net, optimizer, i)
+    if saved_in_eval:
+        optimizer.eval()
+    weights, state = copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict())
+    restored = model()
+    restored.load_state_dict(weights)
+    resumed = KalmanAdam(restored.parameters(), lr=1e-2, weight_decay=0.01, noise="extrapolated")
+    resumed.load_state_dict(state)
+    assert [g["train_mode"] for g in resumed.param_groups] == [not saved_in_eval]
+    for net_, optimizer_ in ((net, optimizer), (restored, resumed)):
+        optimizer_.train()
+        for i in range(10, 20):
+            step(net_, optimizer_, i)
+    for a, b in zip(net.parameters(), restored.parameters()):
+        assert torch.equal(a, b)
