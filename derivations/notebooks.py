@@ -66,6 +66,7 @@ def execute_to_ipynb(source: Path, timeout: int = 300) -> Path:
         resources={"metadata": {"path": str(REPO_ROOT)}},
     )
     client.execute()
+    merge_streams(notebook)
     notebook.metadata[STAMP_KEY] = {"source": source.name, "source_sha256": source_digest(source)}
     notebook.metadata.pop("widgets", None)
     EXECUTED_DIR.mkdir(exist_ok=True)
@@ -74,6 +75,22 @@ def execute_to_ipynb(source: Path, timeout: int = 300) -> Path:
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
     return target
+
+
+def merge_streams(notebook) -> None:
+    """Join each cell's consecutive outputs of the same stream (stdout, stderr) into one, in place: the kernel splits a
+    cell's prints into chunks by timing, so unmerged copies differ between rebuilds of the same source."""
+    for cell in notebook.cells:
+        merged = []
+        for output in cell.get("outputs", []):
+            previous = merged[-1] if merged else None
+            if (output.get("output_type") == "stream" and previous is not None
+                    and previous.get("output_type") == "stream" and previous.get("name") == output.get("name")):
+                previous["text"] = "".join(previous["text"]) + "".join(output["text"])
+            else:
+                merged.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = merged
 
 
 def stale_notebooks() -> list[str]:

@@ -63,3 +63,18 @@ def test_assert_numerically_equal_rejects_a_small_discrepancy():
 def test_export_latex_rejects_bad_macro_names():
     with pytest.raises(ValueError, match="letters only"):
         common.export_latex("Bad_Name1", sp.Integer(1))
+
+
+def test_consecutive_outputs_of_one_stream_are_merged_so_rebuilds_are_byte_identical():
+    import nbformat
+
+    from derivations.notebooks import merge_streams
+    cell = nbformat.v4.new_code_cell("print(1); print(2)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="a\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="b\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="w\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="c\n")]
+    notebook = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")])
+    merge_streams(notebook)
+    assert [(o["name"], o["text"]) for o in notebook.cells[0].outputs] == [("stdout", "a\nb\n"), ("stderr", "w\n"),
+                                                                          ("stdout", "c\n")]
