@@ -23,8 +23,8 @@ about 1,400; with d = 10^4 (full, 10^4 steps) AdamW needs about 4,600 steps at B
 does not get there (drawn as "not reached").
 
 Protocol. One run = (optimizer, batch size B, seed). Inside a run, every learning rate of the optimizer's
-log grid (factor 2 apart; sqrt(2) in the paper profile) is a separate param group of ONE optimizer, each with its own replica of theta
-and its own independent noise draws; all replicas share the seed's noise stream with the other optimizers
+log grid (factor 2 apart; sqrt(2) in the paper profile) is a separate param group of ONE optimizer, each with
+its own replica of theta and its own independent noise draws; all replicas share the seed's noise stream with the other optimizers
 (row r of each draw goes to the r-th learning rate), so optimizers with the same grid see identical noise.
 steps-to-target of a learning rate = the first step t with L(theta_t) <= tau. A run stops at max_steps,
 or once every learning rate has reached the target or diverged (L > 10^3 L(theta_0) or not finite), or at
@@ -101,14 +101,20 @@ def power_of_two_grid(low: int, high: int, per_octave: int = 1) -> list[float]:
 # large B is ~2^-2, but mode "extrapolated" (whose momentum carries no lag on a quadratic) takes 2^1 there, so the
 # grid reaches 2^3. All Adam-type optimizers share one grid, so KalmanAdam-adam and AdamW see identical noise and
 # must agree step for step. The lower ends sit 3+ octaves below the best lr at B = 1.
-SGD_GRID = power_of_two_grid(-9, 2)
-ADAM_GRID = power_of_two_grid(-10, 3)
-LR_GRIDS = {name: (SGD_GRID if name == "SGD-momentum" else ADAM_GRID) for name in OPTIMIZERS}
+SGD_RANGE, ADAM_RANGE = (-9, 2), (-10, 3)
+
+
+def lr_grids(per_octave: int) -> dict[str, list[float]]:
+    """Every optimizer's grid over its range (SGD_RANGE or ADAM_RANGE) with `per_octave` points per factor 2."""
+    return {name: power_of_two_grid(*(SGD_RANGE if name == "SGD-momentum" else ADAM_RANGE), per_octave)
+            for name in OPTIMIZERS}
+
+
+LR_GRIDS = lr_grids(1)
 # The paper profile tunes on twice as fine a grid: at the factor-2 grid the tuned lr of two optimizers can fall on
 # different sides of their optima, and a 1-2% difference in steps (the D8 target's scale) was then the grid's, not
 # the optimizer's (exploratory runs: AdamW at B = 1 took ~11% fewer steps on the finer grid).
-FINE_LR_GRIDS = {name: power_of_two_grid(-9, 2, 2) if name == "SGD-momentum" else power_of_two_grid(-10, 3, 2)
-                 for name in OPTIMIZERS}
+FINE_LR_GRIDS = lr_grids(2)
 
 _COMMON = dict(target_fraction=0.1, init="normal", init_seed=12345, stop_factor=1.5, divergence_factor=1e3,
                curve_points=40, optimizers=list(OPTIMIZERS), lr_grids=LR_GRIDS)

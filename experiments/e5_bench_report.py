@@ -59,7 +59,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         f"{prefix}Size": int(result["size"]), f"{prefix}Tensors": int(result["tensors"]),
         f"{prefix}Bandwidth": round(result["bandwidth_bytes_per_s"] / 1e9, 1),
         f"{prefix}CopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e9, 1),
-        f"{prefix}Commit": str(report["provenance"].get("git_commit") or "unknown")[:7],
+        f"{prefix}Commit": short_commit(report),
         f"{prefix}Device": cpu_name(report),
         f"{prefix}Processes": int(report.get("config", {}).get("processes", 1)),
         f"{prefix}AdamWCompiledBandwidth": round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"]),
@@ -106,6 +106,11 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
             out[f"{prefix}{FUSED_VARIANTS[name]}WithinTarget"] = within_phrase(out[f"{key}AtSmallest"] <= 1.1,
                                                                               out[key] <= 1.1)
     return out
+
+
+def short_commit(report: dict) -> str:
+    """The benchmark's git commit, abbreviated to 7 characters ("unknown" when not recorded)."""
+    return str(report.get("provenance", {}).get("git_commit") or "unknown")[:7]
 
 
 def cpu_name(report: dict) -> str:
@@ -180,7 +185,7 @@ def models_numbers(report: dict | None) -> dict[str, float | int | str]:
     speed-up of the default path over the per-tensor loop (ModelsLoopSpeedupMax)."""
     if report is None:
         return {}
-    out: dict[str, float | int | str] = {"ModelsCommit": str(report["provenance"].get("git_commit") or "unknown")[:7],
+    out: dict[str, float | int | str] = {"ModelsCommit": short_commit(report),
                                          "ModelsDevice": cpu_name(report)}
     kalman, speedups = [], []
     measured = [r for r in report["results"] if r["task"] in MODEL_TASKS]

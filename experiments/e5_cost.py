@@ -46,14 +46,14 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
-from experiments.e5_bench_report import (bench_reports, fused_numbers, fused_report, fused_table, models_numbers,
-                                         models_report, models_table)
+from experiments.e5_bench_report import (bench_reports, cpu_name, fused_numbers, fused_report, fused_table,
+                                         models_numbers, models_report, models_table, short_commit)
 from experiments.plotting import FigureOutput, style
 from experiments.provenance import REPO_ROOT
 from experiments.runner import RunSpec
 
 # Re-exported though unused here: the fused path's macro keys are part of E5's interface.
-from experiments.e5_bench_report import FUSED_VARIANTS, MODEL_OPTIMIZERS, cpu_name  # noqa: F401
+from experiments.e5_bench_report import FUSED_VARIANTS, MODEL_OPTIMIZERS  # noqa: F401
 
 NAME = "e5_cost"
 TITLE = "Cost per step: step time and optimizer-state bytes vs parameter count, as ratios to torch AdamW"
@@ -403,7 +403,7 @@ def bench_numbers(reports: dict[str, dict]) -> dict[str, float | int | str]:
         series = series_from_bench(report)
         prefix = f"Bench{device.capitalize()}"
         out[f"{prefix}LargestSize"] = max_size(series)
-        out[f"{prefix}Commit"] = str(report.get("provenance", {}).get("git_commit") or "unknown")[:7]
+        out[f"{prefix}Commit"] = short_commit(report)
         out[f"{prefix}Device"] = cpu_name(report)
         for name, (key, _, _) in VARIANTS.items():
             found = largest_ratio(series, name)

@@ -37,9 +37,6 @@ import torch
 
 from experiments import e6_summary, training
 from experiments.e6_summary import SettingSummary
-from experiments.e6_summary import by_seed as _by_seed
-from experiments.e6_summary import error_bars as _error
-from experiments.e6_summary import values as _values
 from experiments.plotting import FigureOutput
 from experiments.runner import RunSpec
 from experiments.stats import Estimate, holm_reject, paired_difference, significance
@@ -297,7 +294,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
             ax = axes[row_index, column]
             estimates = [getattr(r, attribute) for r in rows]
             finite = [i for i, e in enumerate(estimates) if math.isfinite(e.mean)]
-            errors = np.array([_error(estimates[i]) for i in finite]).T.reshape(2, -1)
+            errors = np.array([e6_summary.error_bars(estimates[i]) for i in finite]).T.reshape(2, -1)
             ax.errorbar(x[finite], [estimates[i].mean for i in finite], yerr=errors, fmt="o", color="black",
                         markersize=5, capsize=3, linestyle="none")
             # The reference is drawn as an open square and a dashed line, so it reads without colour.
@@ -373,12 +370,12 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     # The same question with Holm's correction over every comparison made (paired t-tests).
     out["HolmSeparatedCount"] = sum(holm_reject([r.test_loss_p_value for r in compared]))
     narrow_key, adam_key = adaptive_setting(DEFAULT_NOISE_BETA, NARROW_RANGE, "").key, confidence_setting(None).key
-    narrow, adam = _by_seed(runs, narrow_key), _by_seed(runs, adam_key)
+    narrow, adam = e6_summary.by_seed(runs, narrow_key), e6_summary.by_seed(runs, adam_key)
     common = sorted(set(narrow) & set(adam))
     lrs = {r.setting.key: r.lr for r in summary}
     if common and lrs[narrow_key] == lrs[adam_key]:  # a comparison across two learning rates would measure the lrs
-        out["NarrowRangeMinusAdamTestLoss"] = paired_difference(_values(narrow, common, "test_loss"),
-                                                                _values(adam, common, "test_loss")).mean
+        out["NarrowRangeMinusAdamTestLoss"] = paired_difference(
+            e6_summary.values(narrow, common, "test_loss"), e6_summary.values(adam, common, "test_loss")).mean
     reference = [r for r in summary if r.group == "NoiseWindow" and r.is_reference and r.effective_beta]
     if reference:
         out["AdaptiveMeanEffectiveBeta"] = reference[0].effective_beta.mean

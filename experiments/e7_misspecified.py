@@ -42,7 +42,6 @@ from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
 from experiments.stats import binomial_ci
 from kalman_optim import KalmanAdam, beta_to_noise_ratio, constant_noise_gain
-from kalman_optim.noise_models import innovation
 
 NAME = "e7_misspecified"
 TITLE = "Misspecified noise ratio (0-100x) and trend: interval coverage of every noise mode over long runs"
@@ -317,7 +316,7 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     out.save(fig, "e7_misspecified")
     _zoom_figure(groups, config, out)
     _tables(groups, issue, out)
-    e7_prior_count.table(prior_run(runs), out, innovation.PRIOR_COUNT)
+    e7_prior_count.table(prior_run(runs), out)
 
 
 def _zoom_figure(groups: dict[str, list[dict]], config: dict, out: FigureOutput) -> None:
@@ -416,5 +415,5 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         oracle = issue["metrics"]["oracle"]
         out.update(IssueOracleFractionWithin=oracle["fraction_within"], IssueOraclePassProbability=oracle["pass_probability"],
                    IssueOracleAllSeedsProbability=oracle["all_seeds_probability"])
-    out.update(e7_prior_count.numbers(prior_run(runs)), PriorLibraryCount=int(innovation.PRIOR_COUNT))
+    out.update(e7_prior_count.numbers(prior_run(runs)))
     return out

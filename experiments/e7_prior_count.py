@@ -81,11 +81,13 @@ def rows(run: dict) -> list[dict[str, Any]]:
 
 
 def numbers(run: dict | None) -> dict[str, float | int | str]:
-    """Macros Prior<Count><Mode>{IssueFraction,WorstFromTwo,WorstFromTen} and the sweep's seeds and length."""
+    """The library's own count (PriorLibraryCount, also without a sweep), and from the sweep the macros
+    Prior<Count><Mode>{IssueFraction,WorstFromTwo,WorstFromTen} and its seeds and length."""
     if run is None:
-        return {}
+        return dict(PriorLibraryCount=int(innovation.PRIOR_COUNT))
     c = run["config"]["prior"]
-    out: dict[str, float | int | str] = dict(PriorSeeds=int(c["seed_count"]), PriorSteps=int(c["steps"]),
+    out: dict[str, float | int | str] = dict(PriorLibraryCount=int(innovation.PRIOR_COUNT),
+                                             PriorSeeds=int(c["seed_count"]), PriorSteps=int(c["steps"]),
                                              PriorCaseSeeds=len(c["seeds"]),
                                              PriorOracleFraction=run["metrics"]["oracle_fraction_within"])
     for row in rows(run):
@@ -95,12 +97,12 @@ def numbers(run: dict | None) -> dict[str, float | int | str]:
     return out
 
 
-def table(run: dict | None, out, library_count: float) -> None:
-    """The sweep as a table (`out`: the experiment's FigureOutput)."""
+def table(run: dict | None, out) -> None:
+    """The sweep as a table (`out`: the experiment's FigureOutput); the library's own N_0 is marked."""
     if run is None:
         return
     c = run["config"]["prior"]
-    body = [[f"{row['count']:g}" + (" (library)" if row["count"] == library_count else ""), row["mode"],
+    body = [[f"{row['count']:g}" + (" (library)" if row["count"] == innovation.PRIOR_COUNT else ""), row["mode"],
              f"{row['issue']:.2f}", f"{row['from_two']:.3f} ({row['worst_case']})", f"{row['from_ten']:.3f}"]
             for row in rows(run)]
     out.table("e7_prior_count", ["prior count N_0", "mode", f"issue series within {run['config']['issue']['within']:g}x",

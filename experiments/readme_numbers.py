@@ -9,7 +9,6 @@ that names no macro stops the build with its name.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 TAG = re.compile(r"<!--n:([A-Za-z]+)-->(.*?)<!--/n-->", re.DOTALL)
 #: LaTeX in macro values -> plain text (digit groups, thin spaces).
@@ -43,11 +42,3 @@ def sync(text: str, numbers: dict[str, str]) -> tuple[str, list[str]]:
 
     return TAG.sub(replace, text), changed
 
-
-def write(path: Path, numbers: dict[str, str]) -> list[str]:
-    """Rewrite `path` in place when a tagged value changed; the names that changed."""
-    text = path.read_text(encoding="utf-8")
-    new, changed = sync(text, numbers)
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    return changed
