@@ -21,7 +21,8 @@ The 'issue series' run: one coordinate, ratio 1x, r = 0.25, 300 steps, 20 seeds 
 parameter of one optimizer, so their filters are independent). Against the exact filter's posterior variance
 P*_t = constant_noise_gain(b, t) r: the worst ratio max(P_t / P*_t, P*_t / P_t) over steps 50..300 and whether
 P_t > 0 at every step >= 2, for the innovation windows and, for contrast, "adam" and "adaptive"; and as the bound
-no read-out can beat without knowing r, the exact filter with r estimated by maximum likelihood (`likelihood_oracle`).
+no read-out can beat without knowing r, the exact filter with r estimated by maximum likelihood, and what a read-out
+that estimates the noise ratio too reaches on one coordinate (e7_oracles).
 
 The 'prior_count' run (e7_prior_count): the same issue series and shortened long runs at several values of the
 read-outs' one constant, the prior count that pulls each tensor's noise fraction to the filter's model.
@@ -36,7 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from experiments import e7_prior_count
+from experiments import e7_oracles, e7_prior_count
 from experiments.local_level import single_threaded_on_cpu
 from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
@@ -72,9 +73,11 @@ _PRIOR = dict(modes=["innovation", "fitted"], steps=300, series=2000)
 PROFILES: dict[str, dict[str, Any]] = {
     # smoke: 6 runs of 3000 steps x 4 optimizers (~2 ms per step of all four on one core) + the issue run: ~50 s.
     "smoke": dict(COMMON, series=2000, steps=3000, seeds=[0],
-                  prior=dict(_PRIOR, prior_counts=[1000, 10000], seed_count=20, cases=["ten", "hundred"], seeds=[0])),
+                  prior=dict(_PRIOR, prior_counts=[1000, 10000], prior_coordinates=[100], seed_count=20,
+                             cases=["ten", "hundred"], seeds=[0])),
     "full": dict(COMMON, series=2000, steps=10000, seeds=[0, 1, 2],
-                 prior=dict(_PRIOR, prior_counts=[300, 1000, 3000, 10000, 30000], seed_count=100,
+                 prior=dict(_PRIOR, prior_counts=[300, 1000, 3000, 10000, 30000], prior_coordinates=[50, 100, 300],
+                            seed_count=100,
                             cases=["one", "ten", "hundred"], seeds=[0, 1, 2])),
 }
 BAND = (0.93, 0.97)  # the shaded band around 95% in the figure
@@ -205,34 +208,10 @@ def issue_series(config: dict, device: torch.device) -> dict:
                              fraction_positive=float(positive.double().mean()))
         quantiles = torch.quantile(ratio[1:], torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), dim=1)
         curves[mode] = dict(zip(("min", "median", "max"), quantiles.tolist()))
-    metrics["oracle"] = likelihood_oracle(g.cpu().numpy(), config)
+    metrics["oracle"] = e7_oracles.likelihood_oracle(g.cpu().numpy(), config)
+    metrics["ratio_oracle"] = e7_oracles.ratio_unknown_oracle(g.cpu().numpy(), config)
     return dict(metrics=metrics, curves=curves)
 
-
-def likelihood_oracle(g: np.ndarray, config: dict, simulated_seeds: int = 100_000) -> dict:
-    """The best a read-out can do on the issue series without knowing r: the exact filter (its noise ratio known;
-    Adam's diffuse gain is its gain) with r estimated by maximum likelihood, the running mean of the standardized
-    squared innovations (1 - k_t) nu_t^2, which are r chi^2_1 and independent under the model (D7). Its
-    P_t / P*_t is r_hat_t / r. On the run's series, and its probability of staying within the factor from from_step
-    on for one series and for all seed_count, from `simulated_seeds` simulated chi^2_1 paths (fixed seed)."""
-    beta1, r, within = float(config["beta1"]), float(config["observation_noise"]), float(config["within"])
-    start, steps = int(config["from_step"]) - 1, g.shape[0]
-    mean, standardized = g[0].copy(), np.empty((steps - 1, g.shape[1]))
-    for t in range(2, steps + 1):
-        gain = (1 - beta1) / (1 - beta1**t)
-        innovation = g[t - 1] - mean
-        standardized[t - 2] = (1 - gain) * innovation**2
-        mean = mean + gain * innovation
-    ratio = np.cumsum(standardized, axis=0) / np.arange(1, steps)[:, None] / r  # row t - 2: step t
-    worst = np.maximum(ratio[start - 1:], 1 / ratio[start - 1:]).max(axis=0)
-    rng, passed = np.random.default_rng(0), 0
-    for chunk in np.array_split(np.arange(simulated_seeds), 10):
-        paths = np.cumsum(rng.chisquare(1, (steps - 1, chunk.size)), axis=0) / np.arange(1, steps)[:, None]
-        passed += int((np.maximum(paths[start - 1:], 1 / paths[start - 1:]).max(axis=0) <= within).sum())
-    probability = passed / simulated_seeds
-    return dict(worst_ratio=worst.tolist(), within=(worst <= within).tolist(),
-                fraction_within=float((worst <= within).mean()), pass_probability=probability,
-                all_seeds_probability=probability ** g.shape[1])
 
 
 # ------------------------------------------------------------------------------------------ summaries
@@ -367,6 +346,10 @@ def _tables(groups: dict[str, list[dict]], issue: dict | None, out: FigureOutput
         oracle = m["oracle"]
         rows.append(["oracle: ML r, ratio known", f"{oracle['fraction_within']:.2f}",
                      f"{np.median(oracle['worst_ratio']):.3g}", f"{max(oracle['worst_ratio']):.3g}", "1.00"])
+        for name, unknown in m.get("ratio_oracle", {}).items():
+            if isinstance(unknown, dict):
+                rows.append([f"ratio and r unknown: {name}", f"{unknown['fraction_within']:.2f}",
+                             f"{np.median(unknown['worst_ratio']):.3g}", f"{max(unknown['worst_ratio']):.3g}", "1.00"])
         out.table("e7_issue_series", ["mode", f"seeds within {c['within']:g}×", "median worst ratio",
                                       "max worst ratio", "P_t > 0 throughout"], rows,
                   caption=f"E7 issue series ({m['seeds']} seeds, one coordinate, r = {c['observation_noise']:g}, "
@@ -374,7 +357,10 @@ def _tables(groups: dict[str, list[dict]], issue: dict | None, out: FigureOutput
                           f"{c['steps']} against the exact filter's P*_t = constant_noise_gain(β1, t) r. The oracle is the exact filter "
                           f"with r estimated by maximum likelihood (its noise ratio known): over 100,000 simulated "
                           f"series it stays within {c['within']:g}× with probability {oracle['pass_probability']:.3f}, "
-                          f"on all {m['seeds']} with {oracle['all_seeds_probability']:.2f}.")
+                          f"on all {m['seeds']} with {oracle['all_seeds_probability']:.2f}. With the noise ratio estimated "
+                          f"from the series too (exact filter's likelihood on a grid over "
+                          f"{m.get('ratio_oracle', {}).get('decades', 3):g} decades either side; maximum likelihood or "
+                          f"the posterior mean under a log-uniform prior), Adam's error at the estimate is read out.")
 
 
 def numbers(runs: list[dict]) -> dict[str, float | int | str]:

@@ -311,7 +311,9 @@ def _shrunk_lag_ratio(g, new, s, model=innovation):
     den = new["lag_den"]
     count = s["lag_count"] * model.sample_count(g.numel())
     measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(torch.finfo(g.dtype).tiny), torch.ones_like(den))
-    return (measured * count + innovation.PRIOR_COUNT) / (count + innovation.PRIOR_COUNT)
+    prior = innovation.PRIOR_COUNT + innovation.PRIOR_COORDINATES * s["lag_count"] if innovation.PRIOR_COORDINATES \
+        else innovation.PRIOR_COUNT  # innovation.prior_weight, read when the kernel is traced
+    return (measured * count + prior) / (count + prior)
 
 
 def _innovation_posterior(g, new, s):

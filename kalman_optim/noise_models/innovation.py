@@ -41,6 +41,10 @@ STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_num", "lag_den")
 SAMPLE_SIZE = 1024
 #: Pseudo-samples of phi = 1 (the filter's own model); a pooled sample of >= 1e4 innovations outweighs it.
 PRIOR_COUNT = 1000.0
+#: Pseudo-coordinates of phi = 1 observed alongside the tensor's sample: a second prior term PRIOR_COORDINATES x the
+#: lag steps' effective count, whose weight C / (C + sampled coordinates) does not decay with time (a one-coordinate
+#: tensor then keeps the filter's model). 0 in the library: E7's prior sweep measures what it trades.
+PRIOR_COORDINATES = 0.0
 #: EWMA coefficient of the pooled lag-1 statistic: phi is a slowly varying property of the tensor, and a short
 #: memory lets one outlying mini-batch swing it (measured on Fashion-MNIST at lr = 0: 95% coverage 0.91 with
 #: the noise statistic's 0.99 against 0.95 with 0.999, both with per-coordinate weights).
@@ -195,13 +199,20 @@ def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict
 
 
 def shrunk_lag_ratio(state: dict[str, Tensor], lag_steps: int, sample_size: int | None = None) -> Tensor:
-    """The pooled lag statistic lag_num / lag_den (0-dim; 1 before it has data), pulled to 1 by PRIOR_COUNT
+    """The pooled lag statistic lag_num / lag_den (0-dim; 1 before it has data), pulled to 1 by `prior_weight`
     pseudo-samples against its effective count: ewma_effective_samples(lag_steps, LAG_BETA) x the sampled coordinates
     (a sample of at most `sample_size` coordinates, SAMPLE_SIZE by default)."""
-    count = ewma_effective_samples(lag_steps, LAG_BETA) * sample_count(state["innovation_sq_avg"].numel(), sample_size)
+    steps = ewma_effective_samples(lag_steps, LAG_BETA)
+    count = steps * sample_count(state["innovation_sq_avg"].numel(), sample_size)
     den = state["lag_den"]
     measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
-    return (measured * count + PRIOR_COUNT) / (count + PRIOR_COUNT)
+    prior = prior_weight(steps)
+    return (measured * count + prior) / (count + prior)
+
+
+def prior_weight(effective_steps: float) -> float:
+    """Pseudo-samples of phi = 1: PRIOR_COUNT + PRIOR_COORDINATES x the lag statistic's effective steps."""
+    return PRIOR_COUNT + PRIOR_COORDINATES * effective_steps if PRIOR_COORDINATES else PRIOR_COUNT
 
 
 def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
@@ -234,10 +245,12 @@ def shrunk_lag_ratios(states: dict[str, list[Tensor]], lag_steps: int, sample_si
     statistics = states["innovation_sq_avg"]
     size = SAMPLE_SIZE if sample_size is None else sample_size  # resolved before the cache (tests patch SAMPLE_SIZE)
     counts = sample_counts(tuple(r.numel() for r in statistics), size, statistics[0].dtype, statistics[0].device)
-    counts = counts * ewma_effective_samples(lag_steps, LAG_BETA)
+    steps = ewma_effective_samples(lag_steps, LAG_BETA)
+    counts = counts * steps
     num, den = torch.stack(states["lag_num"]), torch.stack(states["lag_den"])
     measured = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
-    return (measured * counts + PRIOR_COUNT) / (counts + PRIOR_COUNT)
+    prior = prior_weight(steps)
+    return (measured * counts + prior) / (counts + prior)
 
 
 def posterior_variance_each(read_out, states: dict[str, list[Tensor]], step: int, beta1: float,

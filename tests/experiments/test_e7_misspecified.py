@@ -4,11 +4,12 @@ zero-width intervals, the issue series tells the modes apart, and the figure/tab
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from experiments import e7_misspecified as e7
-from experiments import e7_prior_count
+from experiments import e7_oracles, e7_prior_count
 from kalman_optim.noise_models import innovation
 from experiments.plotting import FigureOutput
 from tests.experiments.helpers import run_tiny
@@ -148,7 +149,44 @@ def test_prior_count_sweep_patches_the_library_constant_only_inside_and_covers_e
         assert innovation.shrunk_lag_ratio(state, 100).item() == pytest.approx(1.0, abs=1e-6)
     with e7_prior_count.prior_count(1e-12):
         assert innovation.shrunk_lag_ratio(state, 100).item() == pytest.approx(0.2, abs=1e-6)
+    with e7_prior_count.prior_count(1e-12, coordinates=6.0):  # 4 coordinates against 6 pseudo-coordinates at phi = 1,
+        # whatever the number of lag steps: (0.2 x 4 + 6) / (4 + 6)
+        for steps in (20, 100, 5000):
+            assert innovation.shrunk_lag_ratio(state, steps).item() == pytest.approx(0.68, abs=1e-6)
+    assert innovation.PRIOR_COORDINATES == 0.0
     run = by_case(tiny_runs)["prior"]
     rows = e7_prior_count.rows(run)
-    assert {(r["count"], r["mode"]) for r in rows} == {(c, m) for c in (100.0, 100000.0) for m in ("innovation", "fitted")}
+    expected = {(c, 0.0, m) for c in (100.0, 100000.0) for m in ("innovation", "fitted")}
+    expected |= {(1.0, c, m) for c in TINY["prior"]["prior_coordinates"] for m in ("innovation", "fitted")}
+    assert {(r["count"], r["coordinates"], r["mode"]) for r in rows} == expected
     assert all(0 <= r["issue"] <= 1 and 0 <= r["from_two"] <= r["from_ten"] <= 1 for r in rows)
+    assert set(run["metrics"]["ratio_oracle_fraction_within"]) == {"maximum likelihood", "posterior mean"}
+
+
+def test_the_ratio_unknown_oracle_is_consistent_on_long_series_and_uninformed_on_short_ones():
+    """Estimating the noise ratio by maximum likelihood (or its posterior mean) reads out the exact filter's variance
+    within 1.5x once thousands of steps have been seen, and, on the issue's 300 steps, far less often than the oracle
+    that knows the ratio (the price E7's prior sweep measures)."""
+    beta, r, seeds = 0.9, 0.25, 20
+    q = (1 - beta) ** 2 / beta * r
+    rng = np.random.default_rng(0)
+    g = np.cumsum(math.sqrt(q) * rng.standard_normal((3000, seeds)), axis=0) + math.sqrt(r) * rng.standard_normal((3000, seeds))
+    config = dict(beta1=beta, observation_noise=r, within=1.5, from_step=2000)
+    for name, value in e7_oracles.ratio_unknown_oracle(g, config).items():
+        if isinstance(value, dict):
+            assert value["fraction_within"] >= 0.9, name
+    short = dict(config, from_step=50)
+    known = e7_oracles.likelihood_oracle(g[:300], short, simulated_seeds=1000)["fraction_within"]
+    unknown = e7_oracles.ratio_unknown_oracle(g[:300], short)["maximum likelihood"]["fraction_within"]
+    assert known >= 0.8 and unknown <= known - 0.4
+
+
+def test_adams_error_recursion_is_the_exact_filters_variance_from_step_50():
+    beta = 0.9
+    lam = (1 - beta) ** 2 / beta
+    error, exact = 1.0, 1.0
+    for t, k in enumerate(e7_oracles.adam_gains(beta, 300)[1:], start=2):
+        error = (1 - k) ** 2 * (error + lam) + k**2
+        exact = (exact + lam) / (exact + lam + 1)
+        if t >= 50:
+            assert error == pytest.approx(exact, rel=1e-4)

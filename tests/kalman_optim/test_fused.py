@@ -382,3 +382,20 @@ def test_the_start_up_kind_follows_the_beta_range():
     low_prior = AdaptiveNoiseConfig(noise_beta=0.99, beta_min=0.5, beta_max=0.999, prior_beta=0.2)
     assert fused_path.start_up_kind(low_prior, 10, torch.float32) == "tanh"
     assert fused_path.start_up_kind(default, 10, torch.float64) == "tanh"  # the series are sized for float32
+
+
+def test_the_pseudo_coordinate_prior_reaches_both_paths(monkeypatch):
+    """innovation.PRIOR_COORDINATES (E7's alternative prior, 0 in the library) changes the read-out, hence the
+    variance-adapted steps, and the fused kernel applies it as the reference does."""
+    from kalman_optim.noise_models import innovation
+
+    for name in ("fitted-va", "innovation-va"):
+        make, options = CONFIGS[name]
+        plain = _run(make, options, torch.float64, 60, fused=False)[0]
+        monkeypatch.setattr(innovation, "PRIOR_COORDINATES", 50.0)
+        reference = _run(make, options, torch.float64, 60, fused=False)[0]
+        fused = _run(make, options, torch.float64, 60, fused=True)[0]
+        monkeypatch.setattr(innovation, "PRIOR_COORDINATES", 0.0)
+        assert any(not torch.equal(p, q) for p, q in zip(plain, reference)), name
+        for index, (p, q) in enumerate(zip(reference, fused)):
+            assert (p - q).abs().max() <= 1e-12 * p.abs().max(), f"{name}, tensor {index}"
