@@ -347,9 +347,8 @@ def _tables(groups: dict[str, list[dict]], issue: dict | None, out: FigureOutput
         rows.append(["oracle: ML r, ratio known", f"{oracle['fraction_within']:.2f}",
                      f"{np.median(oracle['worst_ratio']):.3g}", f"{max(oracle['worst_ratio']):.3g}", "1.00"])
         for name, unknown in m.get("ratio_oracle", {}).items():
-            if isinstance(unknown, dict):
-                rows.append([f"ratio and r unknown: {name}", f"{unknown['fraction_within']:.2f}",
-                             f"{np.median(unknown['worst_ratio']):.3g}", f"{max(unknown['worst_ratio']):.3g}", "1.00"])
+            rows.append([f"ratio and r unknown: {name}", f"{unknown['fraction_within']:.2f}",
+                         f"{np.median(unknown['worst_ratio']):.3g}", f"{max(unknown['worst_ratio']):.3g}", "1.00"])
         out.table("e7_issue_series", ["mode", f"seeds within {c['within']:g}×", "median worst ratio",
                                       "max worst ratio", "P_t > 0 throughout"], rows,
                   caption=f"E7 issue series ({m['seeds']} seeds, one coordinate, r = {c['observation_noise']:g}, "
@@ -359,7 +358,7 @@ def _tables(groups: dict[str, list[dict]], issue: dict | None, out: FigureOutput
                           f"series it stays within {c['within']:g}× with probability {oracle['pass_probability']:.3f}, "
                           f"on all {m['seeds']} with {oracle['all_seeds_probability']:.2f}. With the noise ratio estimated "
                           f"from the series too (exact filter's likelihood on a grid over "
-                          f"{m.get('ratio_oracle', {}).get('decades', 3):g} decades either side; maximum likelihood or "
+                          f"{e7_oracles.RATIO_DECADES:g} decades either side; maximum likelihood or "
                           f"the posterior mean under a log-uniform prior), Adam's error at the estimate is read out.")
 
 

@@ -14,12 +14,14 @@ coordinate, r = 0.25, 300 steps; the target is P_t within a factor of the exact 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from kalman_optim import constant_noise_gain
+from kalman_optim.schedules import adam_coefficients
 
-def adam_gains(beta1: float, steps: int) -> np.ndarray:
-    """Adam's gains k_t = (1 - beta1) / (1 - beta1^t), t = 1..steps (the diffuse filter's at lambda_f, D2)."""
-    t = np.arange(1, steps + 1)
-    return (1 - beta1) / (1 - beta1**t)
+#: The ratio-unknown oracle's grid: RATIO_POINTS_PER_DECADE log-spaced ratios per decade over lambda_f 10^-/+RATIO_DECADES.
+RATIO_DECADES = 3.0
+RATIO_POINTS_PER_DECADE = 20
 
 
 def likelihood_oracle(g: np.ndarray, config: dict, simulated_seeds: int = 100_000) -> dict:
@@ -33,7 +35,7 @@ def likelihood_oracle(g: np.ndarray, config: dict, simulated_seeds: int = 100_00
     start, steps = int(config["from_step"]) - 1, g.shape[0]
     mean, standardized = g[0].copy(), np.empty((steps - 1, g.shape[1]))
     for t in range(2, steps + 1):
-        gain = (1 - beta1) / (1 - beta1**t)
+        gain = adam_coefficients(beta1, t).gain
         innovation = g[t - 1] - mean
         standardized[t - 2] = (1 - gain) * innovation**2
         mean = mean + gain * innovation
@@ -49,29 +51,31 @@ def likelihood_oracle(g: np.ndarray, config: dict, simulated_seeds: int = 100_00
                 all_seeds_probability=probability ** g.shape[1])
 
 
-def ratio_unknown_oracle(g: np.ndarray, config: dict, decades: float = 3.0, points_per_decade: int = 20) -> dict:
+def ratio_unknown_oracle(g: np.ndarray, config: dict) -> dict:
     """The issue series read out with the noise ratio lambda = q / r estimated too (module docstring).
 
-    For each lambda of a grid (0 and `points_per_decade` log-spaced points per decade over lambda_f 10^-/+decades),
-    the exact Kalman filter with the diffuse start, in units of r (P_1 = 1; A = P + lambda, F = A + 1, P = A / F),
-    gives the prediction-error decomposition of the likelihood: with S = sum nu^2 / F and n = t - 1 innovations,
-    r_hat(lambda) = S / n and the profile log-likelihood -n/2 log r_hat - 1/2 sum log F. Adam's m_hat has the MSE
-    E_t(lambda) r, E_1 = 1, E_t = (1 - k_t)^2 (E_{t-1} + lambda) + k_t^2 (D7's recursion; E_t(lambda_f) r is P*_t,
-    the exact filter's posterior variance at lambda_f, to 1e-4 from step 50 on: Adam's gains are the diffuse filter's
-    for a slightly time-varying q, D2).
-    Read-outs per step: maximum likelihood E_t(lambda_hat) r_hat(lambda_hat); the posterior mean of E_t(lambda) r
-    (r | lambda inverse-gamma, mean S / (n - 2), from step 4 on), whose weights over the grid are the profile
-    likelihoods (the marginal likelihood of lambda under Jeffreys' prior on r differs from it by a constant).
+    For each lambda of a grid (0 and RATIO_POINTS_PER_DECADE log-spaced points per decade over lambda_f
+    10^-/+RATIO_DECADES), the exact Kalman filter with the diffuse start, in units of r (P_1 = 1; A = P + lambda,
+    F = A + 1, P = A / F), gives the prediction-error decomposition of the likelihood: with S = sum nu^2 / F and
+    n = t - 1 innovations, r_hat(lambda) = S / n and the profile log-likelihood -n/2 log r_hat - 1/2 sum log F.
+    Adam's m_hat has the MSE E_t(lambda) r, E_1 = 1, E_t = (1 - k_t)^2 (E_{t-1} + lambda) + k_t^2 (D7's recursion;
+    E_t(lambda_f) r is the exact filter's P*_t to 1e-4 from step 50 on: Adam's gains are the diffuse filter's for a
+    slightly time-varying q, D2). Read-outs per step, against P*_t = constant_noise_gain(beta1, t) r as in the issue
+    run: maximum likelihood E_t(lambda_hat) r_hat(lambda_hat); the posterior mean of E_t(lambda) r (r | lambda
+    inverse-gamma, mean S / (n - 2), from step 4 on), whose weights over the grid are the profile likelihoods (the
+    marginal likelihood of lambda under Jeffreys' prior on r differs from it by a constant).
     Returns, per read-out, each seed's worst max(P / P*, P* / P) from from_step on and the share within the factor."""
     beta1, r, within = float(config["beta1"]), float(config["observation_noise"]), float(config["within"])
     start, steps, seeds = int(config["from_step"]), g.shape[0], g.shape[1]
     lam_f = (1 - beta1) ** 2 / beta1
-    grid = np.concatenate([[0.0], lam_f * np.logspace(-decades, decades, int(2 * decades * points_per_decade) + 1)])
-    gains = adam_gains(beta1, steps)
+    points = int(2 * RATIO_DECADES * RATIO_POINTS_PER_DECADE) + 1
+    grid = np.concatenate([[0.0], lam_f * np.logspace(-RATIO_DECADES, RATIO_DECADES, points)])
+    t_all = torch.arange(1, steps + 1, dtype=torch.float64)
+    exact = (constant_noise_gain(torch.tensor(beta1, dtype=torch.float64), t_all) * r).numpy()  # P*_t, as issue_series
     mean = np.repeat(g[:1], grid.size, axis=0)  # lambda x seeds: every filter starts at g_1 (diffuse prior)
     variance = np.ones((grid.size, 1))
     squares, log_f = np.zeros((grid.size, seeds)), np.zeros((grid.size, 1))
-    error, exact = np.ones(grid.size), 1.0  # exact: P*_t / r, the filter at lambda_f
+    error = np.ones(grid.size)
     worst = {"maximum likelihood": np.ones(seeds), "posterior mean": np.ones(seeds)}
     columns = np.arange(seeds)
     for t in range(2, steps + 1):
@@ -82,20 +86,19 @@ def ratio_unknown_oracle(g: np.ndarray, config: dict, decades: float = 3.0, poin
         log_f += np.log(f)
         mean = mean + prior / f * innovation
         variance = prior / f
-        k = gains[t - 1]
+        k = adam_coefficients(beta1, t).gain
         error = (1 - k) ** 2 * (error + grid) + k**2
-        exact = (exact + lam_f) / (exact + lam_f + 1)
         if t < max(start, 4):
             continue
         n = t - 1
         r_hat = squares / n
         loglik = -0.5 * n * np.log(r_hat) - 0.5 * log_f
         best = loglik.argmax(axis=0)
-        ratios = {"maximum likelihood": error[best] * r_hat[best, columns] / (exact * r)}
+        ratios = {"maximum likelihood": error[best] * r_hat[best, columns] / exact[t - 1]}
         weights = np.exp(loglik[1:] - loglik[1:].max(axis=0))  # lambda = 0 carries no mass under a log-uniform prior
         weights /= weights.sum(axis=0)
-        ratios["posterior mean"] = (weights * error[1:, None] * squares[1:] / (n - 2)).sum(axis=0) / (exact * r)
+        ratios["posterior mean"] = (weights * error[1:, None] * squares[1:] / (n - 2)).sum(axis=0) / exact[t - 1]
         for name, ratio in ratios.items():
             worst[name] = np.maximum(worst[name], np.maximum(ratio, 1 / ratio))
     return {name: dict(worst_ratio=values.tolist(), fraction_within=float((values <= within).mean()))
-            for name, values in worst.items()} | dict(decades=decades, points_per_decade=points_per_decade)
+            for name, values in worst.items()}

@@ -82,8 +82,8 @@ def measure(config: dict, device: torch.device, issue_series, long_run, cases: d
                     row[mode]["worst_from_ten"][case] = float(curve[steps >= 10].min())
         metrics[key] = row
     metrics["oracle_fraction_within"] = within["oracle"]["fraction_within"]
-    metrics["ratio_oracle_fraction_within"] = {name: value["fraction_within"] for name, value in
-                                               within["ratio_oracle"].items() if isinstance(value, dict)}
+    metrics["ratio_oracle_fraction_within"] = {name: value["fraction_within"]
+                                               for name, value in within["ratio_oracle"].items()}
     return dict(metrics=metrics, curves={})
 
 

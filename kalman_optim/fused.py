@@ -311,8 +311,7 @@ def _shrunk_lag_ratio(g, new, s, model=innovation):
     den = new["lag_den"]
     count = s["lag_count"] * model.sample_count(g.numel())
     measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(torch.finfo(g.dtype).tiny), torch.ones_like(den))
-    prior = innovation.PRIOR_COUNT + innovation.PRIOR_COORDINATES * s["lag_count"] if innovation.PRIOR_COORDINATES \
-        else innovation.PRIOR_COUNT  # innovation.prior_weight, read when the kernel is traced
+    prior = innovation.prior_weight(s["lag_count"])  # the library constants as the kernel is traced
     return (measured * count + prior) / (count + prior)
 
 
@@ -628,15 +627,14 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
     flag_key = tuple(sorted(job.flags.items()))
     params = job.tensors[0]
     coefficients = _pack(job.scalars, params[0].dtype, params[0].device)
-    if not job.per_tensor:
+    if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
+        calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
+    else:
         # A row of coefficients per tensor: inductor fuses the loops of same-sized tensors that read the same buffer
         # into one loop over all their streams (4 to 7 per tensor); a loop per tensor (as torch's compiled AdamW, which
         # reads a step count per tensor, gets) measured 0.92 -> 0.83x compiled AdamW at 1e7 parameters and
         # 1.09 -> 0.75x at 3e7 in mode adam (bench_fused, 30 tensors of 1e6, 3 processes each).
         coefficients = coefficients.repeat(len(params), 1)
-    if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
-        calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
-    else:
         calls = [((job.indices,), job.tensors, job.indices)]
     dynamic = None if job.per_tensor else False
     for j, (suffix, tensors, remaining) in enumerate(calls):

@@ -210,7 +210,7 @@ def shrunk_lag_ratio(state: dict[str, Tensor], lag_steps: int, sample_size: int 
     return (measured * count + prior) / (count + prior)
 
 
-def prior_weight(effective_steps: float) -> float:
+def prior_weight(effective_steps: float | Tensor) -> float | Tensor:
     """Pseudo-samples of phi = 1: PRIOR_COUNT + PRIOR_COORDINATES x the lag statistic's effective steps."""
     return PRIOR_COUNT + PRIOR_COORDINATES * effective_steps if PRIOR_COORDINATES else PRIOR_COUNT
 
