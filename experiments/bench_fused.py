@@ -85,13 +85,14 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
     "KalmanAdam extrapolated": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="extrapolated",
                                                       fused=True), 36),
     "KalmanLAMB": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, precision_weighting=False, fused=True), 40),
+    # Precision weighting by default divides by the previous step's layer mean of P; "exact mean" by this step's.
     "KalmanLAMB precision": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 40),
     "KalmanLAMB precision innovation": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
                                                               fused=True), 48),
-    "KalmanLAMB precision, previous mean": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
-                                                                  precision_mean="previous", fused=True), 40),
-    "KalmanLAMB precision innovation, previous mean": (
-        lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation", precision_mean="previous",
+    "KalmanLAMB precision, exact mean": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                                               precision_mean="current", fused=True), 40),
+    "KalmanLAMB precision innovation, exact mean": (
+        lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation", precision_mean="current",
                               fused=True), 48),
 }
 
@@ -105,8 +106,9 @@ TARGETS = [
     ("KalmanAdam adaptive, step > 10k", "adaptive after its start-up <= 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
     ("KalmanAdam transport", "transport (D8) <= 1.1 x 60/28 = 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
     ("KalmanAdam extrapolated", "extrapolated (D8) <= 1.1 x 36/28 = 1.41x compiled AdamW", 1.1 * 36 / 28, BASELINE),
-    ("KalmanLAMB precision", "precision-weighted LAMB <= 1.1x plain LAMB fused", 1.1, "KalmanLAMB"),
-    ("KalmanLAMB precision, previous mean", "precision-weighted LAMB, previous step's mean P, <= 1.1x plain LAMB",
+    ("KalmanLAMB precision", "precision-weighted LAMB (default: previous step's mean P) <= 1.1x plain LAMB fused",
+     1.1, "KalmanLAMB"),
+    ("KalmanLAMB precision, exact mean", "precision-weighted LAMB, this step's exact mean P, <= 1.1x plain LAMB",
      1.1, "KalmanLAMB"),
 ]
 MIN_BANDWIDTH_FRACTION = 0.5

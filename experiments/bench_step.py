@@ -138,12 +138,13 @@ def make_parameters(total: int, layout: str, device: torch.device, seed: int) ->
 
 
 def state_bytes_per_parameter(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> float:
-    """Bytes of all optimizer-state tensors except the scalar step, per parameter element."""
+    """Bytes of all per-element optimizer-state tensors, per parameter element (D6's count): 0-dim tensors -- the step
+    count, KalmanLAMB's previous layer mean of P -- are per tensor, not per parameter, and are left out."""
     total = sum(
         value.nbytes
         for state in optimizer.state.values()
-        for key, value in state.items()
-        if key != "step" and torch.is_tensor(value)
+        for value in state.values()
+        if torch.is_tensor(value) and value.dim() > 0
     )
     return total / sum(p.numel() for p in params)
 

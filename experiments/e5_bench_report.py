@@ -20,8 +20,8 @@ FUSED_VARIANTS = {
     "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam fitted": "Fitted", "KalmanAdam fitted+VA": "FittedVA",
     "KalmanAdam transport": "Transport", "KalmanAdam extrapolated": "Extrapolated", "KalmanLAMB": "Lamb",
     "KalmanLAMB precision": "LambPrecision", "KalmanLAMB precision innovation": "LambPrecisionInnovation",
-    "KalmanLAMB precision, previous mean": "LambPrecisionPrevious",
-    "KalmanLAMB precision innovation, previous mean": "LambPrecisionInnovationPrevious",
+    "KalmanLAMB precision, exact mean": "LambPrecisionExact",
+    "KalmanLAMB precision innovation, exact mean": "LambPrecisionInnovationExact",
 }
 
 
@@ -71,7 +71,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
             out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
             out[f"{prefix}{key}FirstStep"] = round(entry["first_step_s"], 1)
     lamb = result["candidates"].get("KalmanLAMB")
-    for name in ("KalmanLAMB precision", "KalmanLAMB precision, previous mean"):
+    for name in ("KalmanLAMB precision", "KalmanLAMB precision, exact mean"):
         entry = result["candidates"].get(name)
         if lamb and entry:
             key = f"{prefix}{FUSED_VARIANTS[name]}OverLamb"
@@ -86,7 +86,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         if name in candidates:
             out[f"{prefix}{FUSED_VARIANTS[name]}CompiledAtSmallest"] = round(candidates[name]["ratio_to_compiled_adamw"], 2)
             out[f"{prefix}{FUSED_VARIANTS[name]}BandwidthAtSmallest"] = round(100 * candidates[name]["bandwidth_fraction"])
-    for name in ("KalmanLAMB precision", "KalmanLAMB precision, previous mean"):
+    for name in ("KalmanLAMB precision", "KalmanLAMB precision, exact mean"):
         if name in candidates and "KalmanLAMB" in candidates:
             ratio = ratio_between(smallest, name, "KalmanLAMB")
             out[f"{prefix}{FUSED_VARIANTS[name]}OverLambAtSmallest"] = round(ratio, 2)
@@ -100,7 +100,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         out[f"{prefix}AdaptiveTargetBound"] = bound
         out[f"{prefix}AdaptiveWithinTarget"] = within_phrase(
             out[f"{prefix}AdaptiveCompiledAtSmallest"] <= bound, out[f"{prefix}AdaptiveCompiled"] <= bound)
-    for name in ("KalmanLAMB precision", "KalmanLAMB precision, previous mean"):
+    for name in ("KalmanLAMB precision", "KalmanLAMB precision, exact mean"):
         key = f"{prefix}{FUSED_VARIANTS[name]}OverLamb"
         if key in out and f"{key}AtSmallest" in out:
             out[f"{prefix}{FUSED_VARIANTS[name]}WithinTarget"] = within_phrase(out[f"{key}AtSmallest"] <= 1.1,

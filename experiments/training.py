@@ -34,9 +34,9 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "KalmanAdam-innovation-VA": (KalmanAdam, dict(noise="innovation", variance_adaptation=True)),
     "KalmanAdam-transport": (KalmanAdam, dict(noise="transport")),
     "LAMB": (KalmanLAMB, dict(noise="adam", precision_weighting=False)),
-    "KalmanLAMB-PW": (KalmanLAMB, dict(noise="adam", precision_weighting=True)),
-    "KalmanLAMB-adaptive-PW": (KalmanLAMB, dict(noise="adaptive", precision_weighting=True)),
-    "KalmanLAMB-innovation-PW": (KalmanLAMB, dict(noise="innovation", precision_weighting=True)),
+    "KalmanLAMB-PW": (KalmanLAMB, dict(noise="adam", precision_weighting=True, precision_mean="previous")),
+    "KalmanLAMB-adaptive-PW": (KalmanLAMB, dict(noise="adaptive", precision_weighting=True, precision_mean="previous")),
+    "KalmanLAMB-innovation-PW": (KalmanLAMB, dict(noise="innovation", precision_weighting=True, precision_mean="previous")),
     # Added last so that the figures' styles (indexed by position) stay as they were; E2 only.
     "KalmanAdam-innovation-medium": (KalmanAdam, dict(noise="innovation", noise_beta=0.95)),
     "KalmanAdam-fitted": (KalmanAdam, dict(noise="fitted")),

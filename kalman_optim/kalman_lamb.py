@@ -11,6 +11,8 @@ from kalman_optim._validation import _real, validate_optimizer_hyperparameters
 from kalman_optim.functional import PREVIOUS_MEAN_KEY, kalman_lamb
 from kalman_optim.fused import fused_kalman_lamb
 
+#: What __setstate__ gives a group pickled before these options existed: the behaviour it was saved with (the exact
+#: layer mean of P; "previous", today's default, came later and needs a state entry such a pickle lacks).
 LAMB_DEFAULTS = dict(precision_weighting=True, precision_floor=0.01, precision_mean="current", trust_clip=None)
 PRECISION_MEANS = ("current", "previous")
 
@@ -43,10 +45,11 @@ class KalmanLAMB(KalmanOptimizerBase):
     where P is each coordinate's posterior variance (k_t r_hat; D7's read-out with noise="innovation", the
     calibrated one): coordinates whose gradient estimate is uncertain count less in the layer statistic. The
     weights are 1 / (P / mean(P) + floor), not the BLUE's 1 / P: scale-free and bounded by 1 / floor.
-    ``precision_mean="previous"`` divides by the layer's mean P of the previous step instead of this step's
-    (equal weights until one exists): the fused step then needs no pass over the data for the mean before the
-    weighted sums (one 0-dim tensor of state per parameter; E5 measures the speed). Since only ratios of the
-    weights matter, this is D5's weighting with the floor scaled by mean(P_{t-1}) / mean(P_t).
+    mean(P) is the layer's mean of P at the previous step (``precision_mean="previous"``, the default; equal
+    weights on the first step, before one exists): since only ratios of the weights matter, this is D5's weighting
+    with the floor scaled by mean(P_{t-1}) / mean(P_t), and the fused step needs no pass over the data for the
+    mean before the weighted sums (one 0-dim tensor of state per parameter). ``precision_mean="current"`` uses this
+    step's exact mean at the cost of that pass (E5 measures it).
     ``noise`` and the other filter options, ``foreach`` and ``fused`` included, are KalmanAdam's (not "transport" or "extrapolated").
     """
 
@@ -61,7 +64,7 @@ class KalmanLAMB(KalmanOptimizerBase):
         noise: str = "adam",
         precision_weighting: bool = True,
         precision_floor: float = 0.01,
-        precision_mean: str = "current",
+        precision_mean: str = "previous",
         trust_clip: float | None = None,
         prior_variance: float | None = None,
         noise_beta: float = 0.99,

@@ -57,10 +57,11 @@ CASES: dict[str, tuple[str, str, dict]] = {
     "fsdp2-lamb-precision_weighting": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True)),
     "fsdp2-lamb-precision_weighting-noise_adaptive": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True, noise="adaptive")),
     "fsdp2-lamb-precision_weighting-foreach": ("fsdp2", "KalmanLAMB", dict(precision_weighting=True, foreach=True)),
-    "fsdp2-lamb-precision_mean_previous-noise_innovation": (
-        "fsdp2", "KalmanLAMB", dict(precision_weighting=True, precision_mean="previous", noise="innovation")
+    # The cases above divide by the previous step's layer mean of P (the default); these by this step's.
+    "fsdp2-lamb-precision_mean_current-noise_innovation": (
+        "fsdp2", "KalmanLAMB", dict(precision_weighting=True, precision_mean="current", noise="innovation")
     ),
-    "ddp-lamb-precision_mean_previous": ("ddp", "KalmanLAMB", dict(precision_weighting=True, precision_mean="previous")),
+    "ddp-lamb-precision_mean_current": ("ddp", "KalmanLAMB", dict(precision_weighting=True, precision_mean="current")),
     "ddp-adam-noise_fitted-variance_adaptation": ("ddp", "KalmanAdam", dict(noise="fitted", variance_adaptation=True)),
     "fsdp2-adam-noise_fitted-variance_adaptation": ("fsdp2", "KalmanAdam", dict(noise="fitted", variance_adaptation=True)),
     "fsdp2-lamb-precision_weighting-noise_fitted-foreach": (

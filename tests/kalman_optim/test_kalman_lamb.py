@@ -96,15 +96,14 @@ def test_trust_clip_bounds_the_ratio():
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])
 def test_previous_precision_mean_weighs_by_the_last_steps_layer_mean(foreach):
-    """precision_mean="previous": step t's weights divide by the layer mean of P_{t-1}, stored as state (the
+    """precision_mean="previous" (the default): step t's weights divide by the layer mean of P_{t-1}, stored as state (the
     posterior read-out's variance, averaged); at step 2 that mean is P_1's, 0 in mode "adam" (v_hat = m_hat^2
     after one gradient), so the first two steps are plain LAMB's, and step 3 is the weighted norm with P_2's mean."""
     lr, wd, eps = 5e-3, 0.02, 1e-6
     models = [small_network(torch.float64) for _ in range(3)]
-    lagged = KalmanLAMB(models[0].parameters(), lr=lr, eps=eps, weight_decay=wd, precision_mean="previous",
-                        foreach=foreach)
+    lagged = KalmanLAMB(models[0].parameters(), lr=lr, eps=eps, weight_decay=wd, foreach=foreach)  # the default
     plain = KalmanLAMB(models[1].parameters(), lr=lr, eps=eps, weight_decay=wd, precision_weighting=False)
-    current = KalmanLAMB(models[2].parameters(), lr=lr, eps=eps, weight_decay=wd)
+    current = KalmanLAMB(models[2].parameters(), lr=lr, eps=eps, weight_decay=wd, precision_mean="current")
     for step, (x, y) in enumerate(batches(3, torch.float64), start=1):
         before = [p.detach().clone() for p in models[0].parameters()]
         previous = [lagged.state[p]["layer_mean_variance"].clone() if step > 1 else None
