@@ -24,6 +24,9 @@ FUSED_VARIANTS = {
     "KalmanLAMB precision innovation, exact mean": "LambPrecisionInnovationExact",
 }
 
+#: The precision-weighted LAMB candidates whose ratio to plain LAMB is a target (default previous mean, exact mean).
+PRECISION_WEIGHTED = ("KalmanLAMB precision", "KalmanLAMB precision, exact mean")
+
 
 def fused_report(device: str, bench_dir: Path) -> dict | None:
     """The committed `make bench` report of the fused path (<bench_dir>/fused_<device>.json), None if absent.
@@ -71,7 +74,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
             out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
             out[f"{prefix}{key}FirstStep"] = round(entry["first_step_s"], 1)
     lamb = result["candidates"].get("KalmanLAMB")
-    for name in ("KalmanLAMB precision", "KalmanLAMB precision, exact mean"):
+    for name in PRECISION_WEIGHTED:
         entry = result["candidates"].get(name)
         if lamb and entry:
             key = f"{prefix}{FUSED_VARIANTS[name]}OverLamb"
@@ -86,7 +89,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         if name in candidates:
             out[f"{prefix}{FUSED_VARIANTS[name]}CompiledAtSmallest"] = round(candidates[name]["ratio_to_compiled_adamw"], 2)
             out[f"{prefix}{FUSED_VARIANTS[name]}BandwidthAtSmallest"] = round(100 * candidates[name]["bandwidth_fraction"])
-    for name in ("KalmanLAMB precision", "KalmanLAMB precision, exact mean"):
+    for name in PRECISION_WEIGHTED:
         if name in candidates and "KalmanLAMB" in candidates:
             ratio = ratio_between(smallest, name, "KalmanLAMB")
             out[f"{prefix}{FUSED_VARIANTS[name]}OverLambAtSmallest"] = round(ratio, 2)
@@ -100,7 +103,7 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         out[f"{prefix}AdaptiveTargetBound"] = bound
         out[f"{prefix}AdaptiveWithinTarget"] = within_phrase(
             out[f"{prefix}AdaptiveCompiledAtSmallest"] <= bound, out[f"{prefix}AdaptiveCompiled"] <= bound)
-    for name in ("KalmanLAMB precision", "KalmanLAMB precision, exact mean"):
+    for name in PRECISION_WEIGHTED:
         key = f"{prefix}{FUSED_VARIANTS[name]}OverLamb"
         if key in out and f"{key}AtSmallest" in out:
             out[f"{prefix}{FUSED_VARIANTS[name]}WithinTarget"] = within_phrase(out[f"{key}AtSmallest"] <= 1.1,

@@ -557,10 +557,9 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
         if decay:
             update = update + s["weight_decay"] * p
         param_norm = (p * p).sum().sqrt()  # a sum of squares: inductor lowers linalg.vector_norm to a slower loop
-        plain_norm = lambda: (update * update).sum().sqrt()  # noqa: E731 (traced only where it is used)
-        if not precision_weighting:
-            update_norm = plain_norm()
-        else:
+        plain_norm = (update * update).sum().sqrt()  # unused with a previous mean: the traced graph drops it
+        update_norm = plain_norm
+        if precision_weighting:
             weighted = (weights * update.square()).sum() / weights.sum()
             weighted_norm = (weighted * update.numel()).sqrt()
             if previous_mean:
@@ -569,7 +568,7 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
                 update_norm = weighted_norm
                 stored_mean.copy_(_where(s["has_posterior"], variance.mean().reshape(1), torch.zeros_like(stored_mean)))
             else:
-                update_norm = _where(s["has_posterior"], weighted_norm, plain_norm())
+                update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
         ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
         if trust_clip is not None:
             ratio = ratio.clamp_max(trust_clip)
