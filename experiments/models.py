@@ -5,6 +5,38 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """F.max_pool2d(x, 2) on an NCHW tensor, bit for bit (values, the argmax kept on ties and NaNs, gradients), with
+    the forward pass run by the channels-last kernel and the backward pass by the NCHW kernel on its indices (both
+    index within the H x W plane). On the project's CPUs torch's NCHW forward kernel is ~2-4x slower than this pair:
+    it was a third of E2's and E4's CNN run time (measured, one thread, batches of 128 and 256)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out, index = torch.ops.aten.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), [2, 2],
+                                                            [2, 2])
+        ctx.save_for_backward(x, index.contiguous())
+        return out.contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, index = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                               False, index)
+
+
+class MaxPool2x2(nn.Module):
+    """nn.MaxPool2d(2) with the same results, faster on CPU (_ChannelsLastMaxPool); other layouts and devices, and
+    inputs that are not 4-d, go to F.max_pool2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.device.type == "cpu" and x.is_contiguous():
+            return _ChannelsLastMaxPool.apply(x)
+        return nn.functional.max_pool2d(x, 2)
 
 
 class SmallCNN(nn.Module):
@@ -14,8 +46,8 @@ class SmallCNN(nn.Module):
         super().__init__()
         c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), MaxPool2x2(),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), MaxPool2x2(),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c2 * 7 * 7, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
