@@ -163,6 +163,12 @@ def cmd_figures(args: argparse.Namespace) -> None:
         macros.append(f"\\newcommand{{\\{macro_name(name.split('_')[0], 'RunHours')}}}{{{hours:.1f}}}")
         used.append((name, profile, len(runs), hours))
         print(f"{name}: figures from {len(runs)} {profile} runs")
+    # The paper profile's compute (issue 14's budget: about 2.5 h on the 2-core CPU), as in profile_summary.
+    paper_hours = sum(hours for _, profile, _, hours in used if profile == "paper")
+    if paper_hours:
+        for key, value in (("PaperProfileRunHours", paper_hours), ("PaperProfileTwoCoreHours", paper_hours / 2)):
+            values[macro_name(key)] = f"{value:.2f}"
+            macros.append(f"\\newcommand{{\\{macro_name(key)}}}{{{value:.2f}}}")
     if args.readme is not None:  # checked before anything is written: a stale tag stops the build
         try:
             readme_text, changed = readme_numbers.sync(args.readme.read_text(encoding="utf-8"), values)

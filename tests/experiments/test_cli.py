@@ -157,9 +157,14 @@ def test_figures_prefer_complete_paper_results_when_full_ones_are_not(toy_regist
     main(figures)
     macros = macro_lines(table_dir / "numbers.tex")
     assert macros["KORToyProfile"] == "paper" and macros["KORToyRunCount"] == "3"
+    # The paper profile's compute (issue 14's budget), summed over its runs and halved for the two cores.
+    hours = sum(json.loads(p.read_text())["wall_time_s"] for p in (root / "paper" / toy.NAME).glob("*.json")) / 3600
+    assert macros["KORPaperProfileRunHours"] == f"{hours:.2f}"
+    assert macros["KORPaperProfileTwoCoreHours"] == f"{hours / 2:.2f}"
     main(["run", "toy", "--profile", "full", "--root", str(root), "--device", "cpu"])
     main(figures)  # complete full results win over paper ones
-    assert macro_lines(table_dir / "numbers.tex")["KORToyProfile"] == "full"
+    macros = macro_lines(table_dir / "numbers.tex")
+    assert macros["KORToyProfile"] == "full" and "KORPaperProfileRunHours" not in macros
 
 
 def test_figures_with_a_wrong_root_is_an_error_and_writes_nothing(toy_registry, tmp_path):
