@@ -199,7 +199,8 @@ for _ in range(300):
 # The KKT matrix has condition number ~ max P / min P (up to 1e12 here), so the solve, not the closed form,
 # limits the agreement; a wrong closed form would be off by O(1).
 assert worst_kkt < 1e-8, worst_kkt
-print(f"BLUE closed form vs KKT solve, n <= 50: max relative error {worst_kkt:.1e}")
+# The error itself depends on the machine's LAPACK (1.5e-10 to 1.7e-10 measured), so the rendered copy states the bound.
+print("BLUE closed form vs KKT solve, n <= 50: max relative error below 1e-8")
 
 # %% [markdown]
 # ## LAMB and its layer norm
