@@ -31,8 +31,10 @@ def _git(*args: str) -> str | None:
 
 
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty): dirty counts tracked changes only, so results being written do not flip it."""
-    commit, status = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
+    """(commit, dirty): dirty counts tracked changes outside results/ only, so results being written, or deleted to
+    be rerun, do not flip it; the code is what the flag vouches for."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return (commit.strip() if commit else None), (None if status is None else bool(status.strip()))
 
 

@@ -374,3 +374,25 @@ def test_every_registered_experiment_follows_the_module_contract():
         for settings in module.PROFILES.values():
             assert settings["seeds"] and all(type(seed) is int for seed in settings["seeds"])
         assert callable(module.plan) and callable(module.execute)
+
+
+def test_git_state_is_dirty_for_code_changes_not_for_result_files(tmp_path, monkeypatch):
+    """Rerunning results (their tracked files deleted or rewritten) leaves the flag clean; a code change does not."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    (tmp_path / "results" / "paper" / "run.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(provenance_module, "REPO_ROOT", tmp_path)
+    commit, dirty = provenance_module.git_state()
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "results" / "paper" / "run.json").unlink()
+    assert provenance_module.git_state()[1] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance_module.git_state()[1] is True
