@@ -184,6 +184,7 @@ def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_g
             first_total_scale=1 - first.gain,
             lag_count=ewma_effective_samples(fitted.lag_samples(step), innovation.LAG_BETA),
             posterior_norm=-math.expm1((step - 1) * math.log(nb)) if step >= 2 else 1.0,
+            prior_target=fitted.own_model_phi(max(step, 2), float(beta1), float(nb)),
             table_x=table_x, table_y=table_y,
         )
     else:
@@ -307,12 +308,13 @@ def _innovation(g, m, extra, s, new):
 
 def _shrunk_lag_ratio(g, new, s, model=innovation):
     """noise_models.innovation.shrunk_lag_ratio on the new statistics (s["lag_count"]: the lag steps' effective count;
-    `model`: the noise model whose sample size counts)."""
+    `model`: the noise model whose sample size counts; s["prior_target"]: the prior's target, mode "fitted" only)."""
     den = new["lag_den"]
     count = s["lag_count"] * model.sample_count(g.numel())
-    measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(torch.finfo(g.dtype).tiny), torch.ones_like(den))
+    target = s["prior_target"] if "prior_target" in s else torch.ones_like(den)
+    measured = torch.where(den > 0, new["lag_num"] / den.clamp_min(torch.finfo(g.dtype).tiny), target)
     prior = innovation.prior_weight(s["lag_count"])  # the library constants as the kernel is traced
-    return (measured * count + prior) / (count + prior)
+    return (measured * count + prior * target) / (count + prior)
 
 
 def _innovation_posterior(g, new, s):
@@ -347,7 +349,7 @@ def _fitted(g, m, extra, s, new):
 
 def _fitted_posterior(g, new, s):
     """noise_models.fitted.posterior_variance (after `_fitted`): R E_t(rho_hat) / M_t(rho_hat), the table lookup in-graph."""
-    phi = _shrunk_lag_ratio(g, new, s, fitted)
+    phi = _shrunk_lag_ratio(g, new, s, fitted) if fitted.estimates_ratio(g.numel()) else s["prior_target"]
     factor = fitted.interpolate(phi.reshape(()), s["table_x"], s["table_y"]) * s["posterior_norm"].reciprocal()
     return new["innovation_sq_avg"] * factor
 

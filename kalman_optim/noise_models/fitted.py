@@ -22,7 +22,8 @@ under the model, which the same recursion gives (a table over a log grid of rho,
 The lag statistic starts at step 3. Its per-coordinate weights are fixed BEFORE nu_{t-1} is seen (from R_{t-2}), so
 they do not correlate with the terms they weight (mode "innovation" weights nu_{t-1} with 1 / R_{t-1}, which
 contains nu_{t-1}: a bias while R has few samples): u = 1 / (R + mean(R) / n_eff), normalized so that
-sum u R = 1 over the sample. phi is pulled to 1 by PRIOR_COUNT pseudo-samples, as in mode "innovation".
+sum u R = 1 over the sample. phi is pulled by PRIOR_COUNT pseudo-samples, as in mode "innovation", but to its
+expectation under the filter's own model at this step (`own_model_phi`: 1.05 early, 1 at steady state), not to 1.
 
 Intervals m_hat_t -/+ q sqrt(P_t): for the first SIMULATED_STEPS steps q is the model's own quantile of
 |x_t - m_hat_t| / sqrt(P_t) at rho_hat, simulated once per (beta1, noise_beta) (D7 section 9b checks it exactly by
@@ -35,6 +36,7 @@ State: R (4 B per fp32 parameter beyond Adam's 8 B) and per tensor at most SAMPL
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -46,7 +48,8 @@ from kalman_optim.noise_models import innovation as innovation_model
 from kalman_optim.noise_models.innovation import LAG_BETA, _global_sum_
 from kalman_optim.schedules import adam_coefficients, ewma_effective_samples, student_t_quantile
 
-__all__ = ["STATE_KEYS", "SAMPLE_SIZE", "init_state", "observe", "observe_foreach", "noise_fraction", "noise_ratio",
+__all__ = ["STATE_KEYS", "SAMPLE_SIZE", "MIN_SAMPLED_COORDINATES", "estimates_ratio", "own_model_phi", "init_state",
+           "observe", "observe_foreach", "noise_fraction", "noise_ratio",
            "posterior_variance", "degrees_of_freedom", "interval_quantile", "model_tables", "simulated_quantiles"]
 
 STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_prev_sq", "lag_num", "lag_den")
@@ -54,6 +57,12 @@ STATE_KEYS = ("innovation_sq_avg", "lag_prev", "lag_prev_sq", "lag_num", "lag_de
 #: fast as phi when k is small (D7), so phi's sampling error decides the calibration of one tensor (E7: with 1024 of
 #: 2000 series the 95% coverage dips to 0.932 at 10x in steps 30-40, with all of them 0.936).
 SAMPLE_SIZE = 8192
+#: Smallest lag sample whose statistic sets the tensor's noise ratio; a smaller tensor (a scalar, a bias of a few units)
+#: reads out the filter's own model. With n coordinates the statistic's sampling error moves log P_t by about
+#: 0.13 / 0.064 / 0.056 / 0.037 / 0.025 (n = 1 / 8 / 16 / 32 / 64, own model, step 2000), a shared error on top of R's
+#: own per-coordinate 0.10 (noise_beta 0.99); from 32 on it is below half of that. The prior count alone cannot
+#: do this without biasing large tensors whose ratio differs (E7's prior sweep).
+MIN_SAMPLED_COORDINATES = 32
 #: Log grid of the noise ratio rho = q / r the model is fitted on (and rho = 0); beyond it rho is clipped.
 RATIO_GRID = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-8, 6, 400, dtype=torch.float64)])
 #: Once b^t and LAG_BETA^t are below this, the tables have converged (steady state) and stop changing.
@@ -256,9 +265,33 @@ def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict
 
 
 # ------------------------------------------------------------------------------------------ read-out
+@functools.lru_cache(maxsize=256)
+def own_model_phi(step: int, beta1: float, noise_beta: float) -> float:
+    """The lag statistic's expectation at `step` under the filter's own model, rho = lambda(beta1): the prior's target.
+    It is 1 only at steady state: under Adam's gains it starts near 1.05 and the read-out's factor moves ~8x as fast
+    (at step 50, phi = 1 reads out a factor 13% above the own model's), so pulling to 1 biases every tensor whose
+    prior weight is large (few coordinates, early steps). 1 before the statistic has data (step < 3)."""
+    expected_phi, _ = model_tables(beta1, noise_beta, step)
+    if expected_phi is None:
+        return 1.0
+    own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64).log()
+    return float(interpolate(own, RATIO_GRID[1:].log(), expected_phi[1:]))
+
+
+def estimates_ratio(numel: int) -> bool:
+    """Whether a tensor of `numel` elements estimates its own noise ratio: its lag sample has at least
+    MIN_SAMPLED_COORDINATES coordinates (else it reads out the filter's own model)."""
+    return sample_count(numel) >= MIN_SAMPLED_COORDINATES
+
+
 def noise_fraction(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor:
-    """The pooled lag-1 statistic phi (0-dim), shrunk to 1 by PRIOR_COUNT pseudo-samples (not clipped)."""
-    return innovation_model.shrunk_lag_ratio(state, lag_samples(step), SAMPLE_SIZE)
+    """The pooled lag-1 statistic phi (0-dim), shrunk by PRIOR_COUNT pseudo-samples to its expectation under the
+    filter's own model (`own_model_phi`; not clipped); that expectation itself for a tensor too small to estimate
+    its ratio (`estimates_ratio`)."""
+    target = own_model_phi(step, float(beta1), float(noise_beta))
+    if not estimates_ratio(state["innovation_sq_avg"].numel()):
+        return torch.full_like(state["lag_num"], target)
+    return innovation_model.shrunk_lag_ratio(state, lag_samples(step), SAMPLE_SIZE, target=target)
 
 
 def posterior_variance(state: dict[str, Tensor], step: int, beta1: float, noise_beta: float) -> Tensor | None:

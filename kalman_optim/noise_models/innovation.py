@@ -198,16 +198,19 @@ def observe_foreach(grads: list[Tensor], predictions: list[Tensor], states: dict
     torch._foreach_addcmul_(states["innovation_sq_avg"], innovations, innovations, weight)
 
 
-def shrunk_lag_ratio(state: dict[str, Tensor], lag_steps: int, sample_size: int | None = None) -> Tensor:
-    """The pooled lag statistic lag_num / lag_den (0-dim; 1 before it has data), pulled to 1 by `prior_weight`
+def shrunk_lag_ratio(state: dict[str, Tensor], lag_steps: int, sample_size: int | None = None,
+                     target: float = 1.0) -> Tensor:
+    """The pooled lag statistic lag_num / lag_den (0-dim; `target` before it has data), pulled to `target` (1, the
+    filter's own model at steady state; mode "fitted" passes the model's expectation at this step) by `prior_weight`
     pseudo-samples against its effective count: ewma_effective_samples(lag_steps, LAG_BETA) x the sampled coordinates
     (a sample of at most `sample_size` coordinates, SAMPLE_SIZE by default)."""
     steps = ewma_effective_samples(lag_steps, LAG_BETA)
     count = steps * sample_count(state["innovation_sq_avg"].numel(), sample_size)
     den = state["lag_den"]
-    measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
+    measured = torch.where(den > 0, state["lag_num"] / den.clamp_min(torch.finfo(den.dtype).tiny),
+                           torch.full_like(den, target))
     prior = prior_weight(steps)
-    return (measured * count + prior) / (count + prior)
+    return (measured * count + prior * target) / (count + prior)
 
 
 def prior_weight(effective_steps: float | Tensor) -> float | Tensor:

@@ -24,7 +24,8 @@ def textbook_tables(beta1, noise_beta, steps, grid):
 
 def textbook_fitted_readout(observations, beta1, noise_beta, stride):
     """The mode's statistics and read-out in numpy: Adam's filter, R, the lag statistic with weights fixed before the
-    innovation they weight, the phi -> rho inversion by linear interpolation on the textbook tables."""
+    innovation they weight and shrunk to its expectation at the filter's own ratio, the phi -> rho inversion by
+    linear interpolation on the textbook tables."""
     lag_beta, prior = innovation.LAG_BETA, innovation.PRIOR_COUNT
     steps, n = observations.shape
     grid = fitted.RATIO_GRID.numpy()
@@ -58,7 +59,11 @@ def textbook_fitted_readout(observations, beta1, noise_beta, stride):
             f = np.interp(beta_to_noise_ratio(beta1), grid, factor)
         else:
             count = ewma_effective_samples(t - 2, lag_beta) * len(sample)
-            phi = ((num / den if den > 0 else 1.0) * count + prior) / (count + prior)
+            # The prior's target: the statistic's expectation under the filter's own ratio, log-linear on the grid.
+            target = np.interp(np.log(beta_to_noise_ratio(beta1)), np.log(grid[1:]), expected_phi[1:])
+            phi = ((num / den if den > 0 else target) * count + prior * target) / (count + prior)
+            if len(sample) < fitted.MIN_SAMPLED_COORDINATES:  # too few coordinates: the filter's own model
+                phi = target
             f = np.interp(phi, np.maximum.accumulate(expected_phi[::-1]), factor[::-1])
         out.append(R / (1 - noise_beta ** (t - 1)) * f)
     return np.array(out)
@@ -214,3 +219,33 @@ def test_a_bad_interval_level_is_a_clear_error_in_the_simulated_steps(level):
         optimizer.step()
     with pytest.raises(ValueError, match="level must be a number in the open interval"):
         optimizer.confidence_interval(p, level=level)
+
+
+@pytest.mark.parametrize("coordinates", [1, fitted.MIN_SAMPLED_COORDINATES - 1, fitted.MIN_SAMPLED_COORDINATES])
+def test_a_tensor_too_small_to_estimate_its_ratio_reads_out_the_filters_own_model(coordinates):
+    """Data at 100x the filter's ratio: below MIN_SAMPLED_COORDINATES the read-out is R times the factor at the own
+    model's expected lag statistic whatever the data say; from it on the measured statistic moves the factor."""
+    beta1, noise_beta, steps = 0.9, 0.99, 200
+    _, observations = local_level(100.0, beta1, 1.0, steps, coordinates, seed=3)
+    optimizer, p, _, variances = posterior_path(observations, noise_beta=noise_beta)
+    R = optimizer.state[p]["innovation_sq_avg"].numpy() / -math.expm1((steps - 1) * math.log(noise_beta))
+    own = fitted.model_factor(torch.tensor(fitted.own_model_phi(steps, beta1, noise_beta), dtype=torch.float64),
+                              steps, beta1, noise_beta)
+    own_readout = R * float(own)
+    if coordinates < fitted.MIN_SAMPLED_COORDINATES:
+        np.testing.assert_allclose(variances[-1], own_readout, rtol=1e-12)
+        assert fitted.noise_ratio(optimizer.state[p], steps, beta1, noise_beta) == pytest.approx(
+            beta_to_noise_ratio(beta1), rel=1e-3)  # up to the grid's linear interpolation
+    else:  # 100x: the measured ratio raises the read-out well above the own model's
+        assert (variances[-1] > 1.5 * own_readout).all()
+
+
+def test_the_prior_pulls_to_the_own_models_expected_statistic_not_to_one():
+    """Under the filter's own model the lag statistic's expectation is above 1 early (Adam's gains are not the steady
+    filter's) and 1 at steady state; the read-out at that expectation is the own model's factor."""
+    beta1, noise_beta = 0.9, 0.99
+    early, late = fitted.own_model_phi(10, beta1, noise_beta), fitted.own_model_phi(5000, beta1, noise_beta)
+    assert 1.02 < early < 1.1 and late == pytest.approx(1.0, abs=1e-3)
+    expected_phi, factor = fitted.model_tables(beta1, noise_beta, 10)
+    index = int(np.argmin(np.abs(np.log(fitted.RATIO_GRID.numpy()[1:]) - np.log(beta_to_noise_ratio(beta1))))) + 1
+    assert float(expected_phi[index]) == pytest.approx(early, rel=2e-3)
