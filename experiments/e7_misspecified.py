@@ -398,10 +398,15 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     if issue is not None:
         out.update(IssueSeeds=int(issue["metrics"]["seeds"]), IssueFromStep=int(issue["config"]["from_step"]),
                    IssueWithin=float(issue["config"]["within"]))
+        oracle = issue["metrics"]["oracle"]
+        oracle_within = np.array(oracle["within"], dtype=bool)
         for mode in issue["config"]["modes"]:
             out[f"Issue{macro_name(mode)}FractionWithin"] = issue["metrics"][mode]["fraction_within"]
             out[f"Issue{macro_name(mode)}FractionPositive"] = issue["metrics"][mode]["fraction_positive"]
-        oracle = issue["metrics"]["oracle"]
+            # Paired with the oracle on the same seeds: seeds only the oracle keeps within the factor, and only the mode.
+            within = np.array(issue["metrics"][mode]["within"], dtype=bool)
+            out[f"Issue{macro_name(mode)}OracleOnly"] = int((oracle_within & ~within).sum())
+            out[f"Issue{macro_name(mode)}ModeOnly"] = int((within & ~oracle_within).sum())
         out.update(IssueOracleFractionWithin=oracle["fraction_within"], IssueOraclePassProbability=oracle["pass_probability"],
                    IssueOracleAllSeedsProbability=oracle["all_seeds_probability"])
     out.update(e7_prior_count.numbers(prior_run(runs)))

@@ -104,6 +104,11 @@ def test_figures_tables_and_numbers(tiny_runs, tmp_path):
             "PriorOneHundredInnovationIssueFraction", "PriorOneHundredThousandFittedWorstFromTwo",
             "PriorLibraryCount"} <= set(numbers)
     assert numbers["InnovationCoverageLow"] <= numbers["InnovationWorstCoverageFromTenOne"] <= 1.0
+    # The paired counts against the oracle: mode share - oracle share = (mode only - oracle only) / seeds.
+    seeds = numbers["IssueSeeds"]
+    for mode in ("Fitted", "FittedLong", "Innovation"):
+        difference = numbers[f"Issue{mode}FractionWithin"] - numbers["IssueOracleFractionWithin"]
+        assert difference * seeds == pytest.approx(numbers[f"Issue{mode}ModeOnly"] - numbers[f"Issue{mode}OracleOnly"])
     assert e7.numbers([]) == {}
 
 
