@@ -43,6 +43,7 @@ from experiments.plotting import FigureOutput, style
 from experiments.runner import RunSpec
 from experiments.stats import binomial_ci
 from kalman_optim import KalmanAdam, beta_to_noise_ratio, constant_noise_gain
+from kalman_optim.noise_models import fitted
 
 NAME = "e7_misspecified"
 TITLE = "Misspecified noise ratio (0-100x) and trend: interval coverage of every noise mode over long runs"
@@ -377,6 +378,8 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         Series=int(config["series"]), Steps=int(config["steps"]), Cases=len(groups),
         Seeds=len({r["config"]["seed"] for g in groups.values() for r in g}),
         FilterNoiseRatio=float(beta_to_noise_ratio(float(config["beta1"]))),
+        FittedMinCoordinates=int(fitted.MIN_SAMPLED_COORDINATES),  # the library's constant, as PriorLibraryCount
+        FittedLongNoiseBeta=float(WINDOWS["fitted-long"][1]),
     )
     for mode in config["modes"]:
         for case, group in groups.items():

@@ -24,6 +24,8 @@ they do not correlate with the terms they weight (mode "innovation" weights nu_{
 contains nu_{t-1}: a bias while R has few samples): u = 1 / (R + mean(R) / n_eff), normalized so that
 sum u R = 1 over the sample. phi is pulled by PRIOR_COUNT pseudo-samples, as in mode "innovation", but to its
 expectation under the filter's own model at this step (`own_model_phi`: 1.05 early, 1 at steady state), not to 1.
+A tensor whose sample has fewer than MIN_SAMPLED_COORDINATES coordinates does not estimate rho at all: it reads out
+the filter's own model (one coordinate cannot tell its noise ratio from its noise, E7's issue series).
 
 Intervals m_hat_t -/+ q sqrt(P_t): for the first SIMULATED_STEPS steps q is the model's own quantile of
 |x_t - m_hat_t| / sqrt(P_t) at rho_hat, simulated once per (beta1, noise_beta) (D7 section 9b checks it exactly by
