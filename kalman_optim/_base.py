@@ -357,8 +357,8 @@ class KalmanOptimizerBase(Optimizer):
               first 100 steps; E7: 95% intervals cover 0.932-0.960 at every step from 2 on at ratios 0-100x; in
               training close to "innovation" at the same noise_beta (E2). A tensor of fewer than
               fitted.MIN_SAMPLED_COORDINATES (32) coordinates reads out the filter's own noise ratio; with
-              noise_beta=0.999 one coordinate's variance is within 1.5x of the exact filter's from step 50 on as often
-              as the exact filter with r estimated by maximum likelihood (E7: 0.915 against 0.92 of series; 0.88 at
+              noise_beta=0.999 one coordinate's variance is within 1.5x of the exact filter's from step 50 on nearly as
+              often as the exact filter with r estimated by maximum likelihood (E7: 0.915 against 0.92 of series; 0.88 at
               the default 0.99). Infinite at step 1.
           "adam"/"constant" (D2/D3, NOT calibrated): k_t r_hat with the zero-memory r_hat = max(v_hat - m_hat^2, 0) / c;
               v - m^2 mixes the level's drift into r and is <= 0 for about half of the coordinates of a random walk

@@ -9,7 +9,7 @@ mode           first moment (gain schedule)                          state / fp3
 "adaptive"     per-coordinate ratio from differences (D4)             24 B             no: decays in training (E1/E2)
 "innovation"   Adam's EWMA; uncertainty from its innovations (D7)     12 B (+O(1)/tensor)  yes: see E1/E2 (not the first ~50 steps at high drift, E7)
 "fitted"       Adam's EWMA; innovations fitted by a local level (D7)  12 B (+O(1)/tensor)  yes: E7 from step 2 on; E2 as "innovation";
-                                                                                         one coordinate as the ML oracle with noise_beta=0.999
+                                                                                         one coordinate near the ML oracle with noise_beta=0.999
 "transport"    Adam's gain, prediction moved by h_hat * dtheta (D8)   24 B             no interval (no noise statistic)
 "extrapolated" Adam's gain; gradient taken at an extrapolated point,  12 B             no interval (no noise statistic)
                so it carries h * dtheta exactly on a quadratic (D8;
