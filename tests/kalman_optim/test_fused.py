@@ -342,9 +342,10 @@ def test_a_step_that_raises_on_the_fused_path_changes_nothing():
 
 
 def test_the_series_start_up_gain_equals_the_reference_formula():
-    """Mode adaptive's start-up gain (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) from the asinh and coth series
-    (fused, float32, default beta_range) against float64 and against the reference's log1p/tanh formula, over the
-    whole range of lambda and both sides of the coth series' switch; the steady gain without its divide likewise."""
+    """Mode adaptive's start-up gain (1 - beta)(1 + beta^(2t-1)) / (1 - beta^(2t)) from the asinh series and the
+    rational coth (fused, float32, default beta_range) against float64 and against the reference's log1p/tanh
+    formula, over the whole range of lambda, y from near 0 to past the rational's clamp; the steady gain without its
+    divide likewise."""
     lam = torch.logspace(-6.3, math.log10(0.5), 5001, dtype=torch.float32)
     root, outer_root = lam.sqrt(), (lam + 4).sqrt()
     gain = root * 2 / (root + outer_root)
@@ -359,21 +360,25 @@ def test_the_series_start_up_gain_equals_the_reference_formula():
         exact = (1 - exact_beta) * (1 + exact_beta ** (2 * t - 1)) / (1 - exact_beta ** (2 * t))
         assert ((series.double() - exact) / exact).abs().max() < 1e-6, t
         assert ((series - reference) / reference).abs().max() < 1e-6, t
-    # y = 2 t asinh(sqrt(lambda) / 2) crosses the switch at t = 7: both formulas of coth are exercised.
-    y = 2 * torch.asinh(root.double() / 2) * 7
-    assert (y < fused_path.COTH_SERIES_MAX).any() and (y >= fused_path.COTH_SERIES_MAX).any()
+    # y = 2 t asinh(sqrt(lambda) / 2) runs from 0.002 at t = 1 to past the clamp at t = 7900.
+    y = 2 * torch.asinh(root.double() / 2)
+    assert y.min() < 0.002 and (y * 7900 > fused_path.TANH_RATIONAL_CLAMP).any()
 
 
-def test_the_series_coefficients_are_taylor_coefficients():
+def test_the_asinh_coefficients_are_taylor_coefficients_and_the_rational_coth_is_float32_accurate():
     import sympy as sp
 
-    s, y = sp.symbols("s y")
+    s = sp.symbols("s")
     asinh_series = sp.series(sp.asinh(sp.sqrt(s) / 2) / (sp.sqrt(s) / 2), s, 0, len(fused_path.ASINH_SERIES)).removeO()
-    coth_series = sp.series(y * sp.coth(y), y, 0, 2 * len(fused_path.COTH_SERIES)).removeO()
     for n, value in enumerate(fused_path.ASINH_SERIES):
         assert math.isclose(value, float(asinh_series.coeff(s, n)), rel_tol=1e-15)
-    for n, value in enumerate(fused_path.COTH_SERIES):
-        assert math.isclose(value, float(coth_series.coeff(y, 2 * n)), rel_tol=1e-15)
+    # coth(y) = Q(y^2) / (y P(y^2)) in float32 with the clamp, against float64 coth from 1e-6 to 20.
+    y = torch.cat([torch.logspace(-6, 0, 10001), torch.linspace(1, 20, 200001)])
+    clamped = y.clamp_max(fused_path.TANH_RATIONAL_CLAMP)
+    coth = (fused_path._horner(clamped * clamped, fused_path.TANH_RATIONAL_DENOMINATOR)
+            / (clamped * fused_path._horner(clamped * clamped, fused_path.TANH_RATIONAL_NUMERATOR)))
+    exact = 1 / torch.tanh(y.double())
+    assert ((coth.double() - exact) / exact).abs().max() < 4.5e-7
 
 
 def test_the_start_up_kind_follows_the_beta_range():
