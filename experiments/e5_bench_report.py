@@ -16,7 +16,7 @@ from experiments.plotting import FigureOutput
 FUSED_VARIANTS = {
     "AdamW [fused]": "TorchFused", "KalmanAdam adam": "Adam", "KalmanAdam constant": "Constant",
     "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive",
-    "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp", "KalmanAdam innovation": "Innovation",
+    "KalmanAdam adaptive, step 1k": "AdaptiveMidStartUp", "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp", "KalmanAdam innovation": "Innovation",
     "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam fitted": "Fitted", "KalmanAdam fitted+VA": "FittedVA",
     "KalmanAdam transport": "Transport", "KalmanAdam extrapolated": "Extrapolated", "KalmanLAMB": "Lamb",
     "KalmanLAMB precision": "LambPrecision", "KalmanLAMB precision innovation": "LambPrecisionInnovation",
@@ -85,7 +85,8 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
     smallest = report["results"][0]
     candidates = smallest["candidates"]
     out[f"{prefix}SmallestSize"] = int(smallest["size"])
-    for name in ("KalmanLAMB", "KalmanAdam adaptive", "KalmanAdam extrapolated"):
+    for name in ("KalmanAdam adam", "KalmanLAMB", "KalmanAdam adaptive", "KalmanAdam adaptive, step 1k",
+                 "KalmanAdam extrapolated", "KalmanAdam innovation"):
         if name in candidates:
             out[f"{prefix}{FUSED_VARIANTS[name]}CompiledAtSmallest"] = round(candidates[name]["ratio_to_compiled_adamw"], 2)
             out[f"{prefix}{FUSED_VARIANTS[name]}BandwidthAtSmallest"] = round(100 * candidates[name]["bandwidth_fraction"])
@@ -103,6 +104,9 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
         out[f"{prefix}AdaptiveTargetBound"] = bound
         out[f"{prefix}AdaptiveWithinTarget"] = within_phrase(
             out[f"{prefix}AdaptiveCompiledAtSmallest"] <= bound, out[f"{prefix}AdaptiveCompiled"] <= bound)
+        if f"{prefix}AdaptiveMidStartUpCompiledAtSmallest" in out and f"{prefix}AdaptiveMidStartUpCompiled" in out:
+            out[f"{prefix}AdaptiveMidStartUpWithinTarget"] = within_phrase(
+                out[f"{prefix}AdaptiveMidStartUpCompiledAtSmallest"] <= bound, out[f"{prefix}AdaptiveMidStartUpCompiled"] <= bound)
     for name in PRECISION_WEIGHTED:
         key = f"{prefix}{FUSED_VARIANTS[name]}OverLamb"
         if key in out and f"{key}AtSmallest" in out:

@@ -8,6 +8,7 @@ import torch
 
 from experiments import bench_step
 from experiments import e5_cost as e5
+from experiments.e5_bench_report import within_phrase
 from experiments.plotting import FigureOutput
 from tests.experiments.helpers import run_tiny
 
@@ -165,10 +166,16 @@ def test_the_fused_targets_are_said_from_the_ratios(small, large, phrase):
     for result, ratio in ((smallest, small), (largest, large)):
         result["candidates"]["KalmanAdam adaptive"] = dict(result["candidates"]["KalmanLAMB"],
                                                            ratio_to_compiled_adamw=ratio, bytes_moved_per_element=60)
+        # The mid start-up row (step 1000) is judged against the same bound, here 0.1 below the first steps' ratios.
+        result["candidates"]["KalmanAdam adaptive, step 1k"] = dict(result["candidates"]["KalmanLAMB"],
+                                                                    ratio_to_compiled_adamw=ratio - 0.1,
+                                                                    bytes_moved_per_element=60)
     report["results"] = [smallest, largest]
     numbers = e5.fused_numbers(report)
     assert numbers["FusedCpuAdaptiveTargetBound"] == 2.36
     assert numbers["FusedCpuAdaptiveWithinTarget"] == phrase
+    assert numbers["FusedCpuAdaptiveMidStartUpCompiled"] == round(large - 0.1, 2)
+    assert numbers["FusedCpuAdaptiveMidStartUpWithinTarget"] == within_phrase(small - 0.1 <= 2.36, large - 0.1 <= 2.36)
     # Precision weighting takes 1.5x plain LAMB at both sizes here.
     assert numbers["FusedCpuLambPrecisionWithinTarget"] == "at neither size"
 
