@@ -144,6 +144,26 @@ def test_parameters_without_gradients_are_skipped(make):
 
 
 @ALL
+def test_step_counters_count_each_parameters_steps_in_place(make):
+    """state["step"] counts the steps each parameter took (one without a gradient does not count, so one group holds
+    two step counts), as torch.optim does: a float32 tensor updated in place, never replaced (the eager and fused
+    paths share this bookkeeping)."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(6)), torch.nn.Parameter(torch.randn(3, 2))
+    optimizer = make([a, b])
+    a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+    optimizer.step()
+    counter_a, counter_b = optimizer.state[a]["step"], optimizer.state[b]["step"]
+    b.grad = None
+    optimizer.step()
+    a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+    optimizer.step()
+    assert optimizer.state[a]["step"] is counter_a and optimizer.state[b]["step"] is counter_b
+    assert counter_a.dtype == torch.float32 and counter_a.dim() == 0
+    assert (counter_a.item(), counter_b.item()) == (3.0, 2.0)
+
+
+@ALL
 def test_closure_is_called_and_its_loss_returned(make):
     model = small_network()
     optimizer = make(model.parameters())
