@@ -82,6 +82,14 @@ def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float |
             out[key] = round(ratio_between(result, name, "KalmanLAMB"), 2)
             low, high = paired_ratio_quartiles(entry["times_s"], lamb["times_s"])
             out[f"{key}Low"], out[f"{key}High"] = round(low, 2), round(high, 2)
+    # The targets' ratios at the largest N with their 95% intervals (bench_fused.ratio_interval: a bootstrap over the
+    # processes and their rounds), so the text can say whether a ratio is told apart from its bound.
+    for row in report.get("targets", []):
+        key = FUSED_VARIANTS.get(row["candidate"])
+        if row["size"] != result["size"] or "interval" not in row or key is None:
+            continue
+        name = f"{prefix}{key}{'OverLamb' if row['versus'] == 'KalmanLAMB' else 'Compiled'}Interval"
+        out[f"{name}Low"], out[f"{name}High"] = (round(value, 2) for value in row["interval"])
     # The same ratios at the smallest N, where they differ (the targets hold from 1e7 on, at every N measured).
     smallest = report["results"][0]
     candidates = smallest["candidates"]
@@ -215,6 +223,27 @@ def models_numbers(report: dict | None) -> dict[str, float | int | str]:
                 speedups.append(result["loop_speedup"][name])
     if kalman:
         out["ModelsKalmanRatioLow"], out["ModelsKalmanRatioHigh"] = round(min(kalman), 1), round(max(kalman), 1)
+    # The fused path (fused=True) on the same models: over the fastest eager AdamW, over compiled AdamW, its compile.
+    fused, over_compiled, first_steps, compiled = [], [], [], []
+    for result in measured:
+        for name in MODEL_OPTIMIZERS:
+            entry = result["candidates"].get(f"{name} [fused]")
+            if entry is None or name == "LAMB":
+                continue
+            fused.append(entry["ratio"])
+            over_compiled.append(result["fused_over_compiled_adamw"][name])
+            first_steps.append(entry["first_step_s"])
+        if "AdamW [compiled]" in result["candidates"]:
+            compiled.append(result["candidates"]["AdamW [compiled]"]["ratio"])
+    if fused:
+        out["ModelsFusedKalmanRatioLow"], out["ModelsFusedKalmanRatioHigh"] = round(min(fused), 1), round(max(fused), 1)
+        out["ModelsFusedOverCompiledLow"] = round(min(over_compiled), 1)
+        out["ModelsFusedOverCompiledHigh"] = round(max(over_compiled), 1)
+        out["ModelsFusedFirstStepLow"], out["ModelsFusedFirstStepHigh"] = (round(min(first_steps)),
+                                                                          round(max(first_steps)))
+    if compiled:
+        out["ModelsCompiledAdamWRatioLow"], out["ModelsCompiledAdamWRatioHigh"] = (round(min(compiled), 2),
+                                                                                  round(max(compiled), 2))
     if speedups:
         out["ModelsLoopSpeedupMax"] = round(max(speedups), 1)
     return out
@@ -231,4 +260,6 @@ def models_table(report: dict, out: FigureOutput) -> None:
         "Step on E4's paper models (make bench, results/bench/models_cpu.json, "
         f"commit {str(report['provenance'].get('git_commit'))[:7]}): ratio of the median step to the fastest torch "
         f"AdamW's, {report['provenance'].get('threads')} CPU thread, {results[0]['rounds']} interleaved rounds; "
-        "no suffix = the library's default eager path, [loop] = foreach=False (one tensor at a time)."))
+        "no suffix = the library's default eager path, [loop] = foreach=False (one tensor at a time), [fused] = "
+        "fused=True (compiled; its first step, the compile, is not in the timing), AdamW [compiled] = torch.compile "
+        "of torch AdamW's step."))

@@ -81,8 +81,24 @@ def test_processes_merge_into_medians_of_per_process_ratios():
     assert rows == {} or all(row["ratio"] > 0 for row in rows.values())
 
 
+def test_ratio_interval_covers_the_ratio_and_widens_with_the_spread_between_processes():
+    """The bootstrap interval of a target ratio: around the measured one, wider when the processes disagree,
+    and reproducible (seeded)."""
+    steady = [_process_result({"AdamW [compiled]": [1.0, 1.01, 0.99] * 4, "KalmanLAMB": [1.1, 1.11, 1.09] * 4,
+                               "KalmanLAMB precision": [1.2, 1.21, 1.19] * 4}, 10.0) for _ in range(3)]
+    spread = [_process_result({"AdamW [compiled]": [1.0] * 12, "KalmanLAMB": [ratio] * 12}, 10.0)
+              for ratio in (0.9, 1.1, 1.3)]
+    narrow = bench_fused.ratio_interval(bench_fused.merge_processes(steady), "KalmanLAMB", "AdamW [compiled]")
+    wide = bench_fused.ratio_interval(bench_fused.merge_processes(spread), "KalmanLAMB", "AdamW [compiled]")
+    assert narrow[0] <= 1.1 <= narrow[1] and narrow[1] - narrow[0] < 0.05
+    assert wide[0] <= 0.9 + 1e-12 and wide[1] >= 1.3 - 1e-12  # three processes: the extremes are resampled
+    assert bench_fused.ratio_interval(bench_fused.merge_processes(spread), "KalmanLAMB", "AdamW [compiled]") == wide
+    (row,) = [row for row in bench_fused.evaluate_targets(bench_fused.merge_processes(steady)) if row["versus"] != "copy"]
+    assert row["candidate"] == "KalmanLAMB precision" and row["interval"][0] <= row["ratio"] <= row["interval"][1]
+
+
 def test_processes_flag_is_checked_and_not_passed_twice():
-    assert bench_fused.parse_args([]).processes == 3
+    assert bench_fused.parse_args([]).processes == 5
     with pytest.raises(SystemExit):
         bench_fused.parse_args(["--processes", "0"])
     argv = ["--sizes", "1e4", "--out", "x.json", "--processes=2", "--quick"]

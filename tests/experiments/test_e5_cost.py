@@ -142,6 +142,16 @@ def test_fused_numbers_and_table(tmp_path):
     # Per-round ratios 2.0, 1.5, 1.5, 1.5, 1.2: quartiles of the pairs, not ratios of each candidate's quartiles.
     assert numbers["FusedCpuLambPrecisionOverLambLow"] == 1.35 and numbers["FusedCpuLambPrecisionOverLambHigh"] == 1.75
     assert e5.fused_numbers(None) == {}
+    # The targets' bootstrap intervals (bench_fused.ratio_interval) at the largest size, named like their ratios.
+    report = _fused_report()
+    report["targets"] = [
+        dict(candidate="KalmanAdam adam", versus="AdamW [compiled]", size=30_000_000, interval=[0.97, 1.041]),
+        dict(candidate="KalmanLAMB precision", versus="KalmanLAMB", size=30_000_000, interval=[1.08, 1.16]),
+        dict(candidate="KalmanAdam adam", versus="AdamW [compiled]", size=10_000_000, interval=[0.5, 0.6]),
+        dict(candidate="KalmanAdam adam", versus="copy", size=30_000_000, ratio=0.7)]
+    numbers = e5.fused_numbers(report)
+    assert (numbers["FusedCpuAdamCompiledIntervalLow"], numbers["FusedCpuAdamCompiledIntervalHigh"]) == (0.97, 1.04)
+    assert numbers["FusedCpuLambPrecisionOverLambIntervalHigh"] == 1.16
     e5.fused_table(_fused_report(), FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
     table = (tmp_path / "e5_fused.md").read_text()
     assert "| KalmanAdam adam | 8 | 28 | 0.80 | 0.80 | 70 | 5.0 |" in table
@@ -211,6 +221,25 @@ def test_models_numbers_and_table(tmp_path):
     e5.models_table(_models_report(), FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
     table = (tmp_path / "e5_models.md").read_text()
     assert "KalmanAdam-transport [loop]" in table and "3.00x" in table
+    assert "ModelsFusedKalmanRatioLow" not in numbers  # a report without the fused path
+
+
+def test_models_numbers_of_the_fused_path():
+    report = _models_report()
+    for result, scale in zip(report["results"], (1.0, 2.0)):
+        result["candidates"]["AdamW [compiled]"] = dict(ratio=0.25 * scale, median_s=0.25e-3 * scale)
+        result["fused_over_compiled_adamw"] = {}
+        for index, name in enumerate(e5.MODEL_OPTIMIZERS):
+            ratio = (10.0 if name == "LAMB" else 0.5 + 0.1 * index) * scale
+            result["candidates"][f"{name} [fused]"] = dict(ratio=ratio, median_s=ratio * 1e-3, first_step_s=2.0 + index)
+            result["fused_over_compiled_adamw"][name] = ratio / (0.25 * scale)
+    numbers = e5.models_numbers(report)
+    kalman = [0.5 + 0.1 * i for i, name in enumerate(e5.MODEL_OPTIMIZERS) if name != "LAMB"]  # LAMB is no Kalman mode
+    assert numbers["ModelsFusedKalmanRatioLow"] == round(min(kalman), 1)
+    assert numbers["ModelsFusedKalmanRatioHigh"] == round(2 * max(kalman), 1)
+    assert numbers["ModelsFusedOverCompiledLow"] == round(min(kalman) / 0.25, 1)
+    assert (numbers["ModelsCompiledAdamWRatioLow"], numbers["ModelsCompiledAdamWRatioHigh"]) == (0.25, 0.5)
+    assert numbers["ModelsFusedFirstStepHigh"] == 2 + max(i for i, n in enumerate(e5.MODEL_OPTIMIZERS) if n != "LAMB")
 
 
 def test_a_damaged_models_report_stops_the_build_with_its_name(tmp_path):
