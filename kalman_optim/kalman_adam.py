@@ -74,7 +74,9 @@ class KalmanAdam(KalmanOptimizerBase):
             small model costs kernel calls, that of a large one memory traffic).
         fused: True runs each step as compiled kernels (torch.compile/inductor: C++/OpenMP on CPU, Triton on
             CUDA; every mode; compiled once per param group on the first step, nothing recompiles as the step,
-            the learning rate or the gains change). None (default) uses it when a compiler is found and the group
+            the learning rate or the gains change); on a CPU, modes "adam" and "constant" without variance
+            adaptation run through torch's own fused Adam kernel instead, with the constant filter's decays
+            and corrections folded into its scalars (nothing to compile). None (default) uses it when a compiler is found and the group
             holds at least 1e6 elements (below that the one-time compile costs more than it saves); without a
             compiler, fused=True runs the eager path with one warning. Equal to the eager path to float
             rounding, not bit for bit (mode "adam" is bit-exact AdamW on the eager paths only).

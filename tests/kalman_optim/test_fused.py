@@ -17,9 +17,14 @@ pytestmark = pytest.mark.skipif(not fused_path.compiler_available("cpu"), reason
 
 #: Every mode and every option that changes the fused graph, at non-default values that tell them apart.
 CONFIGS = {
+    # Modes adam and constant run through torch's fused Adam kernel on a CPU; "-inductor": through the compiled
+    # kernel, which they take on CUDA and for non-contiguous tensors.
     "adam": (KalmanAdam, dict(noise="adam")),
     "adam-l2-maximize": (KalmanAdam, dict(noise="adam", decoupled_weight_decay=False, maximize=True)),
     "constant-prior": (KalmanAdam, dict(noise="constant", prior_variance=0.5)),
+    "constant-l2-maximize": (KalmanAdam, dict(noise="constant", decoupled_weight_decay=False, maximize=True)),
+    "adam-inductor": (KalmanAdam, dict(noise="adam")),
+    "constant-prior-inductor": (KalmanAdam, dict(noise="constant", prior_variance=0.5)),
     "adam-va": (KalmanAdam, dict(noise="adam", variance_adaptation=True, adaptation_scale=3.0)),
     "adaptive-va": (KalmanAdam, dict(noise="adaptive", variance_adaptation=True, adaptation_scale=0.5, noise_beta=0.95,
                                      beta_range=(0.6, 0.99))),
@@ -93,8 +98,10 @@ def _run(make, options, dtype, steps, fused, lr=1e-3):
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-12)], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance):
+def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypatch):
     make, options = CONFIGS[name]
+    if name.endswith("-inductor"):
+        monkeypatch.setattr(fused_path, "torch_kernel_applies", lambda *args: False)
     reference, ref_optimizer = _run(make, options, dtype, 1000, fused=False)
     fused, fused_optimizer = _run(make, options, dtype, 1000, fused=True)
     # Nothing recompiles after the first step; mode "adaptive" compiles its kernels once more, without the start-up
@@ -104,8 +111,9 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance):
     start_up_ends = options["noise"] == "adaptive" and not start_up_active(config, 1000, dtype)
     first = fused_optimizer.compilations_after_first_step
     assert fused_optimizer.fused_compilations == first * (1 + start_up_ends)
-    if make is KalmanAdam:  # one graph for the whole bucket
-        assert first == 1
+    if make is KalmanAdam:  # one graph for the whole bucket, none on torch's kernel
+        assert first == (0 if fused_path.torch_kernel_applies(options["noise"], options.get("variance_adaptation", False),
+                                                              (reference, reference, reference, reference, {})) else 1)
     else:
         # KalmanLAMB steps each tensor, flattened, through one graph: dynamo compiles the first length as it is, then
         # a length-generic graph, and specializes length 1 (at most 4 per kernel: inductor also tells lengths above
@@ -145,7 +153,7 @@ def test_an_option_changed_between_steps_compiles_its_own_kernel():
     stepped = []
     for fused in (True, False):
         params = _params(torch.float32)
-        optimizer = KalmanAdam(params, lr=1e-2, noise="constant", fused=fused, foreach=None if fused else False)
+        optimizer = KalmanAdam(params, lr=1e-2, noise="innovation", fused=fused, foreach=None if fused else False)
         for step, grads in enumerate(_gradient_stream(params, 6)):
             optimizer.param_groups[0]["maximize"] = step >= 3
             for p, g in zip(params, grads):
@@ -156,6 +164,43 @@ def test_an_option_changed_between_steps_compiles_its_own_kernel():
     assert compilations == 2
     for p, q in zip(fused, eager):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("noise", ["adam", "constant"])
+def test_adam_and_constant_take_torchs_kernel_only_for_contiguous_cpu_tensors(noise):
+    """A bucket with a non-contiguous tensor (a transposed view) goes through the compiled kernel; both paths equal
+    the reference, and torch's kernel compiles nothing."""
+    results = []
+    for transposed in (False, True):
+        params = _params(torch.float64)
+        if transposed:
+            params[1] = torch.nn.Parameter(params[1].detach().t().contiguous().t())  # same values, strides (1, 6)
+        reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        options = dict(noise=noise, lr=1e-2, weight_decay=0.1, **(dict(prior_variance=0.5) if noise == "constant" else {}))
+        fused, eager = KalmanAdam(params, fused=True, **options), KalmanAdam(reference, fused=False, **options)
+        for grads in _gradient_stream(params, 20):
+            for p, q, g in zip(params, reference, grads):
+                p.grad, q.grad = g, g.clone()
+            fused.step()
+            eager.step()
+        for p, q in zip(params, reference):
+            assert (p - q).abs().max() <= 1e-12 * q.abs().max()
+        results.append(fused.fused_compilations)
+    assert results == [0, 1]
+
+
+def test_torch_kernel_arguments_fold_the_constant_filters_decays():
+    """Mode constant's step through the kernel's formula at `torch_adam_arguments` equals lr m / (sqrt(v) + eps), and
+    the decoupled decay lr wd is kept."""
+    for step in (1, 2, 7, 500):
+        arguments = fused_path.torch_adam_arguments("constant", step, beta1=0.9, beta2=0.99, lr=1e-3, weight_decay=0.1,
+                                                    eps=1e-8, coupled=False, prior_gain=0.5)
+        c1, c2 = 1 - arguments["beta1"] ** step, 1 - arguments["beta2"] ** step
+        m, v = 0.3, 0.04
+        kernel_step = arguments["lr"] / c1 * m / (math.sqrt(v) / math.sqrt(c2) + arguments["eps"])
+        assert kernel_step == pytest.approx(1e-3 * m / (math.sqrt(v) + 1e-8), rel=1e-13)
+        assert arguments["lr"] * arguments["weight_decay"] == pytest.approx(1e-3 * 0.1, rel=1e-13)
+        assert 0 <= arguments["beta1"] < 1 and 0 <= arguments["beta2"] < 1
 
 
 def test_groups_with_several_dtypes_shapes_and_step_counts():
@@ -245,7 +290,8 @@ def test_a_compiler_failure_leaves_the_step_to_the_eager_path(monkeypatch):
 
     monkeypatch.setattr(fused_path.KernelCache, "_compile", failing_compile)
     params, reference = _params(torch.float32), _params(torch.float32)
-    optimizer, eager = KalmanAdam(params, fused=True), KalmanAdam(reference, fused=False)
+    optimizer = KalmanAdam(params, noise="innovation", fused=True)
+    eager = KalmanAdam(reference, noise="innovation", fused=False)
     _step_with_a_compile_failure(optimizer, eager, params, reference)
     for p, q in zip(params, reference):
         assert torch.equal(p, q)  # each step ran exactly once, on the eager path
