@@ -225,10 +225,11 @@ def test_groups_with_several_dtypes_shapes_and_step_counts():
     assert fused.fused_compilations >= 3  # float32, float64 and the bfloat16 group's float32 copies, two step counts
 
 
+@pytest.mark.parametrize("noise", ["transport", "constant"])  # a compiled kernel; torch's fused Adam kernel
 @pytest.mark.parametrize("save_fused", [True, False], ids=["save-fused-load-eager", "save-eager-load-fused"])
-def test_state_dict_round_trip_across_paths(save_fused):
+def test_state_dict_round_trip_across_paths(save_fused, noise):
     params = _params(torch.float32)
-    first = KalmanAdam(params, noise="transport", fused=save_fused, foreach=False if not save_fused else None)
+    first = KalmanAdam(params, noise=noise, fused=save_fused, foreach=False if not save_fused else None)
     stream = _gradient_stream(params, 40)
     for _, grads in zip(range(20), stream):
         for p, g in zip(params, grads):
@@ -238,7 +239,7 @@ def test_state_dict_round_trip_across_paths(save_fused):
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    resumed = KalmanAdam(resumed_params, noise="transport", fused=not save_fused, foreach=None)
+    resumed = KalmanAdam(resumed_params, noise=noise, fused=not save_fused, foreach=None)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     for grads in stream:
         for p, q, g in zip(params, resumed_params, grads):
