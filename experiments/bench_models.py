@@ -40,7 +40,9 @@ from experiments.provenance import atomic_write
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LR, WEIGHT_DECAY, SEED = 1e-3, 1e-2, 0
 DEFAULT_REPEATS, QUICK_REPEATS = 200, 10
-PATHS = {"default": None, "loop": False, "fused": None}
+#: The library's paths timed per optimizer, and the foreach argument of every path (torch AdamW's two included).
+PATHS = ("default", "loop", "fused")
+FOREACH_OF_PATH = {"default": None, "loop": False, "fused": None, "foreach": True, "compiled": True}
 #: The optimizer key of torch's compiled AdamW: not "AdamW", so that it is no candidate for bench_one's baseline.
 COMPILED_ADAMW = "AdamW-compiled"
 
@@ -55,7 +57,7 @@ class ModelCandidate:
     first_steps: dict | None = field(default=None, compare=False, hash=False)  # name -> seconds of the first step, filled by build for "fused" and "compiled"
 
     def build(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        foreach = {"default": None, "loop": False, "fused": None, "foreach": True, "compiled": True}[self.path]
+        foreach = FOREACH_OF_PATH[self.path]
         if self.optimizer == COMPILED_ADAMW:
             optimizer = training.make_optimizer("AdamW", params, LR, WEIGHT_DECAY, foreach=foreach)
             optimizer.step = torch.compile(optimizer.step)  # torch's recipe for a compiled optimizer
@@ -72,7 +74,7 @@ class ModelCandidate:
         return dict(name=self.name, optimizer=self.optimizer, path=self.path)
 
 
-def candidates(first_steps: dict | None = None, paths=tuple(PATHS)) -> list[ModelCandidate]:
+def candidates(first_steps: dict | None = None, paths=PATHS) -> list[ModelCandidate]:
     """torch AdamW (loop: its CPU default, foreach, and with "fused" in `paths` compiled), then every other E4 paper
     optimizer on each of `paths`. bench_one's baseline is the fastest candidate whose `optimizer` is "AdamW" (eager)."""
     out = [ModelCandidate("AdamW [loop]", "AdamW", "loop"), ModelCandidate("AdamW [foreach]", "AdamW", "foreach")]
@@ -193,9 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   config=dict(tasks=args.tasks, task_settings={t: e4_training.PROFILES["paper"]["tasks"][t]
                                                                for t in args.tasks},
                               repeats=repeats, warmup=WARMUP, threads=torch.get_num_threads(), seed=SEED, lr=LR,
-                              weight_decay=WEIGHT_DECAY, quick=args.quick, dtype="float32"),
+                              weight_decay=WEIGHT_DECAY, quick=args.quick, dtype="float32", paths=args.paths),
                   candidates=[c.describe() for c in cands], results=results)
-    report["config"]["paths"] = args.paths
     text, markdown = render(report)
     atomic_write(args.out, json.dumps(report, indent=1) + "\n")
     atomic_write(args.out.with_suffix(".md"), markdown)
