@@ -5,8 +5,9 @@ r"""Fused (compiled) optimizer steps against torch's fastest AdamW, with the cop
 
 Set-up: N fp32 parameters in tensors of `--tensor-size` elements (the large matrices of a network), random
 gradients set once, lr 1e-3, weight decay 1e-2. Candidates: torch AdamW eager (foreach), fused (torch's own kernel)
-and compiled (torch.compile of its step: the baseline of the issue), and every KalmanAdam / KalmanLAMB mode with
-fused=True.
+and compiled (torch.compile of its step), and every KalmanAdam / KalmanLAMB mode with fused=True. The issue's
+baseline: compiled AdamW on a CPU, torch's fused AdamW on CUDA (`BASELINES`), where every mode must also reach 80% of
+the copy bandwidth, not 50%.
 
 Warm-up, measured: each candidate's first step (the compile) and the steps after it, one candidate at a time;
 "steps to steady" is the first step from which every warm-up step is within 1.5x the candidate's median.
@@ -60,6 +61,12 @@ SEED, LR, WEIGHT_DECAY = 0, 1e-3, 1e-2
 WARMUP_STEPS = 8
 STEADY_FACTOR = 1.5
 BASELINE = "AdamW [compiled]"
+#: The issue's baseline per device: compiled torch AdamW on a CPU (faster there than torch's fused kernel was when the
+#: issue was filed), torch's fused AdamW (its multi-tensor CUDA kernel) on a GPU.
+BASELINES = {"cpu": BASELINE, "cuda": "AdamW [fused]"}
+BASELINE_TEXT = {"cpu": "compiled AdamW", "cuda": "torch's fused AdamW"}
+#: The least fraction of the measured copy bandwidth every mode must reach, per device.
+MIN_BANDWIDTH_FRACTIONS = {"cpu": 0.5, "cuda": 0.8}
 
 #: name -> (builder, bytes moved per element: reads + writes of 4-byte floats, D6's count)
 CANDIDATES: dict[str, tuple[Callable, int]] = {
@@ -103,21 +110,19 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
 #: The issue's targets: (candidate, text, ratio bound, "over" candidate). Bytes ratios to AdamW's 28: adaptive and
 #: transport 60/28, extrapolated 36/28 (its iterate read and written).
 TARGETS = [
-    ("KalmanAdam adam", "adam <= 1.00x compiled AdamW", 1.00, BASELINE),
-    ("KalmanAdam constant", "constant <= 1.00x compiled AdamW", 1.00, BASELINE),
-    ("KalmanAdam adam+VA", "variance adaptation <= 1.05x compiled AdamW", 1.05, BASELINE),
-    ("KalmanAdam adaptive", "adaptive <= 1.1 x 60/28 = 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
-    ("KalmanAdam adaptive, step 1k", "adaptive at step 1000 (mid start-up) <= 2.36x compiled AdamW", 1.1 * 60 / 28,
-     BASELINE),
-    ("KalmanAdam adaptive, step > 10k", "adaptive after its start-up <= 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
-    ("KalmanAdam transport", "transport (D8) <= 1.1 x 60/28 = 2.36x compiled AdamW", 1.1 * 60 / 28, BASELINE),
-    ("KalmanAdam extrapolated", "extrapolated (D8) <= 1.1 x 36/28 = 1.41x compiled AdamW", 1.1 * 36 / 28, BASELINE),
+    ("KalmanAdam adam", "adam <= 1.00x {baseline}", 1.00, None),
+    ("KalmanAdam constant", "constant <= 1.00x {baseline}", 1.00, None),
+    ("KalmanAdam adam+VA", "variance adaptation <= 1.05x {baseline}", 1.05, None),
+    ("KalmanAdam adaptive", "adaptive <= 1.1 x 60/28 = 2.36x {baseline}", 1.1 * 60 / 28, None),
+    ("KalmanAdam adaptive, step 1k", "adaptive at step 1000 (mid start-up) <= 2.36x {baseline}", 1.1 * 60 / 28, None),
+    ("KalmanAdam adaptive, step > 10k", "adaptive after its start-up <= 2.36x {baseline}", 1.1 * 60 / 28, None),
+    ("KalmanAdam transport", "transport (D8) <= 1.1 x 60/28 = 2.36x {baseline}", 1.1 * 60 / 28, None),
+    ("KalmanAdam extrapolated", "extrapolated (D8) <= 1.1 x 36/28 = 1.41x {baseline}", 1.1 * 36 / 28, None),
     ("KalmanLAMB precision", "precision-weighted LAMB (default: previous step's mean P) <= 1.1x plain LAMB fused",
      1.1, "KalmanLAMB"),
     ("KalmanLAMB precision, exact mean", "precision-weighted LAMB, this step's exact mean P, <= 1.1x plain LAMB",
      1.1, "KalmanLAMB"),
 ]
-MIN_BANDWIDTH_FRACTION = 0.5
 
 
 def _compiled(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -200,6 +205,7 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
     finally:
         gc.enable()
     medians = {name: quantiles(values)[1] for name, values in times.items()}
+    baseline = BASELINES[device.type]
     fastest_adamw = min((n for n in names if n.startswith("AdamW")), key=medians.get)
     stats = {}
     for name in names:
@@ -209,7 +215,8 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
         moved = CANDIDATES[name][1] * total
         stats[name] = dict(
             median_s=median, q25_s=quantiles(times[name])[0], q75_s=quantiles(times[name])[2],
-            ratio_to_compiled_adamw=median / medians[BASELINE], ratio_to_fastest_adamw=median / medians[fastest_adamw],
+            ratio_to_compiled_adamw=median / medians[BASELINE], ratio_to_baseline=median / medians[baseline],
+            ratio_to_fastest_adamw=median / medians[fastest_adamw],
             bytes_moved_per_element=CANDIDATES[name][1], bandwidth_fraction=moved / median / bandwidth,
             state_bytes_per_param=state_bytes_per_parameter(optimizers[name], params),
             steps_to_steady=steady + 1, **warm[name], times_s=times[name],
@@ -217,6 +224,7 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
     del optimizers, params
     gc.collect()
     return dict(size=total, tensor_size=tensor_size, tensors=-(-total // tensor_size), rounds=rounds,
+                device=device.type, baseline=baseline,
                 bandwidth_bytes_per_s=bandwidth, copy_bandwidth_bytes_per_s=bandwidths["copy"],
                 in_place_bandwidth_bytes_per_s=bandwidths["in_place"], fastest_adamw=fastest_adamw, candidates=stats)
 
@@ -281,36 +289,43 @@ def merge_processes(results: list[dict]) -> dict:
                            for r in results]
     for name, entry in candidates.items():
         entry["ratio_to_compiled_adamw"] = ratio_between(merged, name, BASELINE)
+        entry["ratio_to_baseline"] = ratio_between(merged, name, merged.get("baseline", BASELINE))
         entry["ratio_to_fastest_adamw"] = ratio_between(merged, name, merged["fastest_adamw"])
     return merged
 
 
 def evaluate_targets(result: dict) -> list[dict]:
+    device = result.get("device", "cpu")
+    minimum = MIN_BANDWIDTH_FRACTIONS[device]
     rows = []
     for name, text, bound, over in TARGETS:
         if name not in result["candidates"]:  # a run restricted with --candidates
             continue
+        over = over or result.get("baseline", BASELINE)
         ratio = ratio_between(result, name, over)
-        rows.append(dict(target=text, candidate=name, versus=over, size=result["size"], ratio=ratio, bound=bound,
+        rows.append(dict(target=text.format(baseline=BASELINE_TEXT[device]), candidate=name, versus=over,
+                         size=result["size"], ratio=ratio, bound=bound,
                          met=bool(ratio <= bound), interval=list(ratio_interval(result, name, over))))
     for name, entry in result["candidates"].items():
         if not name.startswith("AdamW"):
-            rows.append(dict(target=f"{name}: >= 50% of copy bandwidth", candidate=name, versus="copy",
-                             size=result["size"], ratio=entry["bandwidth_fraction"], bound=MIN_BANDWIDTH_FRACTION,
-                             met=bool(entry["bandwidth_fraction"] >= MIN_BANDWIDTH_FRACTION)))
+            rows.append(dict(target=f"{name}: >= {100 * minimum:.0f}% of copy bandwidth", candidate=name,
+                             versus="copy", size=result["size"], ratio=entry["bandwidth_fraction"], bound=minimum,
+                             met=bool(entry["bandwidth_fraction"] >= minimum)))
     return rows
 
 
 def tables(report: dict):
     results = report["results"]
+    device = report["config"]["device"]
     header = ["candidate", "B/param", "B moved/elem"] + [
-        f"N={format_size(r['size'])}: x compiled AdamW / x fastest AdamW / % copy bandwidth" for r in results
+        f"N={format_size(r['size'])}: x {BASELINE_TEXT[device]} / x fastest AdamW / % copy bandwidth" for r in results
     ] + ["first step s", "steps to steady"]
     rows = []
     for name in report["candidates"]:
         last = results[-1]["candidates"][name]
         rows.append([name, f"{last['state_bytes_per_param']:.1f}", str(last["bytes_moved_per_element"])] + [
-            f"{r['candidates'][name]['ratio_to_compiled_adamw']:.2f} / {r['candidates'][name]['ratio_to_fastest_adamw']:.2f}"
+            f"{r['candidates'][name].get('ratio_to_baseline', r['candidates'][name]['ratio_to_compiled_adamw']):.2f}"
+            f" / {r['candidates'][name]['ratio_to_fastest_adamw']:.2f}"
             f" / {100 * r['candidates'][name]['bandwidth_fraction']:.0f}%" for r in results
         ] + [f"{last['first_step_s']:.1f}", str(last["steps_to_steady"])])
     target_header = ["target", "N", "measured", "95% interval", "met"]
@@ -344,7 +359,8 @@ def write_markdown(report: dict, out: Path) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench_fused", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=float, nargs="+", default=None, help="total parameter counts (default 1e7 3e7)")
+    parser.add_argument("--sizes", type=float, nargs="+", default=None,
+                        help="total parameter counts (default 1e7 3e7 on a CPU, 1e8 on CUDA)")
     parser.add_argument("--tensor-size", type=float, default=1e6, help="elements per tensor (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per size (default 30; --quick 5)")
     parser.add_argument("--quick", action="store_true", help="1e6 parameters in tensors of 1e5, 5 rounds")
@@ -361,11 +377,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.sizes, args.tensor_size = args.sizes or [1e6], 1e5
         args.repeats = 5 if args.repeats is None else args.repeats
-    args.sizes = [int(s) for s in (args.sizes or [1e7, 3e7])]
+    args.sizes = [int(s) for s in (args.sizes or ([1e8] if args.device == "cuda" else [1e7, 3e7]))]
     args.tensor_size, args.repeats = int(args.tensor_size), 30 if args.repeats is None else args.repeats
     if args.repeats < 1 or args.tensor_size < 1 or args.processes < 1 or any(s < 1 for s in args.sizes):
         parser.error("--sizes, --tensor-size, --repeats and --processes must be >= 1")
-    for needed in (BASELINE, "KalmanLAMB"):
+    for needed in (BASELINE, BASELINES[args.device], "KalmanLAMB"):
         if needed not in args.candidates:
             args.candidates.insert(0, needed)
     args.out = args.out or REPO_ROOT / "results" / "bench" / f"fused_{args.device}.json"

@@ -35,6 +35,9 @@ def git_state() -> tuple[str | None, bool | None]:
     be rerun, do not flip it; the code is what the flag vouches for."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    if commit is None and os.environ.get("KALMAN_OPTIM_GIT_COMMIT"):
+        # A copy of the tree without .git (e.g. sent to a GPU machine): the commit it was copied from, as told.
+        return os.environ["KALMAN_OPTIM_GIT_COMMIT"], None
     return (commit.strip() if commit else None), (None if status is None else bool(status.strip()))
 
 

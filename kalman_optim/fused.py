@@ -27,6 +27,7 @@ import inspect
 import math
 import os
 import shutil
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -87,6 +88,18 @@ _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 _ISOLATED = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
 
 
+def _bound_with_own_code(function: Callable, flags: dict[str, Any]) -> Callable:
+    """`function` with `flags` bound, as a function with a code object of its own. Dynamo caches graphs, and counts
+    recompilations against `recompile_limit` (8), per code object (for a functools.partial, that of the one wrapper
+    it calls through): without torch.compile's `isolate_recompiles` (torch < 2.12) every kernel of every optimizer
+    in a process would share one count, and past it a fullgraph compile fails."""
+    def kernel(*args):
+        return function(*args, **flags)
+
+    code = kernel.__code__.replace()  # a new code object, with its own dynamo cache
+    return types.FunctionType(code, kernel.__globals__, function.__name__, None, kernel.__closure__)
+
+
 class KernelCache:
     """The compiled kernels of one optimizer, keyed by bucket and structure; counts graph compilations."""
 
@@ -117,8 +130,8 @@ class KernelCache:
             self.compilations += 1
             return compile_fx(graph, example_inputs, config_patches=KERNEL_CONFIG)
 
-        return torch.compile(functools.partial(function, **flags), backend=counting_inductor, fullgraph=True,
-                             dynamic=dynamic, **_ISOLATED)
+        bound = functools.partial(function, **flags) if _ISOLATED else _bound_with_own_code(function, flags)
+        return torch.compile(bound, backend=counting_inductor, fullgraph=True, dynamic=dynamic, **_ISOLATED)
 
     def disable(self, reason: str) -> None:
         if self.disabled_reason is None:
@@ -696,7 +709,9 @@ def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states):
 # Modes "adam" and "constant" without variance adaptation are Adam's update with other scalars, so on a CPU they run
 # through torch's hand-written fused Adam kernel (ATen), which compiles nothing: mode adam measured 0.98x / 0.94x
 # compiled AdamW's step at 1e7 / 3e7 parameters (make bench at dd12720) where inductor's kernel for the same update
-# (same 28 bytes per element) measured 0.79x / 1.01x in the run before (468d0eb), 1.01-1.04x in A/B runs. On CUDA the compiled kernel runs (not measured against torch's there: no GPU was lent).
+# (same 28 bytes per element) measured 0.79x / 1.01x in the run before (468d0eb), 1.01-1.04x in A/B runs. On CUDA
+# the same kernel is torch's multi-tensor fused AdamW (a few launches for a whole bucket, where inductor's graph
+# launches a kernel per tensor); it reads its step count from a device tensor.
 TORCH_KERNEL_MODES = ("adam", "constant")
 
 
@@ -722,20 +737,22 @@ def torch_adam_arguments(noise: str, step: int, *, beta1: float, beta2: float, l
 
 def torch_kernel_applies(noise: str, variance_adaptation: bool, tensors: tuple) -> bool:
     """Whether a bucket steps through torch's fused Adam kernel: modes "adam"/"constant" without variance adaptation,
-    dense contiguous CPU tensors (the kernel walks each tensor's memory as one array)."""
+    dense contiguous CPU or CUDA tensors of one device (the kernel walks each tensor's memory as one array)."""
     if noise not in TORCH_KERNEL_MODES or variance_adaptation or not hasattr(torch, "_fused_adamw_"):
         return False
     params, grads, exp_avgs, exp_avg_sqs, _ = tensors
     members = (*params, *grads, *exp_avgs, *exp_avg_sqs)
-    return all(t.is_cpu and t.layout is torch.strided and t.is_contiguous() for t in members) and all(
-        g.dtype == p.dtype and g.shape == p.shape for p, g in zip(params, grads))
+    device = params[0].device
+    return all((t.is_cpu or t.is_cuda) and t.device == device and t.layout is torch.strided and t.is_contiguous()
+               for t in members) and all(g.dtype == p.dtype and g.shape == p.shape for p, g in zip(params, grads))
 
 
 def torch_adam_step(tensors: tuple, step: int, *, noise: str, coupled: bool, maximize: bool, **scalars) -> None:
     """One bucket through torch._fused_adamw_ (torch._fused_adam_ with a coupled L2 term) at `torch_adam_arguments`.
     The kernel reads a step count per tensor and does not write it (the optimizer keeps its own counters)."""
     params, grads, exp_avgs, exp_avg_sqs, _ = tensors
-    count = torch.tensor(float(step), dtype=torch.float32)
+    # On CUDA the kernel reads the count on the device (a fill kernel, no host-device copy to wait for).
+    count = torch.full((), float(step), dtype=torch.float32, device=params[0].device)
     kernel = torch._fused_adam_ if coupled else torch._fused_adamw_
     kernel(params, grads, exp_avgs, exp_avg_sqs, [], [count] * len(params), amsgrad=False, maximize=maximize,
            **torch_adam_arguments(noise, step, coupled=coupled, **scalars))

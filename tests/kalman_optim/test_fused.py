@@ -4,6 +4,7 @@ falls back cleanly. Compiling takes seconds, so each configuration is compiled o
 import copy
 import io
 import math
+import os
 import warnings
 
 import pytest
@@ -13,7 +14,9 @@ from kalman_optim import KalmanAdam, KalmanLAMB
 from kalman_optim import fused as fused_path
 from kalman_optim.functional import AdaptiveNoiseConfig, start_up_active
 
-pytestmark = pytest.mark.skipif(not fused_path.compiler_available("cpu"), reason="no C++ compiler for inductor")
+#: The device the fused path is tested on: the CPU by default; KALMAN_OPTIM_TEST_DEVICE=cuda runs the file on a GPU.
+DEVICE = torch.device(os.environ.get("KALMAN_OPTIM_TEST_DEVICE", "cpu"))
+pytestmark = pytest.mark.skipif(not fused_path.compiler_available(DEVICE.type), reason=f"no compiler for {DEVICE.type}")
 
 #: Every mode and every option that changes the fused graph, at non-default values that tell them apart.
 CONFIGS = {
@@ -68,7 +71,7 @@ SHAPES = [(40,), (6, 25), (3, 4, 5), (1,), (2100,)]  # 2100 > innovation.SAMPLE_
 
 def _params(dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype)) for shape in SHAPES]
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype).to(DEVICE)) for shape in SHAPES]
 
 
 def _gradient_stream(params, steps, seed=1):
@@ -80,7 +83,8 @@ def _gradient_stream(params, steps, seed=1):
         grads = []
         for level, p in zip(levels, params):
             level.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype), alpha=0.1)
-            grads.append(level + torch.randn(p.shape, generator=generator, dtype=p.dtype) + 0.1 * p.detach())
+            noisy = level + torch.randn(p.shape, generator=generator, dtype=p.dtype)  # drawn on the CPU: same on any device
+            grads.append(noisy.to(p.device) + 0.1 * p.detach())
         yield grads
 
 
@@ -167,7 +171,7 @@ def test_an_option_changed_between_steps_compiles_its_own_kernel():
 
 
 @pytest.mark.parametrize("noise", ["adam", "constant"])
-def test_adam_and_constant_take_torchs_kernel_only_for_contiguous_cpu_tensors(noise):
+def test_adam_and_constant_take_torchs_kernel_only_for_contiguous_tensors(noise):
     """A bucket with a non-contiguous tensor (a transposed view) goes through the compiled kernel; both paths equal
     the reference, and torch's kernel compiles nothing."""
     results = []
@@ -201,6 +205,29 @@ def test_torch_kernel_arguments_fold_the_constant_filters_decays():
         assert kernel_step == pytest.approx(1e-3 * m / (math.sqrt(v) + 1e-8), rel=1e-13)
         assert arguments["lr"] * arguments["weight_decay"] == pytest.approx(1e-3 * 0.1, rel=1e-13)
         assert 0 <= arguments["beta1"] < 1 and 0 <= arguments["beta2"] < 1
+
+
+def test_kernels_of_many_optimizers_compile_apart_without_isolate_recompiles(monkeypatch):
+    """On torch < 2.12 (no isolate_recompiles) each kernel gets a code object of its own: more optimizers with
+    distinct options than dynamo's recompile limit each compile their kernel, and each steps as the eager path."""
+    monkeypatch.setattr(fused_path, "_ISOLATED", {})
+    with torch._dynamo.config.patch(recompile_limit=2):
+        _step_optimizers_with_distinct_options()
+
+
+def _step_optimizers_with_distinct_options():
+    for scale in (1.0, 2.0, 3.0, 4.0):
+        params, reference = _params(torch.float64), _params(torch.float64)
+        options = dict(noise="adam", variance_adaptation=True, adaptation_scale=scale, maximize=scale > 2, lr=1e-2)
+        fused, eager = KalmanAdam(params, fused=True, **options), KalmanAdam(reference, fused=False, **options)
+        for grads in _gradient_stream(params, 3):
+            for p, q, g in zip(params, reference, grads):
+                p.grad, q.grad = g, g.clone()
+            fused.step()
+            eager.step()
+        assert fused.fused_compilations == 1
+        for p, q in zip(params, reference):
+            assert (p - q).abs().max() <= 1e-12 * q.abs().max()
 
 
 def test_groups_with_several_dtypes_shapes_and_step_counts():
@@ -305,13 +332,13 @@ def test_fused_lamb_serves_many_shapes_with_few_graphs_and_bumps_versions():
     shapes = [(1, 5), (5, 1), (3, 3), (100, 100), (1, 1), (2, 1000), (1000, 2), (64, 64), (1, 64), (64, 1), (7, 7),
               (5000, 3), (1, 7000), (7000, 1), (2, 2), (9, 1)]
     generator = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64)) for shape in shapes]
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(DEVICE)) for shape in shapes]
     reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
     options = dict(lr=1e-2, weight_decay=0.1)  # the default precision_mean="previous": one graph per length
     fused, eager = KalmanLAMB(params, fused=True, **options), KalmanLAMB(reference, fused=False, **options)
     for _ in range(3):
         for p, q in zip(params, reference):
-            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(DEVICE)
             q.grad = p.grad.clone()
         versions = [p._version for p in params]
         fused.step()
@@ -378,7 +405,7 @@ def test_a_step_that_raises_on_the_fused_path_changes_nothing():
         optimizer.step()
     before = copy.deepcopy(([p.detach() for p in params], optimizer.state_dict()))
     optimizer.param_groups[0]["lr"] = -1.0
-    params[1].grad = torch.randn(6, 25)
+    params[1].grad = torch.randn(6, 25, device=DEVICE)
     with pytest.raises(ValueError, match="Invalid learning rate"):
         optimizer.step()
     for p, q in zip(params, before[0]):
