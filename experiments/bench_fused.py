@@ -215,7 +215,8 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
         moved = CANDIDATES[name][1] * total
         stats[name] = dict(
             median_s=median, q25_s=quantiles(times[name])[0], q75_s=quantiles(times[name])[2],
-            ratio_to_compiled_adamw=median / medians[BASELINE], ratio_to_baseline=median / medians[baseline],
+            ratio_to_compiled_adamw=median / medians[BASELINE] if BASELINE in medians else None,
+            ratio_to_baseline=median / medians[baseline],
             ratio_to_fastest_adamw=median / medians[fastest_adamw],
             bytes_moved_per_element=CANDIDATES[name][1], bandwidth_fraction=moved / median / bandwidth,
             state_bytes_per_param=state_bytes_per_parameter(optimizers[name], params),
@@ -288,7 +289,7 @@ def merge_processes(results: list[dict]) -> dict:
                                 candidates={n: dict(median_s=c["median_s"]) for n, c in r["candidates"].items()})
                            for r in results]
     for name, entry in candidates.items():
-        entry["ratio_to_compiled_adamw"] = ratio_between(merged, name, BASELINE)
+        entry["ratio_to_compiled_adamw"] = ratio_between(merged, name, BASELINE) if BASELINE in candidates else None
         entry["ratio_to_baseline"] = ratio_between(merged, name, merged.get("baseline", BASELINE))
         entry["ratio_to_fastest_adamw"] = ratio_between(merged, name, merged["fastest_adamw"])
     return merged
@@ -381,7 +382,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.tensor_size, args.repeats = int(args.tensor_size), 30 if args.repeats is None else args.repeats
     if args.repeats < 1 or args.tensor_size < 1 or args.processes < 1 or any(s < 1 for s in args.sizes):
         parser.error("--sizes, --tensor-size, --repeats and --processes must be >= 1")
-    for needed in (BASELINE, BASELINES[args.device], "KalmanLAMB"):
+    for needed in (BASELINES[args.device], "KalmanLAMB"):
         if needed not in args.candidates:
             args.candidates.insert(0, needed)
     args.out = args.out or REPO_ROOT / "results" / "bench" / f"fused_{args.device}.json"
