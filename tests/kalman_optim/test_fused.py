@@ -102,7 +102,7 @@ def _run(make, options, dtype, steps, fused, lr=1e-3):
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-12)], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypatch):
+def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypatch, record_property):
     make, options = CONFIGS[name]
     if name.endswith("-inductor"):
         monkeypatch.setattr(fused_path, "torch_kernel_applies", lambda *args: False)
@@ -128,13 +128,60 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypa
     if name == "adaptive-va":
         assert start_up_ends == (dtype == torch.float32)  # both kernels are compared below
     float32 = dtype == torch.float32
+    # On CUDA, float32 kernels round differently from ATen's (contractions, fast division), so no bit-level
+    # agreement bounds them: the fused path must stay as close to the reference as torch's own fused AdamW stays to
+    # its single-tensor path on the same gradient stream, within CUDA_FLOAT32_FACTOR.
+    floor = CUDA_FLOAT32_FACTOR * adamw_paths_divergence() if float32 and DEVICE.type == "cuda" else 0.0
+    measured = {}
     for index, (p, q) in enumerate(zip(reference, fused)):
-        bound = FLOAT32_BOUNDS.get((options["noise"], "param"), tolerance) if float32 else tolerance
-        assert (p - q).abs().max() <= bound * p.abs().max(), f"tensor {index}"
+        bound = max(FLOAT32_BOUNDS.get((options["noise"], "param"), tolerance) if float32 else tolerance, floor)
+        measured[f"param {index}"] = error = _relative_error(p, q)
+        assert error <= bound, f"tensor {index}: relative error {error:.3g} > {bound:.3g}"
         for key, value in ref_optimizer.state[p].items():
-            bound = FLOAT32_BOUNDS.get((options["noise"], key), tolerance) if float32 else tolerance
-            other = fused_optimizer.state[q][key]
-            assert (value - other).abs().max() <= bound * max(value.abs().max(), 1e-30) + 1e-30, f"{key} of {index}"
+            bound = max(FLOAT32_BOUNDS.get((options["noise"], key), tolerance) if float32 else tolerance, floor)
+            measured[f"{key} {index}"] = error = _relative_error(value, fused_optimizer.state[q][key])
+            assert error <= bound, f"{key} of {index}: relative error {error:.3g} > {bound:.3g}"
+    record_property("largest_relative_error", max(measured.values()))
+
+
+#: On CUDA, float32: how many times torch's own fused-vs-single-tensor AdamW divergence the fused path may reach.
+CUDA_FLOAT32_FACTOR = 10.0
+
+
+def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """max |a - b| / max |a| (0 where both are 0)."""
+    scale = reference.abs().max().item()
+    difference = (reference - other).abs().max().item()
+    return difference / scale if scale > 0 else difference
+
+
+_ADAMW_DIVERGENCE: list[float] = []
+
+
+def adamw_paths_divergence() -> float:
+    """torch.optim.AdamW fused=True against foreach=False over the test's 1000 float32 steps on DEVICE: the largest
+    relative difference of parameters and moments (computed once)."""
+    if not _ADAMW_DIVERGENCE:
+        runs = []
+        for options in (dict(fused=True), dict(foreach=False)):
+            params = _params(torch.float32)
+            optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, **options)
+            for grads in _gradient_stream(params, 1000):
+                for p, g in zip(params, grads):
+                    p.grad = g
+                optimizer.step()
+            runs.append([(p, optimizer.state[p]) for p in params])
+        errors = [max(_relative_error(p, q), _relative_error(a["exp_avg"], b["exp_avg"]),
+                      _relative_error(a["exp_avg_sq"], b["exp_avg_sq"])) for (p, a), (q, b) in zip(*runs)]
+        _ADAMW_DIVERGENCE.append(max(max(errors), 1e-7))
+    return _ADAMW_DIVERGENCE[0]
+
+
+def test_torch_adamw_paths_agree_on_the_test_stream(record_property):
+    """The yardstick of the CUDA float32 bound: torch's own paths agree to float32 rounding amplified by 1000 steps."""
+    divergence = adamw_paths_divergence()
+    record_property("adamw_paths_divergence", divergence)
+    assert divergence < 1e-3
 
 
 def test_nothing_recompiles_with_a_scheduler_a_tensor_lr_or_new_gradients():

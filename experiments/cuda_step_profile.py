@@ -1,0 +1,78 @@
+"""Where a fused step's time goes on a GPU: host time of `step()` (until it returns, nothing synchronized), the
+synchronized wall time, and the GPU kernels' own time (torch.profiler), for torch's fused AdamW and KalmanAdam.
+
+    python -m experiments.cuda_step_profile [--sizes 1e7 1e6] [--total 1e8]
+
+A measurement aid for bench_fused's CUDA rows (issue 13): a step whose wall time exceeds its kernels' time by its
+host time is bound by Python, not by memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from experiments.bench_fused import make_parameters
+from kalman_optim import KalmanAdam
+
+LR, WEIGHT_DECAY = 1e-3, 1e-2
+OPTIMIZERS = {
+    "AdamW [fused]": lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True),
+    "KalmanAdam adam": lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True),
+    "KalmanAdam constant": lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="constant", fused=True),
+    "KalmanAdam adam+VA": lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True,
+                                                fused=True),
+}
+
+
+def measure(optimizer, steps: int = 30) -> dict[str, float]:
+    for _ in range(5):
+        optimizer.step()
+    host, wall = [], []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.step()
+        host.append(time.perf_counter() - start)
+        torch.cuda.synchronize()
+        wall.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            optimizer.step()
+        torch.cuda.synchronize()
+    kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 10 / 1e6
+    return dict(host_ms=1e3 * statistics.median(host), wall_ms=1e3 * statistics.median(wall), kernels_ms=1e3 * kernels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e7, 1e6], help="elements per tensor")
+    parser.add_argument("--total", type=float, default=1e8)
+    parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    for size in args.sizes:
+        params = make_parameters(int(args.total), int(size), device, seed=0)
+        print(f"{int(args.total):.0e} parameters in tensors of {int(size):.0e}")
+        for name in args.optimizers:
+            result = measure(OPTIMIZERS[name](params))
+            print(f"  {name:22s} host {result['host_ms']:7.3f} ms  wall {result['wall_ms']:7.3f} ms  "
+                  f"kernels {result['kernels_ms']:7.3f} ms", flush=True)
+        optimizer = OPTIMIZERS["KalmanAdam adam"](params)
+        for _ in range(3):
+            optimizer.step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                optimizer.step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14), flush=True)
+        del params
+
+
+if __name__ == "__main__":
+    main()
