@@ -2,7 +2,8 @@
 # The GPU rows of issue 13 in one short run (a lent GPU machine gives ~15 minutes): the fused path's tests on CUDA,
 # then bench_fused at 1e8 parameters in tensors of 1e7 and of 1e6 elements, against torch's fused AdamW.
 #   bash experiments/bench_cuda.sh OUT_DIR        (python3 with torch, triton, pytest, pytest-xdist, hypothesis)
-# Each part has its own time limit so that a slow one leaves the others their results.
+# Each part has its own time limit so that a slow one leaves the others their results. Where the tree is a copy whose
+# .git is not its own (a lent machine), set KALMAN_OPTIM_GIT_COMMIT to the commit it was copied from (provenance).
 set -uo pipefail
 out=${1:?usage: bench_cuda.sh OUT_DIR}
 mkdir -p "$out"

@@ -33,11 +33,12 @@ def _git(*args: str) -> str | None:
 def git_state() -> tuple[str | None, bool | None]:
     """(commit, dirty): dirty counts tracked changes outside results/ only, so results being written, or deleted to
     be rerun, do not flip it; the code is what the flag vouches for."""
+    if os.environ.get("KALMAN_OPTIM_GIT_COMMIT"):
+        # A copy of the tree sent elsewhere (a GPU machine) whose .git, if any, is not the tree's: the commit it was
+        # copied from, as told; "dirty" is then unknown.
+        return os.environ["KALMAN_OPTIM_GIT_COMMIT"], None
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
-    if commit is None and os.environ.get("KALMAN_OPTIM_GIT_COMMIT"):
-        # A copy of the tree without .git (e.g. sent to a GPU machine): the commit it was copied from, as told.
-        return os.environ["KALMAN_OPTIM_GIT_COMMIT"], None
     return (commit.strip() if commit else None), (None if status is None else bool(status.strip()))
 
 
