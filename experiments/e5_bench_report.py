@@ -159,6 +159,50 @@ def fused_table(report: dict, out: FigureOutput) -> None:
         "step includes the compile (from an empty inductor cache)."))
 
 
+def fused_cuda_numbers(report: dict | None) -> dict[str, float | int | str]:
+    """Macros FusedCuda<Variant>{OverTorchFused,Bandwidth} of the GPU report (bench_fused --device cuda): each mode's
+    step time over torch's fused AdamW (the issue's GPU baseline, same run) and its percent of the copy bandwidth; the
+    precision-weighted LAMB variants over plain LAMB; the device, size, tensors, bandwidth and torch version."""
+    if report is None:
+        return {}
+    result = report["results"][-1]
+    baseline = result.get("baseline", "AdamW [fused]")
+    out: dict[str, float | int | str] = {
+        "FusedCudaSize": int(result["size"]), "FusedCudaTensors": int(result["tensors"]),
+        "FusedCudaTensorSize": int(result["tensor_size"]), "FusedCudaRounds": int(result["rounds"]),
+        "FusedCudaCopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e12, 2),
+        "FusedCudaDevice": cpu_name(report), "FusedCudaTorch": str(report["provenance"].get("torch")),
+        "FusedCudaCommit": short_commit(report),
+    }
+    for name, key in FUSED_VARIANTS.items():
+        entry = result["candidates"].get(name)
+        if entry is not None:
+            out[f"FusedCuda{key}OverTorchFused"] = round(ratio_between(result, name, baseline), 2)
+            out[f"FusedCuda{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
+    if "AdamW [compiled]" in result["candidates"]:
+        out["FusedCudaAdamWCompiledOverTorchFused"] = round(ratio_between(result, "AdamW [compiled]", baseline), 2)
+        out["FusedCudaAdamWCompiledBandwidth"] = round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"])
+    for name in PRECISION_WEIGHTED:
+        if name in result["candidates"] and "KalmanLAMB" in result["candidates"]:
+            out[f"FusedCuda{FUSED_VARIANTS[name]}OverLamb"] = round(ratio_between(result, name, "KalmanLAMB"), 2)
+    return out
+
+
+def fused_cuda_table(report: dict, out: FigureOutput) -> None:
+    """Table e5_fused_cuda: every fused mode on the GPU against torch's fused AdamW."""
+    result = report["results"][-1]
+    baseline = result.get("baseline", "AdamW [fused]")
+    header = ["candidate", "B moved/elem", "x torch fused AdamW", "% copy bandwidth", "first step (s)"]
+    rows = [[name, str(e["bytes_moved_per_element"]), f"{ratio_between(result, name, baseline):.2f}",
+             f"{100 * e['bandwidth_fraction']:.0f}", f"{e['first_step_s']:.1f}"] for name, e in result["candidates"].items()]
+    out.table("e5_fused_cuda", header, rows, caption=(
+        f"Fused path on a GPU ({cpu_name(report)}, torch {report['provenance'].get('torch')}; bench_fused --device cuda, "
+        f"results/bench/fused_cuda.json): N={format_size(result['size'])} fp32 parameters in {result['tensors']} tensors "
+        f"of {format_size(result['tensor_size'])}, median of {result['rounds']} interleaved rounds in one process, "
+        "wall time of a synchronized step; copy bandwidth of the same tensors "
+        f"{result['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s. Library rows use fused=True."))
+
+
 def bench_reports(bench_dir: Path) -> dict[str, dict]:
     """The committed `make bench` reports present (<bench_dir>/step_<device>.json): device ('cpu', 'cuda') -> report."""
     bench_dir = Path(bench_dir)

@@ -46,7 +46,8 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
-from experiments.e5_bench_report import (bench_reports, cpu_name, fused_numbers, fused_report, fused_table,
+from experiments.e5_bench_report import (bench_reports, cpu_name, fused_cuda_numbers, fused_cuda_table, fused_numbers,
+                                         fused_report, fused_table,
                                          models_numbers, models_report, models_table, short_commit)
 from experiments.plotting import FigureOutput, style
 from experiments.provenance import REPO_ROOT
@@ -340,6 +341,9 @@ def figures(runs: list[dict], out: FigureOutput) -> None:
     report = fused_report("cpu", BENCH_DIR)
     if report is not None:
         fused_table(report, out)
+    report = fused_report("cuda", BENCH_DIR)
+    if report is not None:
+        fused_cuda_table(report, out)
     models = models_report(BENCH_DIR)
     if models is not None:
         models_table(models, out)
@@ -391,6 +395,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         out["StateBytesAdamW"] = median_of(largest[adamw[0]], "state_bytes_per_param")
     out.update(bench_numbers(bench_reports(BENCH_DIR)))
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
+    out.update(fused_cuda_numbers(fused_report("cuda", BENCH_DIR)))
     out.update(models_numbers(models_report(BENCH_DIR)))
     return out
 

@@ -32,6 +32,8 @@ FOREACH_CHUNK_ELEMENTS = 32768
 PER_ELEMENT_STATE_KEYS = (*ADAPTIVE_STATE_KEYS, "innovation_sq_avg", "curvature_num", "curvature_den", "curvature_resid",
                           "iterate")
 _SHAPED_LIKE_PARAMETER = frozenset(("exp_avg", "exp_avg_sq", *PER_ELEMENT_STATE_KEYS))
+#: Modes whose state is the step count and the two moments only.
+_MOMENTS_ONLY_MODES = frozenset(("adam", "constant"))
 
 #: Defaults of every option, also used by __setstate__ for checkpoints that predate an option.
 COMMON_DEFAULTS: dict[str, Any] = dict(
@@ -67,6 +69,7 @@ class KalmanOptimizerBase(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.pop("_checked_states", None)
         for group in self.param_groups:
             for key, value in COMMON_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -84,6 +87,7 @@ class KalmanOptimizerBase(Optimizer):
         """torch's load_state_dict, except that the float32 filter state of a half-precision parameter is loaded as
         saved: torch casts floating-point state to the parameter's dtype, which would round it and break the step."""
         super().load_state_dict(state_dict)
+        self.__dict__.pop("_checked_states", None)  # every state is checked again at the next step
         saved = state_dict["state"]
         saved_ids = (i for g in state_dict["param_groups"] for i in g["params"])
         for saved_id, p in zip(saved_ids, (p for g in self.param_groups for p in g["params"])):
@@ -116,25 +120,32 @@ class KalmanOptimizerBase(Optimizer):
     def _collect(self) -> list[tuple[dict, list[Tensor]]]:
         """Phase 1: validate everything; return each group's parameters that have a gradient."""
         plan = []
+        states, checked = self.state, self.__dict__.setdefault("_checked_states", {})
         for group_index, group in enumerate(self.param_groups):
             self._validate_group(group)
             if group["noise"] == "extrapolated" and not group["train_mode"]:
                 raise ValueError(f"Invalid call: param group {group_index} (noise='extrapolated') holds its iterate after "
                                  "optimizer.eval(); call optimizer.train() before step() (nothing was updated)")
-            params = []
+            params, noise = [], group["noise"]
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                if torch.is_complex(p):
-                    raise TypeError(
-                        f"{type(self).__name__} does not support complex parameters (the filter is defined for real "
-                        "gradients); optimize torch.view_as_real(p) instead"
-                    )
-                if not torch.is_floating_point(p):
+                if not p.is_floating_point():  # complex tensors are not floating point: one test for both
+                    if p.is_complex():
+                        raise TypeError(
+                            f"{type(self).__name__} does not support complex parameters (the filter is defined for "
+                            "real gradients); optimize torch.view_as_real(p) instead"
+                        )
                     raise TypeError(f"{type(self).__name__} needs floating-point parameters, got {p.dtype}")
-                self._check_state_shapes(p, group_index, len(params))
+                state = states.get(p)
+                if state:  # walked again only when its tensors (identities) or the mode changed since its last check
+                    signature = (noise, tuple(map(id, state.values())))
+                    if checked.get(id(p)) != signature:
+                        self._check_state_shapes(p, state, noise, group_index, len(params))
+                        checked[id(p)] = signature
                 params.append(p)
             if group["fused"] and params and not fused_path.fusable(params):
                 raise ValueError(
@@ -145,17 +156,15 @@ class KalmanOptimizerBase(Optimizer):
             plan.append((group, params))
         return plan
 
-    def _check_state_shapes(self, p: Tensor, group_index: int, index: int) -> None:
+    def _check_state_shapes(self, p: Tensor, state: dict, noise: str, group_index: int, index: int) -> None:
         """A state loaded for another model (load_state_dict does not check shapes) is rejected before any update.
-        Runs every step (a state can also be replaced by hand), so it walks the state once: ~1 us per tensor."""
-        state = self.state.get(p)
-        if not state:
-            return
+        `_collect` calls this every step for a state whose tensors (their identities) or mode changed since its last
+        check (a state can also be replaced by hand): the walk costs ~1 us per tensor, as much as the rest of a fused
+        step's bookkeeping for it."""
         shape = p.shape
         for key, value in state.items():
             if key in _SHAPED_LIKE_PARAMETER and torch.is_tensor(value) and value.shape != shape:
                 self._raise_state_shape(key, value, p, group_index, index)
-        noise = self.param_groups[group_index]["noise"]
         if "lag_prev" in state and not _switched_innovation_mode(state, noise):  # a strided sample of the mode's size
             model, exp_avg = INNOVATION_MODELS.get(noise, innovation), state["exp_avg"]
             # The sample's length without building it (a view per tensor per step costs more than the check).
@@ -251,8 +260,8 @@ class KalmanOptimizerBase(Optimizer):
         """fused=True: the compiled path (eager with one warning if no compiler); None: compiled when a compiler is
         available and the group is large enough for the one-time compile to pay off (fused.AUTO_MIN_ELEMENTS)."""
         choice = group["fused"]
-        if choice is False or not params or not fused_path.fusable(params):
-            return False
+        if choice is False or not params or (choice is None and not fused_path.fusable(params)):
+            return False  # fused=True: _collect has checked fusable
         available = fused_path.compiler_available(params[0].device.type)
         if choice is None:
             return available and sum(p.numel() for p in params) >= fused_path.AUTO_MIN_ELEMENTS
@@ -293,8 +302,11 @@ class KalmanOptimizerBase(Optimizer):
     def _gather(self, group: dict, params: list[Tensor]):
         """State lists for the functional API, with float32 working copies of half-precision tensors."""
         work_params, grads, states = [], [], []
+        all_state, moments_only = self.state, group["noise"] in _MOMENTS_ONLY_MODES
         for p in params:
-            state = self._init_state(group, p)
+            state = all_state[p]
+            if not (state and moments_only):  # a new state, or a mode that may add to it (see _init_state)
+                state = self._init_state(group, p)
             states.append(state)
             if p.dtype in LOW_PRECISION:
                 work_params.append(p.detach().float())

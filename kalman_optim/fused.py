@@ -737,14 +737,13 @@ def torch_adam_arguments(noise: str, step: int, *, beta1: float, beta2: float, l
 
 def torch_kernel_applies(noise: str, variance_adaptation: bool, tensors: tuple) -> bool:
     """Whether a bucket steps through torch's fused Adam kernel: modes "adam"/"constant" without variance adaptation,
-    dense contiguous CPU or CUDA tensors of one device (the kernel walks each tensor's memory as one array)."""
+    contiguous tensors (the kernel walks each tensor's memory as one array). A bucket is already one CPU or CUDA device
+    and dtype of plain dense tensors (`fusable`, `_buckets`), and torch's grad setter keeps each gradient's shape, dtype
+    and device those of its parameter; this runs every step, so it checks only what can differ."""
     if noise not in TORCH_KERNEL_MODES or variance_adaptation or not hasattr(torch, "_fused_adamw_"):
         return False
     params, grads, exp_avgs, exp_avg_sqs, _ = tensors
-    members = (*params, *grads, *exp_avgs, *exp_avg_sqs)
-    device = params[0].device
-    return all((t.is_cpu or t.is_cuda) and t.device == device and t.layout is torch.strided and t.is_contiguous()
-               for t in members) and all(g.dtype == p.dtype and g.shape == p.shape for p, g in zip(params, grads))
+    return all(map(Tensor.is_contiguous, (*params, *grads, *exp_avgs, *exp_avg_sqs)))
 
 
 def torch_adam_step(tensors: tuple, step: int, *, noise: str, coupled: bool, maximize: bool, **scalars) -> None:
