@@ -119,11 +119,16 @@ $(DERIVATION_LATEX): $(DERIVATION_SOURCES) $(DERIVATION_TOOLS) | $(SETUP)
 derivations: $(DERIVATION_LATEX)
 
 # Optimizer step time and state memory against torch's AdamW (issue #4): a measurement, not a test.
+# The fused step's host time (bookkeeping, not bytes): 100 tensors of 10 elements, where a step is all overhead.
+BENCH_OVERHEAD_ARGS = --sizes 1e3 --tensor-size 10 --repeats 200 --processes 3 \
+  --candidates "AdamW [fused]" "KalmanAdam adam" "KalmanAdam constant" "KalmanAdam adam+VA"
 # Writes results/bench/step_$(BENCH_DEVICE).json and fused_$(BENCH_DEVICE).json (with provenance) and .md files;
 # ~4 min plus ~15 min (the fused path's compiles included) on 2 CPU cores.
 bench: | $(SETUP)
 	$(PY) -m experiments.bench_step --device $(BENCH_DEVICE) --out results/bench/step_$(BENCH_DEVICE).json $(BENCH_ARGS)
 	$(PY) -m experiments.bench_fused --device $(BENCH_DEVICE) --out results/bench/fused_$(BENCH_DEVICE).json $(BENCH_FUSED_ARGS)
+	$(PY) -m experiments.bench_fused --device $(BENCH_DEVICE) $(BENCH_OVERHEAD_ARGS) \
+	  --out results/bench/fused_$(BENCH_DEVICE)_overhead.json
 	$(PY) -m experiments.bench_models --out results/bench/models_cpu.json $(BENCH_MODELS_ARGS)
 
 # Every experiment of the profile, every time: completed runs (results/<profile>/<experiment>/*.json) are

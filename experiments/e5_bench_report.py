@@ -188,6 +188,36 @@ def fused_cuda_numbers(report: dict | None) -> dict[str, float | int | str]:
     return out
 
 
+def overhead_report(bench_dir: Path) -> dict | None:
+    """`make bench`'s host-time run of the fused path (<bench_dir>/fused_cpu_overhead.json: tiny tensors, where a step
+    is all bookkeeping), None if absent; an unreadable file stops the build with its name."""
+    path = Path(bench_dir) / "fused_cpu_overhead.json"
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        report["results"][-1]["candidates"]["AdamW [fused]"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"{path}: unreadable host-time benchmark ({error}); regenerate it with `make bench`") from error
+    return report
+
+
+def overhead_numbers(report: dict | None) -> dict[str, float | int | str]:
+    """Macros FusedCpuOverhead<Variant>OverTorchFused: a fused step's time over torch's fused AdamW's on tensors so
+    small that both are host time (validation, state bookkeeping, kernel calls); FusedCpuOverheadTensors/TensorSize."""
+    if report is None:
+        return {}
+    result = report["results"][-1]
+    out: dict[str, float | int | str] = {"FusedCpuOverheadTensors": int(result["tensors"]),
+                                         "FusedCpuOverheadTensorSize": int(result["tensor_size"]),
+                                         "FusedCpuOverheadCommit": short_commit(report)}
+    for name in ("KalmanAdam adam", "KalmanAdam constant", "KalmanAdam adam+VA", "AdamW [compiled]"):
+        if name in result["candidates"]:
+            key = FUSED_VARIANTS.get(name, "AdamWCompiled")
+            out[f"FusedCpuOverhead{key}OverTorchFused"] = round(ratio_between(result, name, "AdamW [fused]"), 2)
+    return out
+
+
 def fused_cuda_table(report: dict, out: FigureOutput) -> None:
     """Table e5_fused_cuda: every fused mode on the GPU against torch's fused AdamW."""
     result = report["results"][-1]

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
 from experiments.e5_bench_report import (bench_reports, cpu_name, fused_cuda_numbers, fused_cuda_table, fused_numbers,
-                                         fused_report, fused_table,
+                                         fused_report, fused_table, overhead_numbers, overhead_report,
                                          models_numbers, models_report, models_table, short_commit)
 from experiments.plotting import FigureOutput, style
 from experiments.provenance import REPO_ROOT
@@ -396,6 +396,7 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out.update(bench_numbers(bench_reports(BENCH_DIR)))
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
     out.update(fused_cuda_numbers(fused_report("cuda", BENCH_DIR)))
+    out.update(overhead_numbers(overhead_report(BENCH_DIR)))
     out.update(models_numbers(models_report(BENCH_DIR)))
     return out
 
