@@ -74,7 +74,7 @@ class KalmanAdam(KalmanOptimizerBase):
             small model costs kernel calls, that of a large one memory traffic).
         fused: True runs each step as compiled kernels (torch.compile/inductor: C++/OpenMP on CPU, Triton on
             CUDA; every mode; compiled once per param group on the first step, nothing recompiles as the step,
-            the learning rate or the gains change); on a CPU, modes "adam" and "constant" without variance
+            the learning rate or the gains change); on CPU and CUDA, modes "adam" and "constant" without variance
             adaptation run through torch's own fused Adam kernel instead, with the constant filter's decays
             and corrections folded into its scalars (nothing to compile). None (default) uses it when a compiler is found and the group
             holds at least 1e6 elements (below that the one-time compile costs more than it saves); without a

@@ -157,6 +157,32 @@ def test_fused_numbers_and_table(tmp_path):
     assert "| KalmanAdam adam | 8 | 28 | 0.80 | 0.80 | 70 | 5.0 |" in table
 
 
+def test_fused_cuda_numbers_and_table_are_ratios_to_torchs_fused_adamw(tmp_path):
+    report = _fused_report(100_000_000)
+    report["results"][-1].update(tensor_size=1_000_000, baseline="AdamW [fused]")
+    report["provenance"].update(torch="2.11.0+cu130", device_name="NVIDIA H200")
+    numbers = e5.fused_cuda_numbers(report)
+    assert numbers["FusedCudaAdamOverTorchFused"] == 1.0 and numbers["FusedCudaTorchFusedOverTorchFused"] == 1.0
+    assert numbers["FusedCudaAdamWCompiledOverTorchFused"] == 1.25 and numbers["FusedCudaAdamBandwidth"] == 70
+    assert numbers["FusedCudaLambPrecisionOverLamb"] == 1.5 and numbers["FusedCudaDevice"] == "NVIDIA H200"
+    assert numbers["FusedCudaCopyBandwidth"] == 0.02 and numbers["FusedCudaTensorSize"] == 1_000_000
+    assert e5.fused_cuda_numbers(None) == {}
+    e5.fused_cuda_table(report, FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
+    assert "| AdamW [compiled] | 28 | 1.25 | 60 | 5.0 |" in (tmp_path / "e5_fused_cuda.md").read_text()
+
+
+def test_overhead_numbers_and_a_damaged_overhead_report(tmp_path):
+    report = _fused_report(1_000)
+    report["results"][-1]["tensor_size"] = 10
+    numbers = e5.overhead_numbers(report)
+    assert numbers["FusedCpuOverheadAdamOverTorchFused"] == 1.0
+    assert numbers["FusedCpuOverheadAdamWCompiledOverTorchFused"] == 1.25
+    assert e5.overhead_numbers(None) == {} and e5.overhead_report(tmp_path) is None
+    (tmp_path / "fused_cpu_overhead.json").write_text('{"results": []}')
+    with pytest.raises(ValueError, match="fused_cpu_overhead.json.*make bench"):
+        e5.overhead_report(tmp_path)
+
+
 def test_a_damaged_fused_report_stops_the_build_with_its_name(tmp_path):
     (tmp_path / "fused_cpu.json").write_text('{"results": [')
     with pytest.raises(ValueError, match="fused_cpu.json.*make bench"):
