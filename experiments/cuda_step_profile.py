@@ -16,17 +16,11 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from experiments.bench_fused import make_parameters
-from kalman_optim import KalmanAdam
+from experiments.bench_fused import CANDIDATES, make_parameters
 
-LR, WEIGHT_DECAY = 1e-3, 1e-2
-OPTIMIZERS = {
-    "AdamW [fused]": lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True),
-    "KalmanAdam adam": lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True),
-    "KalmanAdam constant": lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="constant", fused=True),
-    "KalmanAdam adam+VA": lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True,
-                                                fused=True),
-}
+#: bench_fused's builders of the optimizers profiled (same learning rate and weight decay).
+OPTIMIZERS = {name: CANDIDATES[name][0]
+              for name in ("AdamW [fused]", "KalmanAdam adam", "KalmanAdam constant", "KalmanAdam adam+VA")}
 
 
 def measure(optimizer, steps: int = 30) -> dict[str, float]:

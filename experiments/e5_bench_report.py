@@ -190,16 +190,8 @@ def fused_cuda_numbers(report: dict | None) -> dict[str, float | int | str]:
 
 def overhead_report(bench_dir: Path) -> dict | None:
     """`make bench`'s host-time run of the fused path (<bench_dir>/fused_cpu_overhead.json: tiny tensors, where a step
-    is all bookkeeping), None if absent; an unreadable file stops the build with its name."""
-    path = Path(bench_dir) / "fused_cpu_overhead.json"
-    if not path.exists():
-        return None
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        report["results"][-1]["candidates"]["AdamW [fused]"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
-        raise ValueError(f"{path}: unreadable host-time benchmark ({error}); regenerate it with `make bench`") from error
-    return report
+    is all bookkeeping), read as `fused_report` reads the others."""
+    return fused_report("cpu_overhead", bench_dir)
 
 
 def overhead_numbers(report: dict | None) -> dict[str, float | int | str]:

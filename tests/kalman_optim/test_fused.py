@@ -88,6 +88,15 @@ def _gradient_stream(params, steps, seed=1):
         yield grads
 
 
+def _step_side_by_side(first, second, params, other_params, stream):
+    """Step two optimizers on the same gradients (copies for the second), one step per item of `stream`."""
+    for grads in stream:
+        for p, q, g in zip(params, other_params, grads):
+            p.grad, q.grad = g, g.clone()
+        first.step()
+        second.step()
+
+
 def _run(make, options, dtype, steps, fused, lr=1e-3):
     params = _params(dtype)
     optimizer = make(params, lr=lr, weight_decay=0.1, fused=fused, foreach=None if fused else False, **options)
@@ -229,11 +238,7 @@ def test_adam_and_constant_take_torchs_kernel_only_for_contiguous_tensors(noise)
         reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
         options = dict(noise=noise, lr=1e-2, weight_decay=0.1, **(dict(prior_variance=0.5) if noise == "constant" else {}))
         fused, eager = KalmanAdam(params, fused=True, **options), KalmanAdam(reference, fused=False, **options)
-        for grads in _gradient_stream(params, 20):
-            for p, q, g in zip(params, reference, grads):
-                p.grad, q.grad = g, g.clone()
-            fused.step()
-            eager.step()
+        _step_side_by_side(fused, eager, params, reference, _gradient_stream(params, 20))
         for p, q in zip(params, reference):
             assert (p - q).abs().max() <= 1e-12 * q.abs().max()
         results.append(fused.fused_compilations)
@@ -267,11 +272,7 @@ def _step_optimizers_with_distinct_options():
         params, reference = _params(torch.float64), _params(torch.float64)
         options = dict(noise="adam", variance_adaptation=True, adaptation_scale=scale, maximize=scale > 2, lr=1e-2)
         fused, eager = KalmanAdam(params, fused=True, **options), KalmanAdam(reference, fused=False, **options)
-        for grads in _gradient_stream(params, 3):
-            for p, q, g in zip(params, reference, grads):
-                p.grad, q.grad = g, g.clone()
-            fused.step()
-            eager.step()
+        _step_side_by_side(fused, eager, params, reference, _gradient_stream(params, 3))
         assert fused.fused_compilations == 1
         for p, q in zip(params, reference):
             assert (p - q).abs().max() <= 1e-12 * q.abs().max()
@@ -315,11 +316,7 @@ def test_state_dict_round_trip_across_paths(save_fused, noise):
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     resumed = KalmanAdam(resumed_params, noise=noise, fused=not save_fused, foreach=None)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    for grads in stream:
-        for p, q, g in zip(params, resumed_params, grads):
-            p.grad, q.grad = g, g.clone()
-        first.step()
-        resumed.step()
+    _step_side_by_side(first, resumed, params, resumed_params, stream)
     for p, q in zip(params, resumed_params):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
@@ -331,11 +328,7 @@ def test_without_a_compiler_fused_runs_the_eager_path_with_one_warning(monkeypat
     eager = KalmanAdam(reference, noise="adaptive", fused=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for grads in _gradient_stream(params, 5):
-            for p, q, g in zip(params, reference, grads):
-                p.grad, q.grad = g, g.clone()
-            optimizer.step()
-            eager.step()
+        _step_side_by_side(optimizer, eager, params, reference, _gradient_stream(params, 5))
     messages = [str(w.message) for w in caught if "fused" in str(w.message)]
     assert len(messages) == 1 and "no compiler" in messages[0]
     for p, q in zip(params, reference):
@@ -350,11 +343,7 @@ def _compile_failure():
 def _step_with_a_compile_failure(optimizer, eager, params, reference, steps=3):
     """`steps` steps of both optimizers on the same gradients; the fused one must warn that compiling failed."""
     with pytest.warns(UserWarning, match="compilation failed"):
-        for grads in _gradient_stream(params, steps):
-            for p, q, g in zip(params, reference, grads):
-                p.grad, q.grad = g, g.clone()
-            optimizer.step()
-            eager.step()
+        _step_side_by_side(optimizer, eager, params, reference, _gradient_stream(params, steps))
 
 
 def test_a_compiler_failure_leaves_the_step_to_the_eager_path(monkeypatch):
