@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The GPU rows of issue 13 in one short run (a lent GPU machine gives ~15 minutes): the fused path's tests on CUDA,
-# then bench_fused at 1e8 parameters in tensors of 1e7 and of 1e6 elements, against torch's fused AdamW.
+# The GPU rows of issue 13 in one short run (a lent GPU machine gives ~15 minutes, start included):
+#   1. bench_fused at 1e8 parameters in tensors of 1e7 against torch's fused AdamW (the committed table);
+#   2. the same for the compiled modes with inductor's combo kernels off (an A/B of KERNEL_CONFIG's choice);
+#   3. the fused path's tests on CUDA;
+#   4. host time, kernel time and kernels per step of a few modes (cuda_step_profile).
 #   bash experiments/bench_cuda.sh OUT_DIR        (python3 with torch, triton, pytest, pytest-xdist, hypothesis)
-# Each part has its own time limit so that a slow one leaves the others their results. Where the tree is a copy whose
-# .git is not its own (a lent machine), set KALMAN_OPTIM_GIT_COMMIT to the commit it was copied from (provenance).
+# Each part has its own time limit so that a slow one leaves the others their results; every part's output goes to
+# OUT_DIR/run.log (a lent machine returns at most 8 files). Where the tree is a copy whose .git is not its own (a lent
+# machine), set KALMAN_OPTIM_GIT_COMMIT to the commit it was copied from (provenance).
 set -uo pipefail
 out=${1:?usage: bench_cuda.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+log="$out/run.log"
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$out/environment.txt"
@@ -17,16 +22,26 @@ PY=${PYTHON:-python3}
 candidates=("AdamW [foreach]" "AdamW [fused]" "KalmanAdam adam" "KalmanAdam constant" "KalmanAdam adam+VA"
             "KalmanAdam adaptive" "KalmanAdam adaptive, step > 10k" "KalmanAdam innovation" "KalmanAdam fitted"
             "KalmanAdam transport" "KalmanAdam extrapolated" "KalmanLAMB" "KalmanLAMB precision"
-            "KalmanLAMB precision, exact mean")
+            "KalmanLAMB precision, exact mean" "AdamW [compiled]")
+compiled=("AdamW [fused]" "KalmanAdam adam+VA" "KalmanAdam adaptive" "KalmanAdam transport" "KalmanAdam extrapolated"
+          "KalmanLAMB" "KalmanLAMB precision")
 
-bench() {  # bench TENSOR_SIZE SECONDS NAME [more candidates]
-    local size=$1 seconds=$2 name=$3; shift 3
-    timeout "$seconds" $PY -m experiments.bench_fused --device cuda --sizes 1e8 --tensor-size "$size" --processes 1 \
-        --repeats 40 --no-progress --candidates "${candidates[@]}" "$@" --out "$out/$name.json" 2>&1 \
-        | tail -n 60 | tee "$out/$name.log"
+part() { echo "=== $* ($(date -u +%T))" | tee -a "$log"; }
+bench() {  # bench SECONDS NAME ROUNDS [bench_fused options...]
+    local seconds=$1 name=$2 rounds=$3; shift 3
+    timeout "$seconds" $PY -m experiments.bench_fused --device cuda --sizes 1e8 --tensor-size 1e7 --processes 1 \
+        --repeats "$rounds" --no-progress --out "$out/$name.json" "$@" 2>&1 | tail -n 45 | tee -a "$log"
 }
 
-bench 1e7 ${BENCH_SECONDS_1E7:-200} fused_cuda_tensors_1e7 "AdamW [compiled]"
-KALMAN_OPTIM_TEST_DEVICE=cuda timeout ${TEST_SECONDS:-150} $PY -m pytest -q -p no:cacheprovider -n 12 \
-    tests/kalman_optim/test_fused.py 2>&1 | tail -n 40 | tee "$out/test_fused_cuda.log"
-bench 1e6 ${BENCH_SECONDS_1E6:-200} fused_cuda_tensors_1e6
+part "bench, 1e8 in tensors of 1e7"
+bench ${BENCH_SECONDS:-230} fused_cuda_tensors_1e7 40 --candidates "${candidates[@]}"
+part "bench, combo kernels off"
+bench ${AB_SECONDS:-120} fused_cuda_no_combo 30 --kernel-option combo_kernels=False --candidates "${compiled[@]}"
+part "test_fused on CUDA"
+KALMAN_OPTIM_TEST_DEVICE=cuda timeout ${TEST_SECONDS:-120} $PY -m pytest -q -p no:cacheprovider -n 14 \
+    --junitxml="$out/test_fused_cuda.xml" tests/kalman_optim/test_fused.py 2>&1 | tail -n 30 | tee -a "$log"
+part "step profile"
+timeout ${PROFILE_SECONDS:-60} $PY -m experiments.cuda_step_profile --sizes 1e7 --no-table --optimizers \
+    "AdamW [fused]" "KalmanAdam adam" "KalmanAdam adam+VA" "KalmanAdam extrapolated" "KalmanLAMB" \
+    2>&1 | grep -v Warning | tee "$out/profile.log" | tee -a "$log"
+part "done"

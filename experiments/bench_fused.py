@@ -35,6 +35,7 @@ tensors; extrapolated: +the iterate read and written).
 from __future__ import annotations
 
 import argparse
+import ast
 import gc
 import json
 import os
@@ -55,6 +56,7 @@ from experiments.bench_step import StepTimer, format_size, markdown_table, quant
 from experiments.provenance import atomic_write
 from experiments.provenance import provenance as shared_provenance
 from kalman_optim import KalmanAdam, KalmanLAMB
+from kalman_optim import fused as fused_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED, LR, WEIGHT_DECAY = 0, 1e-3, 1e-2
@@ -347,7 +349,8 @@ def describe(report: dict) -> str:
             f"Measured bandwidth (\"%\" is of the copy's): {bandwidths}. Compile "
             f"times {'with a warm' if c.get('warm_cache') else 'from an empty'} inductor cache. Last two columns: at the "
             "largest N. Targets: met or not by the measured ratio; its 95% interval is a bootstrap over the processes and "
-            "their rounds (`ratio_interval`).")
+            "their rounds (`ratio_interval`). Inductor options of the fused kernels: "
+            f"{c.get('kernel_config', 'not recorded')}.")
 
 
 def write_markdown(report: dict, out: Path) -> None:
@@ -372,6 +375,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--warm-cache", action="store_true", help="keep inductor's cache (compile times are then warm)")
+    parser.add_argument("--kernel-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="an inductor option of the fused kernels (kalman_optim.fused.KERNEL_CONFIG) for this run, "
+                             "e.g. combo_kernels=False (an A/B run; recorded in the report's config)")
     parser.add_argument("--processes", type=int, default=5,
                         help="fresh processes measured one after another, medians over them (default %(default)s)")
     args = parser.parse_args(argv)
@@ -386,6 +392,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if needed not in args.candidates:
             args.candidates.insert(0, needed)
     args.out = args.out or REPO_ROOT / "results" / "bench" / f"fused_{args.device}.json"
+    try:
+        args.kernel_options = {name: ast.literal_eval(value) for name, value in
+                               (option.split("=", 1) for option in args.kernel_option)}
+    except (ValueError, SyntaxError):
+        parser.error(f"--kernel-option takes NAME=VALUE with a Python literal VALUE, got {args.kernel_option}")
     return args
 
 
@@ -422,10 +433,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.warm_cache:  # cold compile times: nothing compiled before is reused
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_fused_inductor_")
     names = [n for n in CANDIDATES if n in args.candidates]
+    fused_path.KERNEL_CONFIG.update(args.kernel_options)
     config = dict(sizes=args.sizes, tensor_size=args.tensor_size, rounds=args.repeats, seed=args.seed, lr=LR,
                   weight_decay=WEIGHT_DECAY, dtype="float32", threads=torch.get_num_threads(), device=args.device,
                   warmup_steps=WARMUP_STEPS, steady_factor=STEADY_FACTOR, warm_cache=args.warm_cache)
     config["processes"] = args.processes
+    config["kernel_config"] = dict(fused_path.KERNEL_CONFIG)
     if args.processes == 1:
         total_steps = len(args.sizes) * len(names) * (WARMUP_STEPS + args.repeats)
         with tqdm(total=total_steps, desc="optimizer steps", disable=args.no_progress, file=sys.stderr,

@@ -18,9 +18,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from experiments.bench_fused import CANDIDATES, make_parameters
 
-#: bench_fused's builders of the optimizers profiled (same learning rate and weight decay).
-OPTIMIZERS = {name: CANDIDATES[name][0]
-              for name in ("AdamW [fused]", "KalmanAdam adam", "KalmanAdam constant", "KalmanAdam adam+VA")}
+#: bench_fused's builders of the optimizers profiled (same learning rate and weight decay); the first four by default.
+OPTIMIZERS = {name: CANDIDATES[name][0] for name in CANDIDATES}
+DEFAULT_OPTIMIZERS = ["AdamW [fused]", "KalmanAdam adam", "KalmanAdam constant", "KalmanAdam adam+VA"]
 
 
 def measure(optimizer, steps: int = 30) -> dict[str, float]:
@@ -38,15 +38,19 @@ def measure(optimizer, steps: int = 30) -> dict[str, float]:
         for _ in range(10):
             optimizer.step()
         torch.cuda.synchronize()
-    kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 10 / 1e6
-    return dict(host_ms=1e3 * statistics.median(host), wall_ms=1e3 * statistics.median(wall), kernels_ms=1e3 * kernels)
+    averages = prof.key_averages()
+    kernels = sum(e.self_device_time_total for e in averages) / 10 / 1e6
+    launches = sum(e.count for e in averages if e.self_device_time_total > 0) / 10
+    return dict(host_ms=1e3 * statistics.median(host), wall_ms=1e3 * statistics.median(wall), kernels_ms=1e3 * kernels,
+                kernels_per_step=launches)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e7, 1e6], help="elements per tensor")
     parser.add_argument("--total", type=float, default=1e8)
-    parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
+    parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZERS)
+    parser.add_argument("--no-table", action="store_true", help="skip the operator table of mode adam")
     args = parser.parse_args()
     device = torch.device("cuda")
     for size in args.sizes:
@@ -55,7 +59,10 @@ def main() -> None:
         for name in args.optimizers:
             result = measure(OPTIMIZERS[name](params))
             print(f"  {name:22s} host {result['host_ms']:7.3f} ms  wall {result['wall_ms']:7.3f} ms  "
-                  f"kernels {result['kernels_ms']:7.3f} ms", flush=True)
+                  f"kernels {result['kernels_ms']:7.3f} ms in {result['kernels_per_step']:.0f} per step", flush=True)
+        if args.no_table:
+            del params
+            continue
         optimizer = OPTIMIZERS["KalmanAdam adam"](params)
         for _ in range(3):
             optimizer.step()

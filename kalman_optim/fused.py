@@ -8,10 +8,12 @@ constants, nothing recompiles as the step count, the learning rate (schedulers, 
 change; a kernel is compiled once per optimizer bucket (the first step) and reused.
 
 KalmanLAMB's kernels end in per-tensor reductions (the trust ratio's norms, D5's layer means). Compiled for a whole
-bucket, inductor fuses the loops of same-sized tensors into one pass over many streams at once, which measured 2-4x
-slower than stepping each tensor alone on the 2-core CPU (30 tensors of 1e6: ~65-95 ms against ~22 ms). So LAMB
-calls its kernel once per tensor, each flattened to 1-D, through one graph that dynamo makes shape-generic when a
-second length comes (`Job.per_tensor`; a few more for lengths it specializes, such as 1).
+bucket, inductor's C++ code fuses the loops of same-sized tensors into one pass over many streams at once, which
+measured 2-4x slower than stepping each tensor alone on the 2-core CPU (30 tensors of 1e6: ~65-95 ms against
+~22 ms). So on a CPU LAMB calls its kernel once per tensor, each flattened to 1-D, through one graph that dynamo
+makes shape-generic when a second length comes (`Job.per_tensor`; a few more for lengths it specializes, such as
+1). On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
+wrapper's host time once instead of once per tensor (`per_tensor_calls`).
 
 The math is the reference path's (functional.py and noise_models/), step for step; tests compare the two
 over 1000 steps in every mode. Branches that depend on the step (no innovation at step 1, no lag statistic
@@ -53,7 +55,9 @@ __all__ = ["AUTO_MIN_ELEMENTS", "KernelCache", "compiler_available", "fused_kalm
 AUTO_MIN_ELEMENTS = 1_000_000
 #: Inductor options of every kernel: no per-call size and stride asserts in the wrapper (dynamo's guards already
 #: check every input's shape; the asserts cost ~0.3 us per tensor per call, ~35 us per step at 30 parameters).
-KERNEL_CONFIG = {"size_asserts": False}
+#: combo_kernels: on CUDA, the loops of a bucket's tensors share Triton launches (a launch per tensor otherwise, each
+#: with its host-side cost); inductor ignores it for CPU code.
+KERNEL_CONFIG = {"size_asserts": False, "combo_kernels": True}
 #: Kernels one optimizer compiles at most (buckets x option changes); beyond, it falls back to the eager path.
 MAX_KERNELS = 16
 
@@ -414,15 +418,16 @@ def _layout(scalars: dict[str, Any]) -> tuple[tuple[str, int], ...]:
     return tuple((name, value.numel() if torch.is_tensor(value) else 0) for name, value in scalars.items())
 
 
-def _pack(scalars: dict[str, Any], dtype: torch.dtype, device) -> Tensor:
-    """The coefficients as one tensor in `_layout`'s order: one host-to-device copy per bucket and step."""
+def _pack(scalars: dict[str, Any], dtype: torch.dtype, device, rows: int = 0) -> Tensor:
+    """The coefficients as one tensor in `_layout`'s order, 1-D, or with `rows` > 0 the same row `rows` times:
+    one host-to-device copy per bucket and step (repeated on the host: a repeat on the device is one more launch)."""
     flat: list[float] = []
     for value in scalars.values():
         if torch.is_tensor(value):
             flat.extend(value.reshape(-1).tolist())
         else:
             flat.append(float(value))
-    return torch.tensor(flat, dtype=dtype, device=device)
+    return torch.tensor([flat] * rows if rows else flat, dtype=dtype, device=device)
 
 
 def _unpack(coefficients: Tensor, names: tuple[tuple[str, int], ...]) -> dict[str, Tensor]:
@@ -619,6 +624,7 @@ class Job:
     indices: tuple[int, ...]
     statistics: tuple[Callable, dict[str, Any]] | None = None
     per_tensor: bool = False
+    rows: bool = False
 
 
 def _flat(tensor: Tensor) -> Tensor:
@@ -650,15 +656,14 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
     # The structure flags are part of the key: a changed option (maximize, the end of the start-up) gets its kernel.
     flag_key = tuple(sorted(job.flags.items()))
     params = job.tensors[0]
-    coefficients = _pack(job.scalars, params[0].dtype, params[0].device)
+    # A row of coefficients per tensor: inductor's C++ code fuses the loops of same-sized tensors that read the same
+    # buffer into one loop over all their streams (4 to 7 per tensor); a loop per tensor (as torch's compiled AdamW,
+    # which reads a step count per tensor, gets) measured 0.92 -> 0.83x compiled AdamW at 1e7 parameters and
+    # 1.09 -> 0.75x at 3e7 in mode adam (bench_fused, 30 tensors of 1e6, 3 processes each).
+    coefficients = _pack(job.scalars, params[0].dtype, params[0].device, rows=len(params) if job.rows else 0)
     if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
         calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
     else:
-        # A row of coefficients per tensor: inductor fuses the loops of same-sized tensors that read the same buffer
-        # into one loop over all their streams (4 to 7 per tensor); a loop per tensor (as torch's compiled AdamW, which
-        # reads a step count per tensor, gets) measured 0.92 -> 0.83x compiled AdamW at 1e7 parameters and
-        # 1.09 -> 0.75x at 3e7 in mode adam (bench_fused, 30 tensors of 1e6, 3 processes each).
-        coefficients = coefficients.repeat(len(params), 1)
         calls = [((job.indices,), job.tensors, job.indices)]
     dynamic = None if job.per_tensor else False
     for j, (suffix, tensors, remaining) in enumerate(calls):
@@ -791,7 +796,7 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
                            scale_gain=adaptation_scale * scalars["gain"],
                            has_posterior=_flag(not (noise in INNOVATION_MODELS and step < 2)),
                            **_zero_memory_scalars(scalars, beta1, beta2, dtype=key[1]))
-        jobs.append(Job(kernel, flags, scalars, ("adam", *key), tensors, indices))
+        jobs.append(Job(kernel, flags, scalars, ("adam", *key), tensors, indices, rows=True))
     return _run_all(cache, jobs)
 
 
@@ -836,8 +841,14 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         if precision_weighting and not flags["previous_mean"]:  # the layer means of P first (a graph that only
             # reads), then the update
             statistics = (_lamb_statistics_kernel, dict(noise=noise, maximize=maximize, start_up=flags["start_up"]))
-        jobs.append(Job(_lamb_kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics, per_tensor=True))
+        jobs.append(Job(_lamb_kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics,
+                        per_tensor=per_tensor_calls(key[0])))
     return _run_all(cache, jobs)
+
+
+def per_tensor_calls(device: torch.device) -> bool:
+    """Whether LAMB's kernels run once per tensor on `device` (a CPU; see the module's docstring) or once per bucket."""
+    return device.type == "cpu"
 
 
 def _run_all(cache: KernelCache, jobs: list[Job]) -> list[int]:

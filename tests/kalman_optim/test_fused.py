@@ -48,6 +48,10 @@ CONFIGS = {
     # The other lamb-pw cases divide by the previous step's layer mean (the default); these by this step's.
     "lamb-pw-current-mean": (KalmanLAMB, dict(noise="adam", precision_mean="current", precision_floor=0.1)),
     "lamb-pw-current-mean-innovation": (KalmanLAMB, dict(noise="innovation", precision_mean="current")),
+    # "-bucket": LAMB's kernels once per bucket (a multi-tensor graph, as on CUDA) instead of once per tensor.
+    "lamb-bucket": (KalmanLAMB, dict(noise="adam", precision_weighting=False, trust_clip=0.5)),
+    "lamb-pw-adaptive-maximize-bucket": (KalmanLAMB, dict(noise="adaptive", maximize=True)),
+    "lamb-pw-current-mean-innovation-bucket": (KalmanLAMB, dict(noise="innovation", precision_mean="current")),
 }
 #: Where float32 cannot hold 1e-6 over 1000 steps (float64 holds 1e-12 everywhere): statistics that are differences of
 #: nearly equal terms -- D4's q_hat = c0 + 2 c1 behind the adaptive gain, D8's IV ratio N / D where D ~ 0 -- turn the
@@ -115,6 +119,8 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypa
     make, options = CONFIGS[name]
     if name.endswith("-inductor"):
         monkeypatch.setattr(fused_path, "torch_kernel_applies", lambda *args: False)
+    if name.endswith("-bucket"):
+        monkeypatch.setattr(fused_path, "per_tensor_calls", lambda device: False)
     reference, ref_optimizer = _run(make, options, dtype, 1000, fused=False)
     fused, fused_optimizer = _run(make, options, dtype, 1000, fused=True)
     # Nothing recompiles after the first step; mode "adaptive" compiles its kernels once more, without the start-up
@@ -128,12 +134,15 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypa
         assert first == (0 if fused_path.torch_kernel_applies(options["noise"], options.get("variance_adaptation", False),
                                                               (reference, reference, reference, reference, {})) else 1)
     else:
-        # KalmanLAMB steps each tensor, flattened, through one graph: dynamo compiles the first length as it is, then
-        # a length-generic graph, and specializes length 1 (at most 4 per kernel: inductor also tells lengths above
-        # 4096 apart), twice for precision weighting with this step's layer means (the means' graph of reductions,
-        # then the update).
+        # KalmanLAMB steps each tensor, flattened, through one graph (on a CPU): dynamo compiles the first length as
+        # it is, then a length-generic graph, and specializes length 1 (at most 4 per kernel: inductor also tells
+        # lengths above 4096 apart); or the whole bucket through one graph. Twice for precision weighting with this
+        # step's layer means (the means' graph of reductions, then the update).
         lamb_two_graphs = options.get("precision_weighting", True) and options.get("precision_mean") == "current"
-        assert 2 <= first <= 4 * (2 if lamb_two_graphs else 1)
+        if fused_path.per_tensor_calls(DEVICE):
+            assert 2 <= first <= 4 * (2 if lamb_two_graphs else 1)
+        else:
+            assert first == (2 if lamb_two_graphs else 1)
     if name == "adaptive-va":
         assert start_up_ends == (dtype == torch.float32)  # both kernels are compared below
     float32 = dtype == torch.float32
@@ -361,10 +370,11 @@ def test_a_compiler_failure_leaves_the_step_to_the_eager_path(monkeypatch):
         assert torch.equal(p, q)  # each step ran exactly once, on the eager path
 
 
-def test_fused_lamb_serves_many_shapes_with_few_graphs_and_bumps_versions():
+def test_fused_lamb_serves_many_shapes_with_few_graphs_and_bumps_versions(monkeypatch):
     """Sixteen 2-D shapes, several with dimensions of size 1 (which dynamo would specialize a graph on): one
     shape-generic graph serves them, and each parameter's autograd version counter moves as an in-place update's
-    does, although the kernel writes through a 1-D alias."""
+    does, although the kernel writes through a 1-D alias (LAMB's per-tensor calls, as on a CPU, on any device)."""
+    monkeypatch.setattr(fused_path, "per_tensor_calls", lambda device: True)
     shapes = [(1, 5), (5, 1), (3, 3), (100, 100), (1, 1), (2, 1000), (1000, 2), (64, 64), (1, 64), (64, 1), (7, 7),
               (5000, 3), (1, 7000), (7000, 1), (2, 2), (9, 1)]
     generator = torch.Generator().manual_seed(0)
@@ -402,6 +412,7 @@ def test_a_compiler_failure_within_a_bucket_steps_the_rest_on_the_eager_path(mon
         return run
 
     monkeypatch.setattr(fused_path.KernelCache, "_compile", second_fails)
+    monkeypatch.setattr(fused_path, "per_tensor_calls", lambda device: True)  # as on a CPU, also on CUDA
     params, reference = _params(torch.float64), _params(torch.float64)
     options = dict(lr=1e-2, weight_decay=0.1, precision_weighting=False)
     optimizer, eager = KalmanLAMB(params, fused=True, **options), KalmanLAMB(reference, fused=False, **options)
