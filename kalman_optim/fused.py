@@ -427,7 +427,13 @@ def _pack(scalars: dict[str, Any], dtype: torch.dtype, device, rows: int = 0) ->
             flat.extend(value.reshape(-1).tolist())
         else:
             flat.append(float(value))
-    return torch.tensor([flat] * rows if rows else flat, dtype=dtype, device=device)
+    values = [flat] * rows if rows else flat
+    if torch.device(device).type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    # From pinned memory without waiting: a copy from pageable memory blocks the host until the GPU has finished the
+    # work queued before it (cProfile on an H200: 0.26 ms per step in torch.tensor). The caching host allocator keeps
+    # the pinned block until the copy has run.
+    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
 
 
 def _unpack(coefficients: Tensor, names: tuple[tuple[str, int], ...]) -> dict[str, Tensor]:
