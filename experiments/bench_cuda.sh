@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU rows of issue 13 in one short run (a lent GPU machine gives ~15 minutes, start included):
 #   1. bench_fused at 1e8 parameters in tensors of 1e7 against torch's fused AdamW (the committed table);
-#   2. the same for the compiled modes with inductor's combo kernels off (an A/B of KERNEL_CONFIG's choice);
-#   3. the fused path's tests on CUDA;
-#   4. host time, kernel time and kernels per step of a few modes (cuda_step_profile).
+#   2. the fused path's tests on CUDA (~160 s on 16 workers);
+#   3. host time, kernel time and kernels per step of a few modes (cuda_step_profile);
+#   4. steps queued back to back without synchronization (cuda_queued_steps).
+# AB=1 adds, after 1, the compiled modes with inductor's combo kernels off (the A/B behind KERNEL_CONFIG's choice).
 #   bash experiments/bench_cuda.sh OUT_DIR        (python3 with torch, triton, pytest, pytest-xdist, hypothesis)
 # Each part has its own time limit so that a slow one leaves the others their results; every part's output goes to
 # OUT_DIR/run.log (a lent machine returns at most 8 files). Where the tree is a copy whose .git is not its own (a lent
@@ -35,13 +36,17 @@ bench() {  # bench SECONDS NAME ROUNDS [bench_fused options...]
 
 part "bench, 1e8 in tensors of 1e7"
 bench ${BENCH_SECONDS:-230} fused_cuda_tensors_1e7 40 --candidates "${candidates[@]}"
-part "bench, combo kernels off"
-bench ${AB_SECONDS:-120} fused_cuda_no_combo 30 --kernel-option combo_kernels=False --candidates "${compiled[@]}"
+if [ "${AB:-0}" = 1 ]; then
+    part "bench, combo kernels off"
+    bench ${AB_SECONDS:-120} fused_cuda_no_combo 30 --kernel-option combo_kernels=False --candidates "${compiled[@]}"
+fi
 part "test_fused on CUDA"
-KALMAN_OPTIM_TEST_DEVICE=cuda timeout ${TEST_SECONDS:-120} $PY -m pytest -q -p no:cacheprovider -n 14 \
+KALMAN_OPTIM_TEST_DEVICE=cuda timeout ${TEST_SECONDS:-200} $PY -m pytest -q -p no:cacheprovider -n 16 -W ignore \
     --junitxml="$out/test_fused_cuda.xml" tests/kalman_optim/test_fused.py 2>&1 | tail -n 30 | tee -a "$log"
 part "step profile"
 timeout ${PROFILE_SECONDS:-60} $PY -m experiments.cuda_step_profile --sizes 1e7 --no-table --optimizers \
     "AdamW [fused]" "KalmanAdam adam" "KalmanAdam adam+VA" "KalmanAdam extrapolated" "KalmanLAMB" \
     2>&1 | grep -v Warning | tee "$out/profile.log" | tee -a "$log"
+part "queued steps"
+timeout ${QUEUED_SECONDS:-45} $PY -m experiments.cuda_queued_steps 2>&1 | grep -v Warning | tee -a "$log"
 part "done"

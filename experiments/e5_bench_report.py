@@ -159,12 +159,17 @@ def fused_table(report: dict, out: FigureOutput) -> None:
         "step includes the compile (from an empty inductor cache)."))
 
 
-def fused_cuda_numbers(report: dict | None) -> dict[str, float | int | str]:
-    """Macros FusedCuda<Variant>{OverTorchFused,Bandwidth} of the GPU report (bench_fused --device cuda): each mode's
+def fused_cuda_numbers(report: dict | None, prefix: str = "FusedCuda") -> dict[str, float | int | str]:
+    """Macros <prefix><Variant>{OverTorchFused,Bandwidth} of a GPU report (bench_fused --device cuda): each mode's
     step time over torch's fused AdamW (the issue's GPU baseline, same run) and its percent of the copy bandwidth; the
-    precision-weighted LAMB variants over plain LAMB; the device, size, tensors, bandwidth and torch version."""
+    precision-weighted LAMB variants over plain LAMB; the device, size, tensors, bandwidth and torch version. Another
+    `prefix` names a second run of the same device (an A/B of a kernel option, a rerun after a change)."""
     if report is None:
         return {}
+    return {prefix + key[len("FusedCuda"):]: value for key, value in _fused_cuda_numbers(report).items()}
+
+
+def _fused_cuda_numbers(report: dict) -> dict[str, float | int | str]:
     result = report["results"][-1]
     baseline = result.get("baseline", "AdamW [fused]")
     out: dict[str, float | int | str] = {

@@ -396,6 +396,9 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out.update(bench_numbers(bench_reports(BENCH_DIR)))
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
     out.update(fused_cuda_numbers(fused_report("cuda", BENCH_DIR)))
+    # The GPU session's second runs: the compiled modes with inductor's combo kernels off, and the pinned-copy rerun.
+    out.update(fused_cuda_numbers(fused_report("cuda_no_combo", BENCH_DIR), prefix="FusedCudaNoCombo"))
+    out.update(fused_cuda_numbers(fused_report("cuda_pinned", BENCH_DIR), prefix="FusedCudaPinned"))
     out.update(overhead_numbers(overhead_report(BENCH_DIR)))
     out.update(models_numbers(models_report(BENCH_DIR)))
     return out

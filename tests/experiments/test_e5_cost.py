@@ -167,6 +167,9 @@ def test_fused_cuda_numbers_and_table_are_ratios_to_torchs_fused_adamw(tmp_path)
     assert numbers["FusedCudaLambPrecisionOverLamb"] == 1.5 and numbers["FusedCudaDevice"] == "NVIDIA H200"
     assert numbers["FusedCudaCopyBandwidth"] == 0.02 and numbers["FusedCudaTensorSize"] == 1_000_000
     assert e5.fused_cuda_numbers(None) == {}
+    renamed = e5.fused_cuda_numbers(report, prefix="FusedCudaPinned")  # a second run of the same device
+    assert renamed["FusedCudaPinnedAdamOverTorchFused"] == 1.0 and renamed["FusedCudaPinnedLambPrecisionOverLamb"] == 1.5
+    assert len(renamed) == len(numbers) and not any(key.startswith("FusedCudaAdam") for key in renamed)
     e5.fused_cuda_table(report, FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
     assert "| AdamW [compiled] | 28 | 1.25 | 60 | 5.0 |" in (tmp_path / "e5_fused_cuda.md").read_text()
 
