@@ -23,7 +23,7 @@ OPTIMIZERS = ("AdamW [fused]", "KalmanAdam adam+VA")
 
 def pageable(scalars, dtype, device, rows=0):
     """`fused._pack` through a blocking copy from pageable memory (the host waits for the GPU's queue)."""
-    return PINNED(scalars, dtype, "cpu", rows).to(device)
+    return PINNED(scalars, dtype, torch.device("cpu"), rows).to(device)
 
 
 PINNED = fused._pack

@@ -427,13 +427,15 @@ def _pack(scalars: dict[str, Any], dtype: torch.dtype, device, rows: int = 0) ->
             flat.extend(value.reshape(-1).tolist())
         else:
             flat.append(float(value))
-    values = [flat] * rows if rows else flat
-    if torch.device(device).type != "cuda":
-        return torch.tensor(values, dtype=dtype, device=device)
+    host = torch.tensor(flat, dtype=dtype)
+    if rows:  # a CPU repeat: 9 us for 100 rows where a nested list takes 80 us
+        host = host.repeat(rows, 1)
+    if device.type != "cuda":
+        return host if device.type == "cpu" else host.to(device)
     # From pinned memory without waiting: a copy from pageable memory blocks the host until the GPU has finished the
     # work queued before it (cProfile on an H200: 0.26 ms per step in torch.tensor). The caching host allocator keeps
     # the pinned block until the copy has run.
-    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _unpack(coefficients: Tensor, names: tuple[tuple[str, int], ...]) -> dict[str, Tensor]:

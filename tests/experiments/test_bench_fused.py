@@ -104,3 +104,12 @@ def test_processes_flag_is_checked_and_not_passed_twice():
     argv = ["--sizes", "1e4", "--out", "x.json", "--processes=2", "--quick"]
     assert bench_fused._without_option(bench_fused._without_option(argv, "--out"), "--processes") == [
         "--sizes", "1e4", "--quick"]
+
+
+def test_kernel_options_are_parsed_as_python_literals_and_bad_ones_stop_the_run():
+    args = bench_fused.parse_args(["--kernel-option", "combo_kernels=False", "--kernel-option", "max_autotune=1"])
+    assert args.kernel_options == {"combo_kernels": False, "max_autotune": 1}
+    assert bench_fused.parse_args([]).kernel_options == {}
+    for bad in ("combo_kernels", "combo_kernels=off"):  # no value; not a literal
+        with pytest.raises(SystemExit):
+            bench_fused.parse_args(["--kernel-option", bad])
