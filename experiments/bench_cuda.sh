@@ -45,7 +45,7 @@ KALMAN_OPTIM_TEST_DEVICE=cuda timeout ${TEST_SECONDS:-200} $PY -m pytest -q -p n
     --junitxml="$out/test_fused_cuda.xml" tests/kalman_optim/test_fused.py 2>&1 | tail -n 30 | tee -a "$log"
 part "step profile"
 timeout ${PROFILE_SECONDS:-60} $PY -m experiments.cuda_step_profile --sizes 1e7 --no-table --optimizers \
-    "AdamW [fused]" "KalmanAdam adam" "KalmanAdam adam+VA" "KalmanAdam extrapolated" "KalmanLAMB" \
+    "AdamW [fused]" "KalmanAdam adam" "KalmanAdam adam+VA" "KalmanAdam extrapolated" "KalmanLAMB" "KalmanLAMB precision" \
     2>&1 | grep -v Warning | tee "$out/profile.log" | tee -a "$log"
 part "queued steps"
 timeout ${QUEUED_SECONDS:-45} $PY -m experiments.cuda_queued_steps 2>&1 | grep -v Warning | tee -a "$log"
