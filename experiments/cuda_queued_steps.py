@@ -19,14 +19,13 @@ from experiments.bench_fused import CANDIDATES, make_parameters
 from kalman_optim import fused
 
 OPTIMIZERS = ("AdamW [fused]", "KalmanAdam adam+VA")
+#: The library's coefficient copy (pinned, non-blocking), restored after the comparison.
+PINNED = fused._pack
 
 
 def pageable(scalars, dtype, device, rows=0):
     """`fused._pack` through a blocking copy from pageable memory (the host waits for the GPU's queue)."""
     return PINNED(scalars, dtype, torch.device("cpu"), rows).to(device)
-
-
-PINNED = fused._pack
 
 
 def queued_ms_per_step(optimizer, steps: int = 20, repeats: int = 5) -> float:

@@ -166,30 +166,26 @@ def fused_cuda_numbers(report: dict | None, prefix: str = "FusedCuda") -> dict[s
     `prefix` names a second run of the same device (an A/B of a kernel option, a rerun after a change)."""
     if report is None:
         return {}
-    return {prefix + key[len("FusedCuda"):]: value for key, value in _fused_cuda_numbers(report).items()}
-
-
-def _fused_cuda_numbers(report: dict) -> dict[str, float | int | str]:
     result = report["results"][-1]
     baseline = result.get("baseline", "AdamW [fused]")
     out: dict[str, float | int | str] = {
-        "FusedCudaSize": int(result["size"]), "FusedCudaTensors": int(result["tensors"]),
-        "FusedCudaTensorSize": int(result["tensor_size"]), "FusedCudaRounds": int(result["rounds"]),
-        "FusedCudaCopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e12, 2),
-        "FusedCudaDevice": cpu_name(report), "FusedCudaTorch": str(report["provenance"].get("torch")),
-        "FusedCudaCommit": short_commit(report),
+        f"{prefix}Size": int(result["size"]), f"{prefix}Tensors": int(result["tensors"]),
+        f"{prefix}TensorSize": int(result["tensor_size"]), f"{prefix}Rounds": int(result["rounds"]),
+        f"{prefix}CopyBandwidth": round(result["copy_bandwidth_bytes_per_s"] / 1e12, 2),
+        f"{prefix}Device": cpu_name(report), f"{prefix}Torch": str(report["provenance"].get("torch")),
+        f"{prefix}Commit": short_commit(report),
     }
     for name, key in FUSED_VARIANTS.items():
         entry = result["candidates"].get(name)
         if entry is not None:
-            out[f"FusedCuda{key}OverTorchFused"] = round(ratio_between(result, name, baseline), 2)
-            out[f"FusedCuda{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
+            out[f"{prefix}{key}OverTorchFused"] = round(ratio_between(result, name, baseline), 2)
+            out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
     if "AdamW [compiled]" in result["candidates"]:
-        out["FusedCudaAdamWCompiledOverTorchFused"] = round(ratio_between(result, "AdamW [compiled]", baseline), 2)
-        out["FusedCudaAdamWCompiledBandwidth"] = round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"])
+        out[f"{prefix}AdamWCompiledOverTorchFused"] = round(ratio_between(result, "AdamW [compiled]", baseline), 2)
+        out[f"{prefix}AdamWCompiledBandwidth"] = round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"])
     for name in PRECISION_WEIGHTED:
         if name in result["candidates"] and "KalmanLAMB" in result["candidates"]:
-            out[f"FusedCuda{FUSED_VARIANTS[name]}OverLamb"] = round(ratio_between(result, name, "KalmanLAMB"), 2)
+            out[f"{prefix}{FUSED_VARIANTS[name]}OverLamb"] = round(ratio_between(result, name, "KalmanLAMB"), 2)
     return out
 
 
