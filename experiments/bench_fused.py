@@ -18,6 +18,11 @@ tensors as a step, so caches help both alike). A copy's destination lines are re
 (write-allocate), so a copy moves 12 bytes per 8 counted and a step can exceed 100% of it; the in-place rate (read
 and write back, the access pattern of a step) is recorded too (see `stream_bandwidths`).
 
+On CUDA, `--queued-steps K` adds a second timing of the same optimizers: blocks of K steps issued back to back and
+synchronized only at their ends (`queued_step_time`), as a training loop runs them; "synchronized" (one step alone)
+adds each step's host time to its kernels' time, "queued" only where the host time exceeds them. Both are reported,
+each with its own copy-bandwidth yardstick, and the targets are evaluated on both.
+
 Processes: the whole measurement runs in `--processes` fresh Python processes (default 5), one after another, and
 the report gives per candidate the median over processes of its per-process numbers (the ratios are taken inside
 each process, between interleaved rounds). One process's timings carry an effect of where its tensors landed in
@@ -77,6 +82,11 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
     BASELINE: (lambda ps: _compiled(torch.optim.AdamW(ps, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True)), 28),
     "KalmanAdam adam": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 28),
     "KalmanAdam constant": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="constant", fused=True), 28),
+    # Modes adam and constant through torch's fused Adam kernel where their default is the compiled one (CUDA).
+    "KalmanAdam adam [torch kernel]": (lambda ps: _torch_kernel(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                                                           fused=True)), 28),
+    "KalmanAdam constant [torch kernel]": (lambda ps: _torch_kernel(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                                                               noise="constant", fused=True)), 28),
     "KalmanAdam adam+VA": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True,
                                                  fused=True), 28),
     "KalmanAdam adaptive": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="adaptive", fused=True), 60),
@@ -133,6 +143,14 @@ def _compiled(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
+def _torch_kernel(optimizer: KalmanAdam) -> KalmanAdam:
+    """Modes adam/constant through torch's fused Adam kernel on every device (fused.TORCH_KERNEL_DEVICES: on a CPU
+    only, by default), for the A/B against the compiled kernel they take on CUDA."""
+    for group in optimizer.param_groups:
+        optimizer._kernel_cache(group).torch_kernel_devices = ("cpu", "cuda")
+    return optimizer
+
+
 def _past_start_up(optimizer: KalmanAdam, step: int = 10_000) -> KalmanAdam:
     """One step, then every state's step count set to `step`: by default mode adaptive past its start-up factor
     (exactly 1 from step ~7,970 in float32 at beta_range[1] = 0.999), the kernel a long run spends its steps in."""
@@ -153,11 +171,12 @@ def make_parameters(total: int, tensor_size: int, device: torch.device, seed: in
     return params
 
 
-def stream_bandwidths(params: list[torch.Tensor], repeats: int = 20) -> dict[str, float]:
+def stream_bandwidths(params: list[torch.Tensor], repeats: int = 20, per_sample: int = 1) -> dict[str, float]:
     """Bytes per second, median of `repeats`, over the same tensors a step streams through (caches help alike):
     "copy" = every parameter tensor copied into a buffer of its own (8 bytes per element); "in_place" = every tensor
     read and written back (x.mul_(1), 8 bytes per element), the access pattern of an optimizer step. A copy's writes
-    go to lines it never read, which the CPU first reads (write-allocate), so on CPU it understates the limit."""
+    go to lines it never read, which the CPU first reads (write-allocate), so on CPU it understates the limit.
+    `per_sample` operations back to back per timed sample (synchronized at its ends on CUDA), as `queued_step_time`."""
     sources = [p.detach() for p in params]
     destinations = [torch.empty_like(p) for p in sources]
     device, moved = sources[0].device, 8 * sum(p.numel() for p in sources)
@@ -168,10 +187,11 @@ def stream_bandwidths(params: list[torch.Tensor], repeats: int = 20) -> dict[str
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            operation()
+            for _ in range(per_sample):
+                operation()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start) / per_sample)
         return moved / quantiles(times[2:])[1]
 
     return dict(copy=rate(lambda: torch._foreach_copy_(destinations, sources)),
@@ -184,7 +204,41 @@ def warm_up(optimizer, timer: StepTimer) -> dict[str, Any]:
     return dict(first_step_s=times[0], warmup_times_s=times, compilations=getattr(optimizer, "fused_compilations", None))
 
 
-def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, device: torch.device, seed: int, bar):
+def queued_step_time(optimizer: torch.optim.Optimizer, steps: int, device: torch.device) -> float:
+    """Seconds per step of `steps` steps issued back to back, synchronized only before the first and after the last:
+    what a training loop sees, whose host queues the next work while the GPU runs (torch.utils.benchmark's Timer
+    times blocks of statements the same way). A step's host time then costs only where it exceeds its kernels'."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def timed_rounds(names: list[str], rounds: int, rng: random.Random, time_one: Callable[[str], float],
+                 bar) -> dict[str, list[float]]:
+    """`rounds` rounds, each timing every candidate once in a shuffled order (interleaved: drifts hit all alike)."""
+    order, times = list(names), {name: [] for name in names}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
+                times[name].append(time_one(name))
+                bar.update(1)
+    finally:
+        gc.enable()
+    return times
+
+
+def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, device: torch.device, seed: int, bar,
+               queued_steps: int = 0) -> list[dict[str, Any]]:
+    """One size's results: synchronized steps (each timed alone, its host time added to its kernels'), and with
+    `queued_steps` > 0 also steps queued back to back in blocks of that many (`queued_step_time`)."""
     params = make_parameters(total, tensor_size, device, seed)
     timer = StepTimer(device)
     optimizers, warm = {}, {}
@@ -192,20 +246,26 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
         optimizers[name] = CANDIDATES[name][0](params)
         warm[name] = warm_up(optimizers[name], timer)
         bar.update(WARMUP_STEPS)
-    bandwidths = stream_bandwidths(params)
-    bandwidth = bandwidths["copy"]  # the issue's yardstick; the in-place rate is recorded beside it
-    rng, order = random.Random(f"{seed}/{total}"), list(names)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    rng = random.Random(f"{seed}/{total}")
+    times = timed_rounds(names, rounds, rng, lambda name: timer(optimizers[name])[0], bar)
+    results = [summarize(times, stream_bandwidths(params), warm, optimizers, params, total, tensor_size, device,
+                         timing="synchronized", steps_per_sample=1)]
+    if queued_steps:
+        queued = timed_rounds(names, rounds, rng, lambda name: queued_step_time(optimizers[name], queued_steps, device),
+                              bar)
+        results.append(summarize(queued, stream_bandwidths(params, per_sample=queued_steps), warm, optimizers, params,
+                                 total, tensor_size, device, timing="queued", steps_per_sample=queued_steps))
+    del optimizers, params
     gc.collect()
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for name in order:
-                times[name].append(timer(optimizers[name])[0])
-                bar.update(1)
-    finally:
-        gc.enable()
+    return results
+
+
+def summarize(times: dict[str, list[float]], bandwidths: dict[str, float], warm: dict, optimizers: dict, params: list,
+              total: int, tensor_size: int, device: torch.device, *, timing: str, steps_per_sample: int) -> dict:
+    """One size's result of one timing: per candidate the median step time, its ratios, its bandwidth fraction."""
+    names = list(times)
+    bandwidth = bandwidths["copy"]  # the issue's yardstick; the in-place rate is recorded beside it
+    rounds = len(times[names[0]])
     medians = {name: quantiles(values)[1] for name, values in times.items()}
     baseline = BASELINES[device.type]
     fastest_adamw = min((n for n in names if n.startswith("AdamW")), key=medians.get)
@@ -224,10 +284,8 @@ def bench_size(total: int, tensor_size: int, names: list[str], rounds: int, devi
             state_bytes_per_param=state_bytes_per_parameter(optimizers[name], params),
             steps_to_steady=steady + 1, **warm[name], times_s=times[name],
         )
-    del optimizers, params
-    gc.collect()
     return dict(size=total, tensor_size=tensor_size, tensors=-(-total // tensor_size), rounds=rounds,
-                device=device.type, baseline=baseline,
+                device=device.type, baseline=baseline, timing=timing, steps_per_sample=steps_per_sample,
                 bandwidth_bytes_per_s=bandwidth, copy_bandwidth_bytes_per_s=bandwidths["copy"],
                 in_place_bandwidth_bytes_per_s=bandwidths["in_place"], fastest_adamw=fastest_adamw, candidates=stats)
 
@@ -307,21 +365,34 @@ def evaluate_targets(result: dict) -> list[dict]:
         over = over or result.get("baseline", BASELINE)
         ratio = ratio_between(result, name, over)
         rows.append(dict(target=text.format(baseline=BASELINE_TEXT[device]), candidate=name, versus=over,
-                         size=result["size"], ratio=ratio, bound=bound,
+                         size=result["size"], timing=result.get("timing", "synchronized"), ratio=ratio, bound=bound,
                          met=bool(ratio <= bound), interval=list(ratio_interval(result, name, over))))
     for name, entry in result["candidates"].items():
         if not name.startswith("AdamW"):
             rows.append(dict(target=f"{name}: >= {100 * minimum:.0f}% of copy bandwidth", candidate=name,
-                             versus="copy", size=result["size"], ratio=entry["bandwidth_fraction"], bound=minimum,
+                             versus="copy", size=result["size"], timing=result.get("timing", "synchronized"),
+                             ratio=entry["bandwidth_fraction"], bound=minimum,
                              met=bool(entry["bandwidth_fraction"] >= minimum)))
     return rows
+
+
+def result_label(result: dict) -> str:
+    """A result's size, and its timing when the steps were queued ("1e8 queued": `queued_step_time`)."""
+    queued = result.get("timing") == "queued"
+    return format_size(result["size"]) + (" queued" if queued else "")
+
+
+def timing_result(report: dict, timing: str = "synchronized") -> dict | None:
+    """The largest size's result of `timing` ("synchronized" or "queued"); reports without timings are synchronized."""
+    matching = [r for r in report["results"] if r.get("timing", "synchronized") == timing]
+    return matching[-1] if matching else None
 
 
 def tables(report: dict):
     results = report["results"]
     device = report["config"]["device"]
     header = ["candidate", "B/param", "B moved/elem"] + [
-        f"N={format_size(r['size'])}: x {BASELINE_TEXT[device]} / x fastest AdamW / % copy bandwidth" for r in results
+        f"N={result_label(r)}: x {BASELINE_TEXT[device]} / x fastest AdamW / % copy bandwidth" for r in results
     ] + ["first step s", "steps to steady"]
     rows = []
     for name in report["candidates"]:
@@ -332,20 +403,27 @@ def tables(report: dict):
             f" / {100 * r['candidates'][name]['bandwidth_fraction']:.0f}%" for r in results
         ] + [f"{last['first_step_s']:.1f}", str(last["steps_to_steady"])])
     target_header = ["target", "N", "measured", "95% interval", "met"]
-    target_rows = [[t["target"], format_size(t["size"]), f"{t['ratio']:.2f}",
+    target_rows = [[t["target"], result_label(t), f"{t['ratio']:.2f}",
                     f"[{t['interval'][0]:.2f}, {t['interval'][1]:.2f}]" if "interval" in t else "",
                     "met" if t["met"] else "NOT met"] for t in report["targets"]]
     return header, rows, target_header, target_rows
 
 
+QUEUED_TEXT = ("Two timings: \"synchronized\" times each step alone (the host waits for the GPU before and after it, "
+               "so the step's host time adds to its kernels'); \"queued\" times blocks of {k} steps issued back to back "
+               "and synchronized only at their ends, as a training loop runs them (the host queues work while the GPU "
+               "runs), in rounds of their own after the synchronized ones; the copy bandwidth is measured both ways. ")
+
+
 def describe(report: dict) -> str:
     p, c = report["provenance"], report["config"]
-    bandwidths = ", ".join(f"N={format_size(r['size'])}: copy {r['copy_bandwidth_bytes_per_s'] / 1e9:.1f}, in place "
+    bandwidths = ", ".join(f"N={result_label(r)}: copy {r['copy_bandwidth_bytes_per_s'] / 1e9:.1f}, in place "
                            f"{r['in_place_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s" for r in report["results"])
     return (f"{p['device_name']} ({p['device']}), {p['threads']} threads, torch {p['torch']}, commit "
             f"{(p['git_commit'] or 'unknown')[:12]}{' (dirty)' if p['git_dirty'] else ''}, {p['date_utc']}. Tensors of "
             f"{format_size(c['tensor_size'])} fp32 elements; {c['rounds']} interleaved rounds after {WARMUP_STEPS} warm-up "
             f"steps per candidate (seed {c['seed']}) in each of {c.get('processes', 1)} processes, medians over them. "
+            f"{QUEUED_TEXT.format(k=c['queued_steps']) if c.get('queued_steps') else ''}"
             f"Measured bandwidth (\"%\" is of the copy's): {bandwidths}. Compile "
             f"times {'with a warm' if c.get('warm_cache') else 'from an empty'} inductor cache. Last two columns: at the "
             "largest N. Targets: met or not by the measured ratio; its 95% interval is a bootstrap over the processes and "
@@ -361,6 +439,12 @@ def write_markdown(report: dict, out: Path) -> None:
         markdown_table(target_header, target_rows)]) + "\n")
 
 
+def default_candidates(device: str) -> list[str]:
+    """Every candidate, less the "[torch kernel]" variants on a device whose default path is torch's kernel (a CPU)."""
+    same = device in fused_path.TORCH_KERNEL_DEVICES
+    return [name for name in CANDIDATES if not (same and name.endswith("[torch kernel]"))]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench_fused", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=None,
@@ -371,13 +455,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=None,
+                        help="default: every candidate, less the [torch kernel] variants where that is the default path")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--warm-cache", action="store_true", help="keep inductor's cache (compile times are then warm)")
     parser.add_argument("--kernel-option", action="append", default=[], metavar="NAME=VALUE",
                         help="an inductor option of the fused kernels (kalman_optim.fused.KERNEL_CONFIG) for this run, "
                              "e.g. combo_kernels=False (an A/B run; recorded in the report's config)")
+    parser.add_argument("--queued-steps", type=int, default=0, metavar="K",
+                        help="also time blocks of K steps queued back to back, synchronized at their ends (a GPU's "
+                             "training-loop timing; 0 = off, the default)")
     parser.add_argument("--processes", type=int, default=5,
                         help="fresh processes measured one after another, medians over them (default %(default)s)")
     args = parser.parse_args(argv)
@@ -388,6 +476,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.tensor_size, args.repeats = int(args.tensor_size), 30 if args.repeats is None else args.repeats
     if args.repeats < 1 or args.tensor_size < 1 or args.processes < 1 or any(s < 1 for s in args.sizes):
         parser.error("--sizes, --tensor-size, --repeats and --processes must be >= 1")
+    if args.queued_steps < 0:
+        parser.error(f"--queued-steps must be >= 0 (0 = off), got {args.queued_steps}")
+    args.candidates = args.candidates or default_candidates(args.device)
     for needed in (BASELINES[args.device], "KalmanLAMB"):
         if needed not in args.candidates:
             args.candidates.insert(0, needed)
@@ -438,17 +529,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   weight_decay=WEIGHT_DECAY, dtype="float32", threads=torch.get_num_threads(), device=args.device,
                   warmup_steps=WARMUP_STEPS, steady_factor=STEADY_FACTOR, warm_cache=args.warm_cache)
     config["processes"] = args.processes
+    config["queued_steps"] = args.queued_steps
     config["kernel_config"] = dict(fused_path.KERNEL_CONFIG)
     if args.processes == 1:
-        total_steps = len(args.sizes) * len(names) * (WARMUP_STEPS + args.repeats)
+        total_steps = len(args.sizes) * len(names) * (WARMUP_STEPS + args.repeats * (1 + bool(args.queued_steps)))
         with tqdm(total=total_steps, desc="optimizer steps", disable=args.no_progress, file=sys.stderr,
                   mininterval=2.0) as bar:
-            results = [bench_size(size, args.tensor_size, names, args.repeats, device, args.seed, bar)
-                       for size in args.sizes]
+            results = [result for size in args.sizes
+                       for result in bench_size(size, args.tensor_size, names, args.repeats, device, args.seed, bar,
+                                                args.queued_steps)]
     else:
         runs = [run_in_process(argv) for _ in tqdm(range(args.processes), desc="processes", disable=args.no_progress,
                                                    file=sys.stderr)]
-        results = [merge_processes([run["results"][i] for run in runs]) for i in range(len(args.sizes))]
+        results = [merge_processes([run["results"][i] for run in runs]) for i in range(len(runs[0]["results"]))]
     report = dict(benchmark="fused optimizer steps (experiments/bench_fused.py, issue 13)",
                   provenance=shared_provenance(device, argv, args.seed, module="experiments.bench_fused"),
                   config=config, candidates=names, results=results,

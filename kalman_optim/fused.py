@@ -111,6 +111,7 @@ class KernelCache:
         self.kernels: dict[tuple, Callable] = {}
         self.compilations = 0
         self.disabled_reason: str | None = None
+        self.torch_kernel_devices: tuple[str, ...] = TORCH_KERNEL_DEVICES
 
     def get(self, key: tuple, function: Callable, flags: dict[str, Any],
             dynamic: bool | None = False) -> Callable | None:
@@ -722,10 +723,15 @@ def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states):
 # Modes "adam" and "constant" without variance adaptation are Adam's update with other scalars, so on a CPU they run
 # through torch's hand-written fused Adam kernel (ATen), which compiles nothing: mode adam measured 0.98x / 0.94x
 # compiled AdamW's step at 1e7 / 3e7 parameters (make bench at dd12720) where inductor's kernel for the same update
-# (same 28 bytes per element) measured 0.79x / 1.01x in the run before (468d0eb), 1.01-1.04x in A/B runs. On CUDA
-# the same kernel is torch's multi-tensor fused AdamW (a few launches for a whole bucket, where inductor's graph
-# launches a kernel per tensor); it reads its step count from a device tensor.
+# (same 28 bytes per element) measured 0.79x / 1.01x in the run before (468d0eb), 1.01-1.04x in A/B runs.
+# On CUDA they take the compiled kernel (`TORCH_KERNEL_DEVICES`): on an H200 at 1e8 parameters inductor's kernel of
+# the same 28 bytes per element (mode adam with variance adaptation) ran in 0.68 ms of kernel time where torch's
+# multi-tensor fused AdamW took 0.79 ms (results/bench/cuda_step_profile.log), and steps queued back to back took
+# 0.71 against 0.81 ms (results/bench/cuda_queued_steps.log); torch's kernel keeps less host time per step.
 TORCH_KERNEL_MODES = ("adam", "constant")
+#: Device types on which modes "adam"/"constant" step through torch's fused Adam kernel (a KernelCache's
+#: `torch_kernel_devices` overrides it per param group, as bench_fused's "[torch kernel]" candidates do).
+TORCH_KERNEL_DEVICES = ("cpu",)
 
 
 def torch_adam_arguments(noise: str, step: int, *, beta1: float, beta2: float, lr: float, weight_decay: float,
@@ -748,14 +754,18 @@ def torch_adam_arguments(noise: str, step: int, *, beta1: float, beta2: float, l
     return dict(lr=rate, beta1=b1, beta2=b2, weight_decay=decay, eps=eps / math.sqrt(c2))
 
 
-def torch_kernel_applies(noise: str, variance_adaptation: bool, tensors: tuple) -> bool:
+def torch_kernel_applies(noise: str, variance_adaptation: bool, tensors: tuple,
+                         devices: tuple[str, ...] = TORCH_KERNEL_DEVICES) -> bool:
     """Whether a bucket steps through torch's fused Adam kernel: modes "adam"/"constant" without variance adaptation,
-    contiguous tensors (the kernel walks each tensor's memory as one array). A bucket is already one CPU or CUDA device
-    and dtype of plain dense tensors (`fusable`, `_buckets`), and torch's grad setter keeps each gradient's shape, dtype
-    and device those of its parameter; this runs every step, so it checks only what can differ."""
+    on a device type in `devices`, contiguous tensors (the kernel walks each tensor's memory as one array). A bucket is
+    already one CPU or CUDA device and dtype of plain dense tensors (`fusable`, `_buckets`), and torch's grad setter
+    keeps each gradient's shape, dtype and device those of its parameter; this runs every step, so it checks only what
+    can differ."""
     if noise not in TORCH_KERNEL_MODES or variance_adaptation or not hasattr(torch, "_fused_adamw_"):
         return False
     params, grads, exp_avgs, exp_avg_sqs, _ = tensors
+    if params[0].device.type not in devices:
+        return False
     return all(map(Tensor.is_contiguous, (*params, *grads, *exp_avgs, *exp_avg_sqs)))
 
 
@@ -778,7 +788,7 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
     coupled = weight_decay != 0 and not decoupled_weight_decay
     jobs = []
     for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
-        if torch_kernel_applies(noise, variance_adaptation, tensors):
+        if torch_kernel_applies(noise, variance_adaptation, tensors, cache.torch_kernel_devices):
             torch_adam_step(tensors, step, noise=noise, coupled=coupled, maximize=maximize, beta1=beta1, beta2=beta2,
                             lr=lr, weight_decay=weight_decay, eps=eps, prior_gain=prior_gain)
             continue

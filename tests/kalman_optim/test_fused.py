@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not fused_path.compiler_available(DEVICE.type), 
 #: Every mode and every option that changes the fused graph, at non-default values that tell them apart.
 CONFIGS = {
     # Modes adam and constant run through torch's fused Adam kernel on a CPU; "-inductor": through the compiled
-    # kernel, which they take on CUDA and for non-contiguous tensors.
+    # kernel, which they take on CUDA (fused.TORCH_KERNEL_DEVICES) and for non-contiguous tensors.
     "adam": (KalmanAdam, dict(noise="adam")),
     "adam-l2-maximize": (KalmanAdam, dict(noise="adam", decoupled_weight_decay=False, maximize=True)),
     "constant-prior": (KalmanAdam, dict(noise="constant", prior_variance=0.5)),
@@ -251,7 +251,22 @@ def test_adam_and_constant_take_torchs_kernel_only_for_contiguous_tensors(noise)
         for p, q in zip(params, reference):
             assert (p - q).abs().max() <= 1e-12 * q.abs().max()
         results.append(fused.fused_compilations)
-    assert results == [0, 1]
+    assert results == [0 if DEVICE.type in fused_path.TORCH_KERNEL_DEVICES else 1, 1]
+
+
+@pytest.mark.parametrize("devices", [(), ("cpu", "cuda")], ids=["compiled", "torch-kernel"])
+def test_a_param_groups_kernel_cache_chooses_torchs_kernel_or_the_compiled_one(devices):
+    """`KernelCache.torch_kernel_devices` overrides the device default for one optimizer (bench_fused's A/B): mode
+    adam then compiles its kernel or none, and both equal the reference."""
+    params = _params(torch.float64)
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = KalmanAdam(params, fused=True, lr=1e-2, weight_decay=0.1)
+    fused._kernel_cache(fused.param_groups[0]).torch_kernel_devices = devices
+    eager = KalmanAdam(reference, fused=False, lr=1e-2, weight_decay=0.1)
+    _step_side_by_side(fused, eager, params, reference, _gradient_stream(params, 20))
+    for p, q in zip(params, reference):
+        assert (p - q).abs().max() <= 1e-12 * q.abs().max()
+    assert fused.fused_compilations == (1 if DEVICE.type not in devices else 0)
 
 
 def test_torch_kernel_arguments_fold_the_constant_filters_decays():
