@@ -45,12 +45,52 @@ def measure(optimizer, steps: int = 30) -> dict[str, float]:
                 kernels_per_step=launches)
 
 
+def print_kernel_table(name: str, optimizer, steps: int = 10) -> None:
+    """Each GPU kernel of `name`'s step: launches and microseconds per step, the slowest first."""
+    for _ in range(5):
+        optimizer.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            optimizer.step()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                     key=lambda e: -e.self_device_time_total)
+    print(f"##### kernels of {name} per step", flush=True)
+    for e in kernels:
+        print(f"  {e.self_device_time_total / steps:9.1f} us  {e.count / steps:4.1f}x  {e.key[:150]}", flush=True)
+
+
+def print_host_profile(name: str, optimizer, steps: int = 50) -> None:
+    """cProfile of `steps` unsynchronized steps of `name`: where the host time goes (top 25 by own time)."""
+    import cProfile
+    import io
+    import pstats
+
+    for _ in range(5):
+        optimizer.step()
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        optimizer.step()
+    profiler.disable()
+    torch.cuda.synchronize()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(25)
+    print(f"##### host profile of {name}, {steps} steps", stream.getvalue(), sep="\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e7, 1e6], help="elements per tensor")
     parser.add_argument("--total", type=float, default=1e8)
     parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZERS)
     parser.add_argument("--no-table", action="store_true", help="skip the operator table of mode adam")
+    parser.add_argument("--kernel-table", nargs="+", choices=list(OPTIMIZERS), default=[], metavar="NAME",
+                        help="print these optimizers' kernels (name, launches and GPU time per step), slowest first")
+    parser.add_argument("--host-profile", nargs="+", choices=list(OPTIMIZERS), default=[], metavar="NAME",
+                        help="print a cProfile of these optimizers' steps (host time by function)")
     args = parser.parse_args()
     device = torch.device("cuda")
     for size in args.sizes:
@@ -60,6 +100,10 @@ def main() -> None:
             result = measure(OPTIMIZERS[name](params))
             print(f"  {name:22s} host {result['host_ms']:7.3f} ms  wall {result['wall_ms']:7.3f} ms  "
                   f"kernels {result['kernels_ms']:7.3f} ms in {result['kernels_per_step']:.0f} per step", flush=True)
+        for name in args.kernel_table:
+            print_kernel_table(name, OPTIMIZERS[name](params))
+        for name in args.host_profile:
+            print_host_profile(name, OPTIMIZERS[name](params))
         if args.no_table:
             del params
             continue
