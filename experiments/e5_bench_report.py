@@ -8,13 +8,14 @@ import json
 import statistics
 from pathlib import Path
 
-from experiments.bench_fused import ratio_between
+from experiments.bench_fused import ratio_between, timing_result
 from experiments.bench_step import format_size
 from experiments.plotting import FigureOutput
 
 #: bench_fused candidate -> key of its macros (issue 13: the fused path against compiled torch AdamW).
 FUSED_VARIANTS = {
     "AdamW [fused]": "TorchFused", "KalmanAdam adam": "Adam", "KalmanAdam constant": "Constant",
+    "KalmanAdam adam [torch kernel]": "AdamTorchKernel", "KalmanAdam constant [torch kernel]": "ConstantTorchKernel",
     "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive",
     "KalmanAdam adaptive, step 1k": "AdaptiveMidStartUp", "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp",
     "KalmanAdam innovation": "Innovation",
@@ -159,14 +160,18 @@ def fused_table(report: dict, out: FigureOutput) -> None:
         "step includes the compile (from an empty inductor cache)."))
 
 
-def fused_cuda_numbers(report: dict | None, prefix: str = "FusedCuda") -> dict[str, float | int | str]:
+def fused_cuda_numbers(report: dict | None, prefix: str = "FusedCuda",
+                       timing: str = "synchronized") -> dict[str, float | int | str]:
     """Macros <prefix><Variant>{OverTorchFused,Bandwidth} of a GPU report (bench_fused --device cuda): each mode's
     step time over torch's fused AdamW (the issue's GPU baseline, same run) and its percent of the copy bandwidth; the
     precision-weighted LAMB variants over plain LAMB; the device, size, tensors, bandwidth and torch version. Another
-    `prefix` names a second run of the same device (an A/B of a kernel option, a rerun after a change)."""
+    `prefix` names a second run of the same device (an A/B of a kernel option, a rerun after a change); `timing`
+    picks the report's synchronized steps or its queued ones (bench_fused --queued-steps; none: no macros)."""
     if report is None:
         return {}
-    result = report["results"][-1]
+    result = timing_result(report, timing)
+    if result is None:
+        return {}
     baseline = result.get("baseline", "AdamW [fused]")
     out: dict[str, float | int | str] = {
         f"{prefix}Size": int(result["size"]), f"{prefix}Tensors": int(result["tensors"]),
@@ -180,6 +185,8 @@ def fused_cuda_numbers(report: dict | None, prefix: str = "FusedCuda") -> dict[s
         if entry is not None:
             out[f"{prefix}{key}OverTorchFused"] = round(ratio_between(result, name, baseline), 2)
             out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
+    if timing == "queued":
+        out[f"{prefix}StepsPerSample"] = int(result["steps_per_sample"])
     if "AdamW [compiled]" in result["candidates"]:
         out[f"{prefix}AdamWCompiledOverTorchFused"] = round(ratio_between(result, "AdamW [compiled]", baseline), 2)
         out[f"{prefix}AdamWCompiledBandwidth"] = round(100 * result["candidates"]["AdamW [compiled]"]["bandwidth_fraction"])
@@ -212,18 +219,30 @@ def overhead_numbers(report: dict | None) -> dict[str, float | int | str]:
 
 
 def fused_cuda_table(report: dict, out: FigureOutput) -> None:
-    """Table e5_fused_cuda: every fused mode on the GPU against torch's fused AdamW."""
-    result = report["results"][-1]
+    """Table e5_fused_cuda: every fused mode on the GPU against torch's fused AdamW, synchronized steps and (where the
+    report has them) steps queued back to back."""
+    result, queued = timing_result(report), timing_result(report, "queued")
     baseline = result.get("baseline", "AdamW [fused]")
-    header = ["candidate", "B moved/elem", "x torch fused AdamW", "% copy bandwidth", "first step (s)"]
-    rows = [[name, str(e["bytes_moved_per_element"]), f"{ratio_between(result, name, baseline):.2f}",
-             f"{100 * e['bandwidth_fraction']:.0f}", f"{e['first_step_s']:.1f}"] for name, e in result["candidates"].items()]
+    timings = [("synchronized", result)] + ([("queued", queued)] if queued is not None else [])
+    header = ["candidate", "B moved/elem"] + [column for label, _ in timings
+                                               for column in (f"x torch fused ({label})", f"% copy ({label})")]
+    header.append("first step (s)")
+    rows = []
+    for name, entry in result["candidates"].items():
+        row = [name, str(entry["bytes_moved_per_element"])]
+        for _, timed in timings:
+            row += [f"{ratio_between(timed, name, baseline):.2f}", f"{100 * timed['candidates'][name]['bandwidth_fraction']:.0f}"]
+        rows.append(row + [f"{entry['first_step_s']:.1f}"])
+    queued_text = ("" if queued is None else
+                   f"; queued: blocks of {queued['steps_per_sample']} steps issued back to back, synchronized at their ends "
+                   f"(copy {queued['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s measured the same way)")
     out.table("e5_fused_cuda", header, rows, caption=(
         f"Fused path on a GPU ({cpu_name(report)}, torch {report['provenance'].get('torch')}; bench_fused --device cuda, "
         f"results/bench/fused_cuda.json): N={format_size(result['size'])} fp32 parameters in {result['tensors']} tensors "
-        f"of {format_size(result['tensor_size'])}, median of {result['rounds']} interleaved rounds in one process, "
-        "wall time of a synchronized step; copy bandwidth of the same tensors "
-        f"{result['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s. Library rows use fused=True."))
+        f"of {format_size(result['tensor_size'])}, median of {result['rounds']} interleaved rounds in one process; "
+        "synchronized: wall time of one step alone, copy bandwidth of the same tensors "
+        f"{result['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s{queued_text}. Library rows use fused=True; "
+        "[torch kernel]: modes adam/constant through torch's fused Adam kernel, their default on a CPU."))
 
 
 def bench_reports(bench_dir: Path) -> dict[str, dict]:

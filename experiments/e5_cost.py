@@ -396,6 +396,11 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out.update(bench_numbers(bench_reports(BENCH_DIR)))
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
     out.update(fused_cuda_numbers(fused_report("cuda", BENCH_DIR)))
+    out.update(fused_cuda_numbers(fused_report("cuda", BENCH_DIR), prefix="FusedCudaQueued", timing="queued"))
+    # A/B of inductor's store-or-recompute thresholds on the LAMB graphs (forced recompute, then the defaults).
+    for name, prefix in (("cuda_ab_recompute", "FusedCudaRecompute"), ("cuda_ab_default", "FusedCudaRecomputeOff")):
+        for timing, suffix in (("synchronized", ""), ("queued", "Queued")):
+            out.update(fused_cuda_numbers(fused_report(name, BENCH_DIR), prefix=prefix + suffix, timing=timing))
     # The GPU session's second runs: the compiled modes with inductor's combo kernels off, and the pinned-copy rerun.
     out.update(fused_cuda_numbers(fused_report("cuda_no_combo", BENCH_DIR), prefix="FusedCudaNoCombo"))
     out.update(fused_cuda_numbers(fused_report("cuda_pinned", BENCH_DIR), prefix="FusedCudaPinned"))

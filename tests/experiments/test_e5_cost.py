@@ -172,6 +172,26 @@ def test_fused_cuda_numbers_and_table_are_ratios_to_torchs_fused_adamw(tmp_path)
     assert len(renamed) == len(numbers) and not any(key.startswith("FusedCudaAdam") for key in renamed)
     e5.fused_cuda_table(report, FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
     assert "| AdamW [compiled] | 28 | 1.25 | 60 | 5.0 |" in (tmp_path / "e5_fused_cuda.md").read_text()
+    assert e5.fused_cuda_numbers(report, timing="queued") == {}  # a report without queued steps
+
+
+def test_queued_steps_get_their_own_cuda_macros_and_table_columns(tmp_path):
+    report = _fused_report(100_000_000)
+    synchronized = report["results"][-1]
+    synchronized.update(tensor_size=10_000_000, baseline="AdamW [fused]", timing="synchronized", steps_per_sample=1)
+    queued = json.loads(json.dumps(synchronized))
+    queued.update(timing="queued", steps_per_sample=10)
+    queued["candidates"]["KalmanAdam adam"].update(median_s=0.0076, times_s=[0.0076] * 5, bandwidth_fraction=0.99)
+    report["results"].append(queued)
+    report["provenance"].update(torch="2.11.0+cu130", device_name="NVIDIA H200")
+    numbers = e5.fused_cuda_numbers(report)  # the synchronized steps by default, though the queued come last
+    assert numbers["FusedCudaAdamOverTorchFused"] == 1.0 and "FusedCudaStepsPerSample" not in numbers
+    queued_numbers = e5.fused_cuda_numbers(report, prefix="FusedCudaQueued", timing="queued")
+    assert queued_numbers["FusedCudaQueuedAdamOverTorchFused"] == 0.95
+    assert queued_numbers["FusedCudaQueuedAdamBandwidth"] == 99 and queued_numbers["FusedCudaQueuedStepsPerSample"] == 10
+    e5.fused_cuda_table(report, FigureOutput(profile="smoke", figure_dir=tmp_path, table_dir=tmp_path))
+    text = (tmp_path / "e5_fused_cuda.md").read_text()
+    assert "| KalmanAdam adam | 28 | 1.00 | 70 | 0.95 | 99 | 5.0 |" in text and "blocks of 10 steps" in text
 
 
 def test_overhead_numbers_and_a_damaged_overhead_report(tmp_path):
