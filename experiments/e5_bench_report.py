@@ -5,6 +5,7 @@ The report directory is always passed in: experiments/e5_cost.py owns it (BENCH_
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -193,6 +194,30 @@ def fused_cuda_numbers(report: dict | None, prefix: str = "FusedCuda",
     for name in PRECISION_WEIGHTED:
         if name in result["candidates"] and "KalmanLAMB" in result["candidates"]:
             out[f"{prefix}{FUSED_VARIANTS[name]}OverLamb"] = round(ratio_between(result, name, "KalmanLAMB"), 2)
+    return out
+
+
+#: A line of experiments/cuda_step_profile.py's output: name, host, wall and kernel milliseconds, kernels per step.
+PROFILE_LINE = re.compile(r"^\s+(?P<name>\S.*?)\s+host\s+(?P<host>[\d.]+) ms\s+wall\s+(?P<wall>[\d.]+) ms\s+"
+                          r"kernels\s+(?P<kernels>[\d.]+) ms in (?P<launches>\d+) per step$")
+
+
+def cuda_profile_numbers(path: Path) -> dict[str, float]:
+    """Macros FusedCudaProfile<Variant>{Host,Wall,Kernels} (milliseconds per step) from the committed output of
+    experiments/cuda_step_profile.py (bench_cuda.sh's step profile); none if the file is absent (no GPU was lent). A
+    file without a single profile line stops the build with its name."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    out: dict[str, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = PROFILE_LINE.match(line)
+        if match and match["name"] in FUSED_VARIANTS:
+            key = f"FusedCudaProfile{FUSED_VARIANTS[match['name']]}"
+            out.update({f"{key}Host": float(match["host"]), f"{key}Wall": float(match["wall"]),
+                        f"{key}Kernels": float(match["kernels"])})
+    if not out:
+        raise ValueError(f"{path}: no profile line of a known optimizer; regenerate it with experiments/bench_cuda.sh")
     return out
 
 

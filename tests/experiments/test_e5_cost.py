@@ -296,3 +296,19 @@ def test_a_damaged_models_report_stops_the_build_with_its_name(tmp_path):
     with pytest.raises(ValueError, match="models_cpu.json"):
         e5.models_report(tmp_path)
     assert e5.models_report(tmp_path / "missing") is None
+
+
+def test_cuda_profile_numbers_are_read_from_the_step_profile(tmp_path):
+    path = tmp_path / "cuda_step_profile.log"
+    assert e5.cuda_profile_numbers(path) == {}  # no GPU was lent
+    path.write_text("1e+08 parameters in tensors of 1e+07\n"
+                    "  AdamW [fused]          host   0.140 ms  wall   0.897 ms  kernels   0.786 ms in 6 per step\n"
+                    "  KalmanAdam adam [torch kernel] host   0.252 ms  wall   1.000 ms  kernels   0.789 ms in 6 per step\n"
+                    "  SomethingElse          host   9.000 ms  wall   9.000 ms  kernels   9.000 ms in 1 per step\n")
+    numbers = e5.cuda_profile_numbers(path)
+    assert numbers == {"FusedCudaProfileTorchFusedHost": 0.14, "FusedCudaProfileTorchFusedWall": 0.897,
+                       "FusedCudaProfileTorchFusedKernels": 0.786, "FusedCudaProfileAdamTorchKernelHost": 0.252,
+                       "FusedCudaProfileAdamTorchKernelWall": 1.0, "FusedCudaProfileAdamTorchKernelKernels": 0.789}
+    path.write_text("truncated")
+    with pytest.raises(ValueError, match="cuda_step_profile.log"):
+        e5.cuda_profile_numbers(path)
