@@ -11,11 +11,9 @@ host time costs when it can overlap the kernels of the steps before. A measureme
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from experiments.bench_fused import CANDIDATES, make_parameters
+from experiments.bench_fused import CANDIDATES, make_parameters, queued_step_time
 from kalman_optim import fused
 
 OPTIMIZERS = ("AdamW [fused]", "KalmanAdam adam+VA")
@@ -29,18 +27,13 @@ def pageable(scalars, dtype, device, rows=0):
 
 
 def queued_ms_per_step(optimizer, steps: int = 20, repeats: int = 5) -> float:
-    """Median over `repeats` of the time of `steps` steps issued back to back, synchronized only at both ends."""
+    """Median over `repeats` of the time of `steps` steps issued back to back, synchronized only at both ends
+    (bench_fused.queued_step_time)."""
     for _ in range(8):
         optimizer.step()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            optimizer.step()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) / steps * 1e3)
-    return sorted(times)[repeats // 2]
+    device = torch.device("cuda")
+    times = sorted(queued_step_time(optimizer, steps, device) * 1e3 for _ in range(repeats))
+    return times[repeats // 2]
 
 
 def main() -> None:

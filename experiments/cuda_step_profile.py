@@ -34,15 +34,20 @@ def measure(optimizer, steps: int = 30) -> dict[str, float]:
         host.append(time.perf_counter() - start)
         torch.cuda.synchronize()
         wall.append(time.perf_counter() - start)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            optimizer.step()
-        torch.cuda.synchronize()
-    averages = prof.key_averages()
+    averages = profiled_steps(optimizer, 10).key_averages()
     kernels = sum(e.self_device_time_total for e in averages) / 10 / 1e6
     launches = sum(e.count for e in averages if e.self_device_time_total > 0) / 10
     return dict(host_ms=1e3 * statistics.median(host), wall_ms=1e3 * statistics.median(wall), kernels_ms=1e3 * kernels,
                 kernels_per_step=launches)
+
+
+def profiled_steps(optimizer, steps: int) -> profile:
+    """torch.profiler's record of the GPU activity of `steps` steps (after the caller's warm-up)."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            optimizer.step()
+        torch.cuda.synchronize()
+    return prof
 
 
 def print_kernel_table(name: str, optimizer, steps: int = 10) -> None:
@@ -50,11 +55,7 @@ def print_kernel_table(name: str, optimizer, steps: int = 10) -> None:
     for _ in range(5):
         optimizer.step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            optimizer.step()
-        torch.cuda.synchronize()
-    kernels = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+    kernels = sorted((e for e in profiled_steps(optimizer, steps).key_averages() if e.self_device_time_total > 0),
                      key=lambda e: -e.self_device_time_total)
     print(f"##### kernels of {name} per step", flush=True)
     for e in kernels:
