@@ -112,6 +112,7 @@ class KernelCache:
         self.compilations = 0
         self.disabled_reason: str | None = None
         self.torch_kernel_devices: tuple[str, ...] = TORCH_KERNEL_DEVICES
+        self.split_lamb_devices: tuple[str, ...] = SPLIT_LAMB_DEVICES
 
     def get(self, key: tuple, function: Callable, flags: dict[str, Any],
             dynamic: bool | None = False) -> Callable | None:
@@ -566,55 +567,103 @@ def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coeffi
     return torch.stack(means)
 
 
-def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names, noise,
-                 precision_weighting, decay, maximize, trust_clip, precision_floor, start_up=False,
-                 previous_mean=False):
+def _lamb_tensor_step(p, g, m, v, extra, s, mean_variance, *, noise, precision_weighting, decay, maximize, trust_clip,
+                      precision_floor, start_up, previous_mean):
+    """One tensor of KalmanLAMB's step (D5, functional.kalman_lamb): (m_new, v_new, new extra state, the update,
+    its trust ratio, and with `previous_mean` this step's layer mean of P to store, else None)."""
+    m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
+                                                      start_up=start_up, posterior=precision_weighting)
+    denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
+    if precision_weighting:  # functional.precision_weighted_norm
+        inverse_mean = torch.where(mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
+                                   torch.zeros_like(mean_variance))  # 0: equal weights
+        # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
+        # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
+        # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
+        weight_denominator = variance * inverse_mean + precision_floor
+        both = (denominator * weight_denominator).reciprocal()
+        update = mean * weight_denominator * both
+        weights = denominator * both
+    else:
+        update = mean / denominator
+    if decay:
+        update = update + s["weight_decay"] * p
+    param_norm = (p * p).sum().sqrt()  # a sum of squares: inductor lowers linalg.vector_norm to a slower loop
+    plain_norm = (update * update).sum().sqrt()  # unused with a previous mean: the traced graph drops it
+    update_norm, stored = plain_norm, None
+    if precision_weighting:
+        weighted = (weights * update.square()).sum() / weights.sum()
+        weighted_norm = (weighted * update.numel()).sqrt()
+        if previous_mean:
+            # Without a posterior (innovation's first step) the stored mean is still 0: equal weights, the plain
+            # norm, so no separate sum of u^2. The next step then weighs equally too.
+            update_norm = weighted_norm
+            stored = _where(s["has_posterior"], variance.mean().reshape(1), torch.zeros_like(mean_variance))
+        else:
+            update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
+    ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
+    if trust_clip is not None:
+        ratio = ratio.clamp_max(trust_clip)
+    return m_new, v_new, new, update, ratio, stored
+
+
+def _lamb_tensors(params, grads, exp_avgs, exp_avg_sqs, extras, mean_variances, previous_mean):
+    """Per tensor: (p, g, m, v, its extra state, the layer mean of P it divides by or None, the stored mean or None)."""
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        extra = {key: values[i] for key, values in extras.items()}
+        stored_mean = extra.pop(PREVIOUS_MEAN_KEY, None)
+        mean_variance = stored_mean if previous_mean else None if mean_variances is None else mean_variances[i]
+        yield p, g, m, v, extra, mean_variance, stored_mean
+
+
+def _write_lamb_state(m, v, extra, stored_mean, m_new, v_new, new, stored) -> None:
+    m.copy_(m_new)
+    v.copy_(v_new)
+    for key, value in new.items():
+        extra[key].copy_(value)
+    if stored is not None:
+        stored_mean.copy_(stored)
+
+
+def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names,
+                 previous_mean=False, **options):
     """KalmanLAMB (D5): functional.kalman_lamb. With precision weighting, `mean_variances` comes from
     `_lamb_statistics_kernel` (the layer means D5's weights divide by), or with `previous_mean` from the state
     (the last step's means, overwritten here with this step's: one pass fewer)."""
     s = _unpack(coefficients, names)
-    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        extra = {key: values[i] for key, values in extras.items()}
-        stored_mean = extra.pop(PREVIOUS_MEAN_KEY, None)
-        m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
-                                                          start_up=start_up, posterior=precision_weighting)
-        denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
-        if precision_weighting:  # functional.precision_weighted_norm
-            mean_variance = stored_mean if previous_mean else mean_variances[i]
-            inverse_mean = torch.where(mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
-                                       torch.zeros_like(mean_variance))  # 0: equal weights
-            # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
-            # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
-            # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
-            weight_denominator = variance * inverse_mean + precision_floor
-            both = (denominator * weight_denominator).reciprocal()
-            update = mean * weight_denominator * both
-            weights = denominator * both
-        else:
-            update = mean / denominator
+    for p, g, m, v, extra, mean_variance, stored_mean in _lamb_tensors(params, grads, exp_avgs, exp_avg_sqs, extras,
+                                                                     mean_variances, previous_mean):
+        m_new, v_new, new, update, ratio, stored = _lamb_tensor_step(p, g, m, v, extra, s, mean_variance,
+                                                                     previous_mean=previous_mean, **options)
+        p.copy_(p + s["neg_lr"] * (update * ratio))
+        _write_lamb_state(m, v, extra, stored_mean, m_new, v_new, new, stored)
+
+
+def _lamb_moments_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names,
+                         previous_mean=False, **options):
+    """The first graph of KalmanLAMB's step in two graphs (`split_lamb_update`): `_lamb_kernel` that writes the
+    moments and the rest of the state, not the parameters, and returns the trust ratios."""
+    s = _unpack(coefficients, names)
+    ratios = []
+    for p, g, m, v, extra, mean_variance, stored_mean in _lamb_tensors(params, grads, exp_avgs, exp_avg_sqs, extras,
+                                                                     mean_variances, previous_mean):
+        m_new, v_new, new, _, ratio, stored = _lamb_tensor_step(p, g, m, v, extra, s, mean_variance,
+                                                                previous_mean=previous_mean, **options)
+        _write_lamb_state(m, v, extra, stored_mean, m_new, v_new, new, stored)
+        ratios.append(ratio.reshape(1))
+    return torch.cat(ratios)
+
+
+def _lamb_apply_kernel(params, exp_avgs, exp_avg_sqs, coefficients, ratios, *, names, decay):
+    """The second graph: p <- p - lr r (m_hat / (sqrt(v_hat) + eps) + wd p), the update recomputed from the moments
+    the first graph wrote (as the reference computes it), at the trust ratios r it returned. D5's weights enter
+    only the ratio, so this graph is plain LAMB's: it reads p, m and v and writes p (16 bytes per float32 element)."""
+    s = _unpack(coefficients, names)
+    for i, (p, m, v) in enumerate(zip(params, exp_avgs, exp_avg_sqs)):
+        update = m * s["inverse_correction1"] / ((v * s["inverse_correction2"]).sqrt() + s["eps"])
         if decay:
             update = update + s["weight_decay"] * p
-        param_norm = (p * p).sum().sqrt()  # a sum of squares: inductor lowers linalg.vector_norm to a slower loop
-        plain_norm = (update * update).sum().sqrt()  # unused with a previous mean: the traced graph drops it
-        update_norm = plain_norm
-        if precision_weighting:
-            weighted = (weights * update.square()).sum() / weights.sum()
-            weighted_norm = (weighted * update.numel()).sqrt()
-            if previous_mean:
-                # Without a posterior (innovation's first step) the stored mean is still 0: equal weights, the plain
-                # norm, so no separate sum of u^2. The next step then weighs equally too.
-                update_norm = weighted_norm
-                stored_mean.copy_(_where(s["has_posterior"], variance.mean().reshape(1), torch.zeros_like(stored_mean)))
-            else:
-                update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
-        ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
-        if trust_clip is not None:
-            ratio = ratio.clamp_max(trust_clip)
-        p.copy_(p + s["neg_lr"] * (update * ratio))
-        m.copy_(m_new)
-        v.copy_(v_new)
-        for key, value in new.items():
-            extra[key].copy_(value)
+        p.copy_(p + s["neg_lr"] * (update * ratios[i]))
 
 
 # ------------------------------------------------------------------------------------- entry points
@@ -623,7 +672,8 @@ class Job:
     """One bucket's fused step: `kernel` with its structure `flags`, the per-step `scalars`, the cache `key`, the
     `tensors` (params, grads, exp_avgs, exp_avg_sqs, extra state) and their `indices` in the caller's lists.
     `statistics`: a (kernel, flags) run first, whose result the kernel takes last (PW LAMB's layer means).
-    `per_tensor`: call the kernel once per tensor, flattened, through one shape-generic graph."""
+    `per_tensor`: call the kernel once per tensor, flattened, through one shape-generic graph.
+    `apply`: a (kernel, flags) run last on (params, exp_avgs, exp_avg_sqs, coefficients, the kernel's result)."""
 
     kernel: Callable
     flags: dict[str, Any]
@@ -634,6 +684,7 @@ class Job:
     statistics: tuple[Callable, dict[str, Any]] | None = None
     per_tensor: bool = False
     rows: bool = False
+    apply: tuple[Callable, dict[str, Any]] | None = None
 
 
 def _flat(tensor: Tensor) -> Tensor:
@@ -687,19 +738,43 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
             return list(remaining)
         try:
             if first is None:
-                compiled(*tensors, coefficients)
+                result = compiled(*tensors, coefficients)
             else:
-                compiled(*tensors, coefficients, first(*tensors, coefficients))
+                result = compiled(*tensors, coefficients, first(*tensors, coefficients))
+            if job.apply is not None:
+                _apply(cache, job, key, names, dynamic, tensors, coefficients, result)
             if job.per_tensor:  # the writes went through aliases with their own version counters
                 torch.autograd.graph.increment_version([params[j], job.tensors[2][j], job.tensors[3][j]])
         except Exception as error:
             if not _is_compile_error(error):
                 raise
             # Compilation fails before the kernel runs, so these tensors are unchanged.
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            cache.disable(f"compilation failed: {type(error).__name__}: {first_line}")
+            cache.disable(f"compilation failed: {type(error).__name__}: {_first_line(error)}")
             return list(remaining)
     return []
+
+
+def _apply(cache: KernelCache, job: Job, key: tuple, names: tuple, dynamic: bool | None, tensors: tuple,
+           coefficients: Tensor, result: Tensor) -> None:
+    """Run `job.apply` after its kernel has written the state: compiled, or eagerly (the same function) when it cannot
+    compile, so that a step is never left half done; a compile failure then turns the fused path off."""
+    kernel, flags = job.apply
+    arguments = (tensors[0], tensors[2], tensors[3], coefficients, result)
+    compiled = cache.get(("apply", *key), kernel, dict(flags, names=names), dynamic=dynamic)
+    if compiled is not None:
+        try:
+            compiled(*arguments)
+            return
+        except Exception as error:
+            if not _is_compile_error(error):
+                raise
+            cache.disable(f"compilation failed: {type(error).__name__}: {_first_line(error)}")
+    kernel(*arguments, **flags, names=names)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _is_compile_error(error: Exception) -> bool:
@@ -859,9 +934,25 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         if precision_weighting and not flags["previous_mean"]:  # the layer means of P first (a graph that only
             # reads), then the update
             statistics = (_lamb_statistics_kernel, dict(noise=noise, maximize=maximize, start_up=flags["start_up"]))
-        jobs.append(Job(_lamb_kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics,
-                        per_tensor=per_tensor_calls(key[0])))
+        kernel, apply = _lamb_kernel, None
+        if precision_weighting and split_lamb_update(key[0], cache.split_lamb_devices):
+            kernel, apply = _lamb_moments_kernel, (_lamb_apply_kernel, dict(decay=flags["decay"]))
+        jobs.append(Job(kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics,
+                        per_tensor=per_tensor_calls(key[0]), apply=apply))
     return _run_all(cache, jobs)
+
+
+#: Device types on which precision-weighted KalmanLAMB steps through two graphs (`_lamb_moments_kernel`, then
+#: `_lamb_apply_kernel`) instead of one. On CUDA the one graph's Triton code stored 4 intermediate tensors per parameter
+#: tensor between its element-wise pass and its reductions (1.72 ms of kernels per step at 1e8 parameters against
+#: 1.09 ms for plain LAMB, results/bench/cuda_kernel_table.log); two graphs move plain LAMB's bytes. A CPU graph
+#: stores one intermediate either way (inductor's C++ code), so there the second graph would only add its call.
+SPLIT_LAMB_DEVICES = ("cuda",)
+
+
+def split_lamb_update(device: torch.device, devices: tuple[str, ...] = SPLIT_LAMB_DEVICES) -> bool:
+    """Whether precision-weighted LAMB's step runs as two graphs on `device` (`SPLIT_LAMB_DEVICES`)."""
+    return device.type in devices
 
 
 def per_tensor_calls(device: torch.device) -> bool:
