@@ -89,6 +89,11 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
                                                                                noise="constant", fused=True)), 28),
     "KalmanAdam adam+VA": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True,
                                                  fused=True), 28),
+    # The compiled kernels launched as they are, not replayed from CUDA graphs (fused.GRAPH_DEVICES: CUDA).
+    "KalmanAdam adam [no CUDA graphs]": (lambda ps: _without_graphs(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                                                               fused=True)), 28),
+    "KalmanAdam adam+VA [no CUDA graphs]": (lambda ps: _without_graphs(KalmanAdam(
+        ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True, fused=True)), 28),
     "KalmanAdam adaptive": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="adaptive", fused=True), 60),
     # Mid start-up: the factor is still computed, with y = 2 t asinh(sqrt(lambda) / 2) large for most coordinates.
     "KalmanAdam adaptive, step 1k": (lambda ps: _past_start_up(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
@@ -110,6 +115,11 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
     "KalmanLAMB": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, precision_weighting=False, fused=True), 40),
     # Precision weighting by default divides by the previous step's layer mean of P; "exact mean" by this step's.
     "KalmanLAMB precision": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 40),
+    # Precision-weighted LAMB's step as one graph where it is two by default (fused.SPLIT_LAMB_DEVICES: CUDA).
+    "KalmanLAMB precision [one graph]": (lambda ps: _one_graph(KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                                                           fused=True)), 40),
+    "KalmanLAMB precision [no CUDA graphs]": (lambda ps: _without_graphs(KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
+                                                                                    fused=True)), 40),
     "KalmanLAMB precision innovation": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
                                                               fused=True), 48),
     "KalmanLAMB precision, exact mean": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
@@ -148,6 +158,20 @@ def _torch_kernel(optimizer: KalmanAdam) -> KalmanAdam:
     only, by default), for the A/B against the compiled kernel they take on CUDA."""
     for group in optimizer.param_groups:
         optimizer._kernel_cache(group).torch_kernel_devices = ("cpu", "cuda")
+    return optimizer
+
+
+def _without_graphs(optimizer):
+    """The compiled kernels without CUDA graphs on every device (fused.GRAPH_DEVICES: CUDA, by default)."""
+    for group in optimizer.param_groups:
+        optimizer._kernel_cache(group).graph_devices = ()
+    return optimizer
+
+
+def _one_graph(optimizer: KalmanLAMB) -> KalmanLAMB:
+    """Precision-weighted LAMB's step as one graph on every device (fused.SPLIT_LAMB_DEVICES: two on CUDA)."""
+    for group in optimizer.param_groups:
+        optimizer._kernel_cache(group).split_lamb_devices = ()
     return optimizer
 
 
@@ -439,10 +463,19 @@ def write_markdown(report: dict, out: Path) -> None:
         markdown_table(target_header, target_rows)]) + "\n")
 
 
+#: A variant's suffix -> whether on a device type it is what the default candidate already runs.
+VARIANT_IS_DEFAULT = {
+    "[torch kernel]": lambda device: device in fused_path.TORCH_KERNEL_DEVICES,
+    "[no CUDA graphs]": lambda device: device not in fused_path.GRAPH_DEVICES,
+    "[one graph]": lambda device: device not in fused_path.SPLIT_LAMB_DEVICES,
+}
+
+
 def default_candidates(device: str) -> list[str]:
-    """Every candidate, less the "[torch kernel]" variants on a device whose default path is torch's kernel (a CPU)."""
-    same = device in fused_path.TORCH_KERNEL_DEVICES
-    return [name for name in CANDIDATES if not (same and name.endswith("[torch kernel]"))]
+    """Every candidate, less the variants ("[torch kernel]", "[no CUDA graphs]", "[one graph]") that on `device` run
+    what the default candidate runs (on a CPU: all three)."""
+    return [name for name in CANDIDATES
+            if not any(name.endswith(suffix) and same(device) for suffix, same in VARIANT_IS_DEFAULT.items())]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from kalman_optim import cuda_graphs
 from kalman_optim.closed_forms import beta_to_noise_ratio, constant_noise_gain
 from kalman_optim.functional import PREVIOUS_MEAN_KEY, AdaptiveNoiseConfig, _group_by_step, start_up_active
 from kalman_optim.noise_models import INNOVATION_MODELS, extrapolated, fitted, innovation, transport
@@ -58,6 +59,9 @@ AUTO_MIN_ELEMENTS = 1_000_000
 #: combo_kernels: on CUDA, the loops of a bucket's tensors share Triton launches (a launch per tensor otherwise, each
 #: with its host-side cost); inductor ignores it for CPU code.
 KERNEL_CONFIG = {"size_asserts": False, "combo_kernels": True}
+#: Device types whose buckets replay CUDA graphs of their compiled kernels (cuda_graphs; a KernelCache's
+#: `graph_devices` overrides it per param group).
+GRAPH_DEVICES = ("cuda",)
 #: Kernels one optimizer compiles at most (buckets x option changes); beyond, it falls back to the eager path.
 MAX_KERNELS = 16
 
@@ -113,6 +117,16 @@ class KernelCache:
         self.disabled_reason: str | None = None
         self.torch_kernel_devices: tuple[str, ...] = TORCH_KERNEL_DEVICES
         self.split_lamb_devices: tuple[str, ...] = SPLIT_LAMB_DEVICES
+        self.graph_devices: tuple[str, ...] = GRAPH_DEVICES
+        self.graphs = cuda_graphs.StepGraphs()
+        self.stagings: dict[tuple, cuda_graphs.CoefficientStaging] = {}
+
+    def stage(self, key: tuple, values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """`values` on `device` in the buffer of `key` (a fixed address per bucket, see cuda_graphs)."""
+        staging = self.stagings.get(key)
+        if staging is None:
+            staging = self.stagings[key] = cuda_graphs.CoefficientStaging(values, dtype, device)
+        return staging.stage(values)
 
     def get(self, key: tuple, function: Callable, flags: dict[str, Any],
             dynamic: bool | None = False) -> Callable | None:
@@ -420,24 +434,34 @@ def _layout(scalars: dict[str, Any]) -> tuple[tuple[str, int], ...]:
     return tuple((name, value.numel() if torch.is_tensor(value) else 0) for name, value in scalars.items())
 
 
-def _pack(scalars: dict[str, Any], dtype: torch.dtype, device, rows: int = 0) -> Tensor:
-    """The coefficients as one tensor in `_layout`'s order, 1-D, or with `rows` > 0 the same row `rows` times:
-    one host-to-device copy per bucket and step (repeated on the host: a repeat on the device is one more launch)."""
+def coefficient_values(scalars: dict[str, Any]) -> list[float]:
+    """The coefficients as a list of Python floats in `_layout`'s order."""
     flat: list[float] = []
     for value in scalars.values():
         if torch.is_tensor(value):
             flat.extend(value.reshape(-1).tolist())
         else:
             flat.append(float(value))
-    host = torch.tensor(flat, dtype=dtype)
+    return flat
+
+
+def _pack(values: list[float], dtype: torch.dtype, device, rows: int = 0) -> Tensor:
+    """`values` as one tensor, 1-D, or with `rows` > 0 the same row `rows` times: one host-to-device copy per bucket
+    and step (repeated on the host: a repeat on the device is one more launch). On CUDA the buckets' coefficients
+    are staged through pinned buffers instead (`cuda_graphs.CoefficientStaging`)."""
+    host = torch.tensor(values, dtype=dtype)
     if rows:  # a CPU repeat: 9 us for 100 rows where a nested list takes 80 us
         host = host.repeat(rows, 1)
     if device.type != "cuda":
         return host if device.type == "cpu" else host.to(device)
     # From pinned memory without waiting: a copy from pageable memory blocks the host until the GPU has finished the
-    # work queued before it (cProfile on an H200: 0.26 ms per step in torch.tensor). The caching host allocator keeps
-    # the pinned block until the copy has run.
+    # work queued before it (cProfile on an H200: 0.26 ms per step in torch.tensor).
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def _row(coefficients: Tensor, i: int) -> Tensor:
+    """Tensor i's coefficients: its row of a 2-D table (CPU, see `_run`), or the one 1-D row every tensor shares."""
+    return coefficients[i] if coefficients.dim() == 2 else coefficients
 
 
 def _unpack(coefficients: Tensor, names: tuple[tuple[str, int], ...]) -> dict[str, Tensor]:
@@ -454,7 +478,7 @@ def _adam_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, 
     """KalmanAdam (modes adam, constant, adaptive, innovation; with or without variance adaptation):
     functional._single_tensor_kalman_adam."""
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        s = _unpack(coefficients[i], names)
+        s = _unpack(_row(coefficients, i), names)
         g = -g if maximize else g
         if coupled_decay:
             g = g + s["weight_decay"] * p
@@ -481,7 +505,7 @@ def _adam_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, 
 def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, coupled_decay, maximize):
     """Mode transport (D8): noise_models.transport.step."""
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        s = _unpack(coefficients[i], names)
+        s = _unpack(_row(coefficients, i), names)
         tiny = torch.finfo(p.dtype).tiny
         g = -g if maximize else g
         if coupled_decay:
@@ -523,7 +547,7 @@ def _transport_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients
 def _extrapolated_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, coupled_decay, maximize):
     """Mode extrapolated (D8, the gradient taken at the extrapolated point): noise_models.extrapolated.step."""
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        s = _unpack(coefficients[i], names)
+        s = _unpack(_row(coefficients, i), names)
         g = -g if maximize else g
         if coupled_decay:
             g = g + s["weight_decay"] * p
@@ -716,11 +740,21 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
     # The structure flags are part of the key: a changed option (maximize, the end of the start-up) gets its kernel.
     flag_key = tuple(sorted(job.flags.items()))
     params = job.tensors[0]
-    # A row of coefficients per tensor: inductor's C++ code fuses the loops of same-sized tensors that read the same
-    # buffer into one loop over all their streams (4 to 7 per tensor); a loop per tensor (as torch's compiled AdamW,
-    # which reads a step count per tensor, gets) measured 0.92 -> 0.83x compiled AdamW at 1e7 parameters and
-    # 1.09 -> 0.75x at 3e7 in mode adam (bench_fused, 30 tensors of 1e6, 3 processes each).
-    coefficients = _pack(job.scalars, params[0].dtype, params[0].device, rows=len(params) if job.rows else 0)
+    device, dtype = params[0].device, params[0].dtype
+    values = coefficient_values(job.scalars)
+    graphs = None
+    graphed = device.type in cache.graph_devices
+    if (device.type == "cuda" or graphed) and not job.per_tensor and dtype in (torch.float32, torch.float64):
+        # At a fixed address per bucket: what a CUDA graph reads.
+        coefficients = cache.stage(("coefficients", *job.key, names), values, dtype, device)
+        graphs = cache.graphs if graphed else None
+    else:
+        # On a CPU a row of coefficients per tensor: inductor's C++ code fuses the loops of same-sized tensors that
+        # read the same buffer into one loop over all their streams (4 to 7 per tensor); a loop per tensor (as torch's
+        # compiled AdamW, which reads a step count per tensor, gets) measured 0.92 -> 0.83x compiled AdamW at 1e7
+        # parameters and 1.09 -> 0.75x at 3e7 in mode adam (bench_fused, 30 tensors of 1e6, 3 processes each).
+        rows = len(params) if job.rows and device.type == "cpu" else 0
+        coefficients = _pack(values, dtype, device, rows=rows)
     if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
         calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
     else:
@@ -736,13 +770,12 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
                               dynamic=dynamic)
         if compiled is None or (job.statistics is not None and first is None):
             return list(remaining)
+        launch = functools.partial(_launch, cache, job, key, names, dynamic, tensors, coefficients, compiled, first)
         try:
-            if first is None:
-                result = compiled(*tensors, coefficients)
+            if graphs is None:
+                launch()
             else:
-                result = compiled(*tensors, coefficients, first(*tensors, coefficients))
-            if job.apply is not None:
-                _apply(cache, job, key, names, dynamic, tensors, coefficients, result)
+                graphs.run(key, cuda_graphs.addresses(tensors, coefficients), launch, _written(tensors))
             if job.per_tensor:  # the writes went through aliases with their own version counters
                 torch.autograd.graph.increment_version([params[j], job.tensors[2][j], job.tensors[3][j]])
         except Exception as error:
@@ -752,6 +785,23 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
             cache.disable(f"compilation failed: {type(error).__name__}: {_first_line(error)}")
             return list(remaining)
     return []
+
+
+def _launch(cache: KernelCache, job: Job, key: tuple, names: tuple, dynamic: bool | None, tensors: tuple,
+            coefficients: Tensor, compiled: Callable, first: Callable | None) -> None:
+    """One call's kernels: the statistics graph (if any), the kernel, the apply graph (if any)."""
+    if first is None:
+        result = compiled(*tensors, coefficients)
+    else:
+        result = compiled(*tensors, coefficients, first(*tensors, coefficients))
+    if job.apply is not None:
+        _apply(cache, job, key, names, dynamic, tensors, coefficients, result)
+
+
+def _written(tensors: tuple) -> list[Tensor]:
+    """The tensors a bucket's step writes in place: parameters and state."""
+    params, _, exp_avgs, exp_avg_sqs, extra = tensors
+    return [*params, *exp_avgs, *exp_avg_sqs, *(t for values in extra.values() for t in values)]
 
 
 def _apply(cache: KernelCache, job: Job, key: tuple, names: tuple, dynamic: bool | None, tensors: tuple,
