@@ -25,7 +25,7 @@ candidates=("AdamW [foreach]" "AdamW [fused]" "KalmanAdam adam" "KalmanAdam adam
             "KalmanAdam adam+VA" "KalmanAdam adam+VA [no CUDA graphs]"
             "KalmanAdam adaptive" "KalmanAdam adaptive, step > 10k" "KalmanAdam innovation" "KalmanAdam fitted"
             "KalmanAdam transport" "KalmanAdam extrapolated" "KalmanLAMB" "KalmanLAMB precision"
-            "KalmanLAMB precision [one graph]" "KalmanLAMB precision [no CUDA graphs]"
+            "KalmanLAMB precision [no CUDA graphs]"
             "KalmanLAMB precision, exact mean" "AdamW [compiled]")
 compiled=("AdamW [fused]" "KalmanAdam adam+VA" "KalmanAdam adaptive" "KalmanAdam transport" "KalmanAdam extrapolated"
           "KalmanLAMB" "KalmanLAMB precision")
@@ -50,7 +50,7 @@ KALMAN_OPTIM_TEST_DEVICE=cuda timeout ${TEST_SECONDS:-220} $PY -m pytest -q -p n
 part "step profile"
 timeout ${PROFILE_SECONDS:-60} $PY -m experiments.cuda_step_profile --sizes 1e7 --no-table --optimizers \
     "AdamW [fused]" "KalmanAdam adam" "KalmanAdam adam [no CUDA graphs]" "KalmanAdam adam+VA" "KalmanLAMB" \
-    "KalmanLAMB precision" "KalmanLAMB precision [one graph]" \
+    "KalmanLAMB precision" \
     2>&1 | grep -v Warning | tee "$out/profile.log" | tee -a "$log"
 if [ "${QUEUED:-0}" = 1 ]; then
     part "queued steps, pinned and pageable coefficients"

@@ -115,9 +115,6 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
     "KalmanLAMB": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, precision_weighting=False, fused=True), 40),
     # Precision weighting by default divides by the previous step's layer mean of P; "exact mean" by this step's.
     "KalmanLAMB precision": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 40),
-    # Precision-weighted LAMB's step as one graph where it is two by default (fused.SPLIT_LAMB_DEVICES: CUDA).
-    "KalmanLAMB precision [one graph]": (lambda ps: _one_graph(KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
-                                                                           fused=True)), 40),
     "KalmanLAMB precision [no CUDA graphs]": (lambda ps: _without_graphs(KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
                                                                                     fused=True)), 40),
     "KalmanLAMB precision innovation": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
@@ -165,13 +162,6 @@ def _without_graphs(optimizer):
     """The compiled kernels without CUDA graphs on every device (fused.GRAPH_DEVICES: CUDA, by default)."""
     for group in optimizer.param_groups:
         optimizer._kernel_cache(group).graph_devices = ()
-    return optimizer
-
-
-def _one_graph(optimizer: KalmanLAMB) -> KalmanLAMB:
-    """Precision-weighted LAMB's step as one graph on every device (fused.SPLIT_LAMB_DEVICES: two on CUDA)."""
-    for group in optimizer.param_groups:
-        optimizer._kernel_cache(group).split_lamb_devices = ()
     return optimizer
 
 
@@ -467,13 +457,12 @@ def write_markdown(report: dict, out: Path) -> None:
 VARIANT_IS_DEFAULT = {
     "[torch kernel]": lambda device: device in fused_path.TORCH_KERNEL_DEVICES,
     "[no CUDA graphs]": lambda device: device not in fused_path.GRAPH_DEVICES,
-    "[one graph]": lambda device: device not in fused_path.SPLIT_LAMB_DEVICES,
 }
 
 
 def default_candidates(device: str) -> list[str]:
-    """Every candidate, less the variants ("[torch kernel]", "[no CUDA graphs]", "[one graph]") that on `device` run
-    what the default candidate runs (on a CPU: all three)."""
+    """Every candidate, less the variants ("[torch kernel]", "[no CUDA graphs]") that on `device` run what the default
+    candidate runs (on a CPU: both)."""
     return [name for name in CANDIDATES
             if not any(name.endswith(suffix) and same(device) for suffix, same in VARIANT_IS_DEFAULT.items())]
 

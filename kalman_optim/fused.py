@@ -13,7 +13,8 @@ measured 2-4x slower than stepping each tensor alone on the 2-core CPU (30 tenso
 ~22 ms). So on a CPU LAMB calls its kernel once per tensor, each flattened to 1-D, through one graph that dynamo
 makes shape-generic when a second length comes (`Job.per_tensor`; a few more for lengths it specializes, such as
 1). On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
-wrapper's host time once instead of once per tensor (`per_tensor_calls`).
+wrapper's host time once instead of once per tensor (`per_tensor_calls`), and a bucket's step is recorded as a CUDA
+graph and replayed (cuda_graphs): the host time of dynamo's guards and inductor's launches is paid once.
 
 The math is the reference path's (functional.py and noise_models/), step for step; tests compare the two
 over 1000 steps in every mode. Branches that depend on the step (no innovation at step 1, no lag statistic
@@ -116,7 +117,6 @@ class KernelCache:
         self.compilations = 0
         self.disabled_reason: str | None = None
         self.torch_kernel_devices: tuple[str, ...] = TORCH_KERNEL_DEVICES
-        self.split_lamb_devices: tuple[str, ...] = SPLIT_LAMB_DEVICES
         self.graph_devices: tuple[str, ...] = GRAPH_DEVICES
         self.graphs = cuda_graphs.StepGraphs()
         self.stagings: dict[tuple, cuda_graphs.CoefficientStaging] = {}
@@ -591,103 +591,55 @@ def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coeffi
     return torch.stack(means)
 
 
-def _lamb_tensor_step(p, g, m, v, extra, s, mean_variance, *, noise, precision_weighting, decay, maximize, trust_clip,
-                      precision_floor, start_up, previous_mean):
-    """One tensor of KalmanLAMB's step (D5, functional.kalman_lamb): (m_new, v_new, new extra state, the update,
-    its trust ratio, and with `previous_mean` this step's layer mean of P to store, else None)."""
-    m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
-                                                      start_up=start_up, posterior=precision_weighting)
-    denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
-    if precision_weighting:  # functional.precision_weighted_norm
-        inverse_mean = torch.where(mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
-                                   torch.zeros_like(mean_variance))  # 0: equal weights
-        # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
-        # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
-        # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
-        weight_denominator = variance * inverse_mean + precision_floor
-        both = (denominator * weight_denominator).reciprocal()
-        update = mean * weight_denominator * both
-        weights = denominator * both
-    else:
-        update = mean / denominator
-    if decay:
-        update = update + s["weight_decay"] * p
-    param_norm = (p * p).sum().sqrt()  # a sum of squares: inductor lowers linalg.vector_norm to a slower loop
-    plain_norm = (update * update).sum().sqrt()  # unused with a previous mean: the traced graph drops it
-    update_norm, stored = plain_norm, None
-    if precision_weighting:
-        weighted = (weights * update.square()).sum() / weights.sum()
-        weighted_norm = (weighted * update.numel()).sqrt()
-        if previous_mean:
-            # Without a posterior (innovation's first step) the stored mean is still 0: equal weights, the plain
-            # norm, so no separate sum of u^2. The next step then weighs equally too.
-            update_norm = weighted_norm
-            stored = _where(s["has_posterior"], variance.mean().reshape(1), torch.zeros_like(mean_variance))
-        else:
-            update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
-    ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
-    if trust_clip is not None:
-        ratio = ratio.clamp_max(trust_clip)
-    return m_new, v_new, new, update, ratio, stored
-
-
-def _lamb_tensors(params, grads, exp_avgs, exp_avg_sqs, extras, mean_variances, previous_mean):
-    """Per tensor: (p, g, m, v, its extra state, the layer mean of P it divides by or None, the stored mean or None)."""
-    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        extra = {key: values[i] for key, values in extras.items()}
-        stored_mean = extra.pop(PREVIOUS_MEAN_KEY, None)
-        mean_variance = stored_mean if previous_mean else None if mean_variances is None else mean_variances[i]
-        yield p, g, m, v, extra, mean_variance, stored_mean
-
-
-def _write_lamb_state(m, v, extra, stored_mean, m_new, v_new, new, stored) -> None:
-    m.copy_(m_new)
-    v.copy_(v_new)
-    for key, value in new.items():
-        extra[key].copy_(value)
-    if stored is not None:
-        stored_mean.copy_(stored)
-
-
-def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names,
-                 previous_mean=False, **options):
+def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names, noise,
+                 precision_weighting, decay, maximize, trust_clip, precision_floor, start_up=False,
+                 previous_mean=False):
     """KalmanLAMB (D5): functional.kalman_lamb. With precision weighting, `mean_variances` comes from
     `_lamb_statistics_kernel` (the layer means D5's weights divide by), or with `previous_mean` from the state
     (the last step's means, overwritten here with this step's: one pass fewer)."""
     s = _unpack(coefficients, names)
-    for p, g, m, v, extra, mean_variance, stored_mean in _lamb_tensors(params, grads, exp_avgs, exp_avg_sqs, extras,
-                                                                     mean_variances, previous_mean):
-        m_new, v_new, new, update, ratio, stored = _lamb_tensor_step(p, g, m, v, extra, s, mean_variance,
-                                                                     previous_mean=previous_mean, **options)
-        p.copy_(p + s["neg_lr"] * (update * ratio))
-        _write_lamb_state(m, v, extra, stored_mean, m_new, v_new, new, stored)
-
-
-def _lamb_moments_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names,
-                         previous_mean=False, **options):
-    """The first graph of KalmanLAMB's step in two graphs (`split_lamb_update`): `_lamb_kernel` that writes the
-    moments and the rest of the state, not the parameters, and returns the trust ratios."""
-    s = _unpack(coefficients, names)
-    ratios = []
-    for p, g, m, v, extra, mean_variance, stored_mean in _lamb_tensors(params, grads, exp_avgs, exp_avg_sqs, extras,
-                                                                     mean_variances, previous_mean):
-        m_new, v_new, new, _, ratio, stored = _lamb_tensor_step(p, g, m, v, extra, s, mean_variance,
-                                                                previous_mean=previous_mean, **options)
-        _write_lamb_state(m, v, extra, stored_mean, m_new, v_new, new, stored)
-        ratios.append(ratio.reshape(1))
-    return torch.cat(ratios)
-
-
-def _lamb_apply_kernel(params, exp_avgs, exp_avg_sqs, coefficients, ratios, *, names, decay):
-    """The second graph: p <- p - lr r (m_hat / (sqrt(v_hat) + eps) + wd p), the update recomputed from the moments
-    the first graph wrote (as the reference computes it), at the trust ratios r it returned. D5's weights enter
-    only the ratio, so this graph is plain LAMB's: it reads p, m and v and writes p (16 bytes per float32 element)."""
-    s = _unpack(coefficients, names)
-    for i, (p, m, v) in enumerate(zip(params, exp_avgs, exp_avg_sqs)):
-        update = m * s["inverse_correction1"] / ((v * s["inverse_correction2"]).sqrt() + s["eps"])
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        extra = {key: values[i] for key, values in extras.items()}
+        stored_mean = extra.pop(PREVIOUS_MEAN_KEY, None)
+        m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
+                                                          start_up=start_up, posterior=precision_weighting)
+        denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
+        if precision_weighting:  # functional.precision_weighted_norm
+            mean_variance = stored_mean if previous_mean else mean_variances[i]
+            inverse_mean = torch.where(mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
+                                       torch.zeros_like(mean_variance))  # 0: equal weights
+            # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
+            # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
+            # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
+            weight_denominator = variance * inverse_mean + precision_floor
+            both = (denominator * weight_denominator).reciprocal()
+            update = mean * weight_denominator * both
+            weights = denominator * both
+        else:
+            update = mean / denominator
         if decay:
             update = update + s["weight_decay"] * p
-        p.copy_(p + s["neg_lr"] * (update * ratios[i]))
+        param_norm = (p * p).sum().sqrt()  # a sum of squares: inductor lowers linalg.vector_norm to a slower loop
+        plain_norm = (update * update).sum().sqrt()  # unused with a previous mean: the traced graph drops it
+        update_norm = plain_norm
+        if precision_weighting:
+            weighted = (weights * update.square()).sum() / weights.sum()
+            weighted_norm = (weighted * update.numel()).sqrt()
+            if previous_mean:
+                # Without a posterior (innovation's first step) the stored mean is still 0: equal weights, the plain
+                # norm, so no separate sum of u^2. The next step then weighs equally too.
+                update_norm = weighted_norm
+                stored_mean.copy_(_where(s["has_posterior"], variance.mean().reshape(1), torch.zeros_like(stored_mean)))
+            else:
+                update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
+        ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
+        if trust_clip is not None:
+            ratio = ratio.clamp_max(trust_clip)
+        p.copy_(p + s["neg_lr"] * (update * ratio))
+        m.copy_(m_new)
+        v.copy_(v_new)
+        for key, value in new.items():
+            extra[key].copy_(value)
 
 
 # ------------------------------------------------------------------------------------- entry points
@@ -696,8 +648,7 @@ class Job:
     """One bucket's fused step: `kernel` with its structure `flags`, the per-step `scalars`, the cache `key`, the
     `tensors` (params, grads, exp_avgs, exp_avg_sqs, extra state) and their `indices` in the caller's lists.
     `statistics`: a (kernel, flags) run first, whose result the kernel takes last (PW LAMB's layer means).
-    `per_tensor`: call the kernel once per tensor, flattened, through one shape-generic graph.
-    `apply`: a (kernel, flags) run last on (params, exp_avgs, exp_avg_sqs, coefficients, the kernel's result)."""
+    `per_tensor`: call the kernel once per tensor, flattened, through one shape-generic graph."""
 
     kernel: Callable
     flags: dict[str, Any]
@@ -708,7 +659,6 @@ class Job:
     statistics: tuple[Callable, dict[str, Any]] | None = None
     per_tensor: bool = False
     rows: bool = False
-    apply: tuple[Callable, dict[str, Any]] | None = None
 
 
 def _flat(tensor: Tensor) -> Tensor:
@@ -770,7 +720,7 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
                               dynamic=dynamic)
         if compiled is None or (job.statistics is not None and first is None):
             return list(remaining)
-        launch = functools.partial(_launch, cache, job, key, names, dynamic, tensors, coefficients, compiled, first)
+        launch = functools.partial(_launch, tensors, coefficients, compiled, first)
         try:
             if graphs is None:
                 launch()
@@ -787,39 +737,18 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
     return []
 
 
-def _launch(cache: KernelCache, job: Job, key: tuple, names: tuple, dynamic: bool | None, tensors: tuple,
-            coefficients: Tensor, compiled: Callable, first: Callable | None) -> None:
-    """One call's kernels: the statistics graph (if any), the kernel, the apply graph (if any)."""
+def _launch(tensors: tuple, coefficients: Tensor, compiled: Callable, first: Callable | None) -> None:
+    """One call's kernels: the statistics graph (if any), then the kernel."""
     if first is None:
-        result = compiled(*tensors, coefficients)
+        compiled(*tensors, coefficients)
     else:
-        result = compiled(*tensors, coefficients, first(*tensors, coefficients))
-    if job.apply is not None:
-        _apply(cache, job, key, names, dynamic, tensors, coefficients, result)
+        compiled(*tensors, coefficients, first(*tensors, coefficients))
 
 
 def _written(tensors: tuple) -> list[Tensor]:
     """The tensors a bucket's step writes in place: parameters and state."""
     params, _, exp_avgs, exp_avg_sqs, extra = tensors
     return [*params, *exp_avgs, *exp_avg_sqs, *(t for values in extra.values() for t in values)]
-
-
-def _apply(cache: KernelCache, job: Job, key: tuple, names: tuple, dynamic: bool | None, tensors: tuple,
-           coefficients: Tensor, result: Tensor) -> None:
-    """Run `job.apply` after its kernel has written the state: compiled, or eagerly (the same function) when it cannot
-    compile, so that a step is never left half done; a compile failure then turns the fused path off."""
-    kernel, flags = job.apply
-    arguments = (tensors[0], tensors[2], tensors[3], coefficients, result)
-    compiled = cache.get(("apply", *key), kernel, dict(flags, names=names), dynamic=dynamic)
-    if compiled is not None:
-        try:
-            compiled(*arguments)
-            return
-        except Exception as error:
-            if not _is_compile_error(error):
-                raise
-            cache.disable(f"compilation failed: {type(error).__name__}: {_first_line(error)}")
-    kernel(*arguments, **flags, names=names)
 
 
 def _first_line(error: Exception) -> str:
@@ -984,25 +913,9 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         if precision_weighting and not flags["previous_mean"]:  # the layer means of P first (a graph that only
             # reads), then the update
             statistics = (_lamb_statistics_kernel, dict(noise=noise, maximize=maximize, start_up=flags["start_up"]))
-        kernel, apply = _lamb_kernel, None
-        if precision_weighting and split_lamb_update(key[0], cache.split_lamb_devices):
-            kernel, apply = _lamb_moments_kernel, (_lamb_apply_kernel, dict(decay=flags["decay"]))
-        jobs.append(Job(kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics,
-                        per_tensor=per_tensor_calls(key[0]), apply=apply))
+        jobs.append(Job(_lamb_kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics,
+                        per_tensor=per_tensor_calls(key[0])))
     return _run_all(cache, jobs)
-
-
-#: Device types on which precision-weighted KalmanLAMB steps through two graphs (`_lamb_moments_kernel`, then
-#: `_lamb_apply_kernel`) instead of one. On CUDA the one graph's Triton code stored 4 intermediate tensors per parameter
-#: tensor between its element-wise pass and its reductions (1.72 ms of kernels per step at 1e8 parameters against
-#: 1.09 ms for plain LAMB, results/bench/cuda_kernel_table.log); two graphs move plain LAMB's bytes. A CPU graph
-#: stores one intermediate either way (inductor's C++ code), so there the second graph would only add its call.
-SPLIT_LAMB_DEVICES = ("cuda",)
-
-
-def split_lamb_update(device: torch.device, devices: tuple[str, ...] = SPLIT_LAMB_DEVICES) -> bool:
-    """Whether precision-weighted LAMB's step runs as two graphs on `device` (`SPLIT_LAMB_DEVICES`)."""
-    return device.type in devices
 
 
 def per_tensor_calls(device: torch.device) -> bool:

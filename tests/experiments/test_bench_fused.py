@@ -88,13 +88,12 @@ def test_the_variants_are_measured_only_where_they_differ_from_the_default():
     assert "KalmanAdam adam [torch kernel]" in cuda and "KalmanAdam adam [torch kernel]" not in cpu
     assert set(cuda) - set(cpu) == {"KalmanAdam adam [torch kernel]", "KalmanAdam constant [torch kernel]",
                                     "KalmanAdam adam [no CUDA graphs]", "KalmanAdam adam+VA [no CUDA graphs]",
-                                    "KalmanLAMB precision [one graph]", "KalmanLAMB precision [no CUDA graphs]"}
+                                    "KalmanLAMB precision [no CUDA graphs]"}
     param = [torch.nn.Parameter(torch.zeros(3))]
     cache = lambda optimizer: optimizer._kernel_cache(optimizer.param_groups[0])  # noqa: E731
     assert cache(bench_fused.CANDIDATES["KalmanAdam adam [torch kernel]"][0](param)).torch_kernel_devices == ("cpu", "cuda")
     assert cache(bench_fused.CANDIDATES["KalmanAdam adam [no CUDA graphs]"][0](param)).graph_devices == ()
-    assert cache(bench_fused.CANDIDATES["KalmanLAMB precision [one graph]"][0](param)).split_lamb_devices == ()
-    assert cache(bench_fused.CANDIDATES["KalmanLAMB precision"][0](param)).split_lamb_devices == ("cuda",)
+    assert cache(bench_fused.CANDIDATES["KalmanLAMB precision"][0](param)).graph_devices == ("cuda",)
 
 
 def test_bad_arguments_are_rejected():

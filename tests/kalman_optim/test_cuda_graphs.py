@@ -71,7 +71,7 @@ def _pair(make, options, dtype=torch.float64):
 CASES = {
     "adam-va": (KalmanAdam, dict(noise="adam", variance_adaptation=True, lr=1e-2, weight_decay=0.1)),
     "innovation": (KalmanAdam, dict(noise="innovation", lr=1e-2, weight_decay=0.1)),
-    "lamb-precision-split": (KalmanLAMB, dict(noise="adaptive", lr=1e-2, weight_decay=0.1, precision_mean="current")),
+    "lamb-precision-exact-mean": (KalmanLAMB, dict(noise="adaptive", lr=1e-2, weight_decay=0.1, precision_mean="current")),
 }
 
 
@@ -80,7 +80,6 @@ CASES = {
 def test_replayed_steps_equal_the_reference_path(name, fresh_gradients, graphs_on_device, monkeypatch):
     """Gradients written into the same tensors each step: the graphs replay. New gradient tensors each step, all kept
     alive so no address comes back: nothing replays, and the steps are still right."""
-    monkeypatch.setattr(fused_path, "SPLIT_LAMB_DEVICES", ("cpu", "cuda"))
     monkeypatch.setattr(fused_path, "per_tensor_calls", lambda device: False)
     make, options = CASES[name]
     params, reference, fused, eager = _pair(make, options)

@@ -48,15 +48,10 @@ CONFIGS = {
     # The other lamb-pw cases divide by the previous step's layer mean (the default); these by this step's.
     "lamb-pw-current-mean": (KalmanLAMB, dict(noise="adam", precision_mean="current", precision_floor=0.1)),
     "lamb-pw-current-mean-innovation": (KalmanLAMB, dict(noise="innovation", precision_mean="current")),
-    # "-bucket": LAMB's kernels once per bucket (a multi-tensor graph, as on CUDA) instead of once per tensor, in one
-    # graph; "-split": once per bucket in two graphs (moments and ratios, then the parameters), as on CUDA.
+    # "-bucket": LAMB's kernels once per bucket (a multi-tensor graph, as on CUDA) instead of once per tensor.
     "lamb-bucket": (KalmanLAMB, dict(noise="adam", precision_weighting=False, trust_clip=0.5)),
     "lamb-pw-adaptive-maximize-bucket": (KalmanLAMB, dict(noise="adaptive", maximize=True)),
     "lamb-pw-current-mean-innovation-bucket": (KalmanLAMB, dict(noise="innovation", precision_mean="current")),
-    "lamb-pw-constant-split": (KalmanLAMB, dict(noise="constant", precision_floor=0.1)),
-    "lamb-pw-adaptive-maximize-split": (KalmanLAMB, dict(noise="adaptive", maximize=True, trust_clip=0.5)),
-    "lamb-pw-current-mean-innovation-split": (KalmanLAMB, dict(noise="innovation", precision_mean="current")),
-    "lamb-pw-fitted-split": (KalmanLAMB, dict(noise="fitted")),
 }
 #: Where float32 cannot hold 1e-6 over 1000 steps (float64 holds 1e-12 everywhere): statistics that are differences of
 #: nearly equal terms -- D4's q_hat = c0 + 2 c1 behind the adaptive gain, D8's IV ratio N / D where D ~ 0 -- turn the
@@ -124,9 +119,8 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypa
     make, options = CONFIGS[name]
     if name.endswith("-inductor"):
         monkeypatch.setattr(fused_path, "torch_kernel_applies", lambda *args: False)
-    if name.endswith(("-bucket", "-split")):
+    if name.endswith("-bucket"):
         monkeypatch.setattr(fused_path, "per_tensor_calls", lambda device: False)
-        monkeypatch.setattr(fused_path, "SPLIT_LAMB_DEVICES", ("cpu", "cuda") if name.endswith("-split") else ())
     reference, ref_optimizer = _run(make, options, dtype, 1000, fused=False)
     fused, fused_optimizer = _run(make, options, dtype, 1000, fused=True)
     # Nothing recompiles after the first step; mode "adaptive" compiles its kernels once more, without the start-up
@@ -144,14 +138,11 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypa
         # it is, then a length-generic graph, and specializes length 1 (at most 4 per kernel: inductor also tells
         # lengths above 4096 apart); or the whole bucket through one graph. Twice for precision weighting with this
         # step's layer means (the means' graph of reductions, then the update).
-        # One more for the parameters' graph where the step is split.
-        weighted = options.get("precision_weighting", True)
-        graphs = 1 + (weighted and options.get("precision_mean") == "current") + (
-            weighted and DEVICE.type in fused_path.SPLIT_LAMB_DEVICES)
+        lamb_two_graphs = options.get("precision_weighting", True) and options.get("precision_mean") == "current"
         if fused_path.per_tensor_calls(DEVICE):
-            assert 2 <= first <= 4 * graphs
+            assert 2 <= first <= 4 * (2 if lamb_two_graphs else 1)
         else:
-            assert first == graphs
+            assert first == (2 if lamb_two_graphs else 1)
     if name == "adaptive-va":
         assert start_up_ends == (dtype == torch.float32)  # both kernels are compared below
     float32 = dtype == torch.float32
@@ -445,33 +436,6 @@ def test_a_compiler_failure_within_a_bucket_steps_the_rest_on_the_eager_path(mon
     for p, q in zip(params, reference):
         assert (p - q).abs().max() <= 1e-12 * q.abs().max()  # the first tensor's fused step equals the eager one
         assert optimizer.state[p]["step"] == 3
-
-
-def test_a_compiler_failure_of_the_second_graph_finishes_the_step_eagerly(monkeypatch):
-    """Precision-weighted LAMB in two graphs (as on CUDA): the first has written the moments when the second fails to
-    compile, so the second runs eagerly and the step is whole; later steps take the eager path."""
-    real_compile = fused_path.KernelCache._compile
-
-    def apply_fails(self, function, flags, dynamic):
-        if function is not fused_path._lamb_apply_kernel:
-            return real_compile(self, function, flags, dynamic)
-
-        def run(*args):
-            raise _compile_failure()
-        return run
-
-    monkeypatch.setattr(fused_path.KernelCache, "_compile", apply_fails)
-    monkeypatch.setattr(fused_path, "per_tensor_calls", lambda device: False)
-    monkeypatch.setattr(fused_path, "SPLIT_LAMB_DEVICES", ("cpu", "cuda"))
-    params, reference = _params(torch.float64), _params(torch.float64)
-    options = dict(lr=1e-2, weight_decay=0.1, noise="adaptive")
-    optimizer, eager = KalmanLAMB(params, fused=True, **options), KalmanLAMB(reference, fused=False, **options)
-    _step_with_a_compile_failure(optimizer, eager, params, reference)
-    assert optimizer.fused_compilations == 1  # the first graph, once
-    for p, q in zip(params, reference):
-        assert (p - q).abs().max() <= 1e-12 * q.abs().max()
-        for key, value in eager.state[q].items():
-            assert (optimizer.state[p][key] - value).abs().max() <= 1e-12 * value.abs().max(), key
 
 
 def test_fused_none_compiles_only_large_groups(monkeypatch):
