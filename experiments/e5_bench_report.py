@@ -18,6 +18,8 @@ FUSED_VARIANTS = {
     "AdamW [fused]": "TorchFused", "KalmanAdam adam": "Adam", "KalmanAdam constant": "Constant",
     "KalmanAdam adam [torch kernel]": "AdamTorchKernel", "KalmanAdam constant [torch kernel]": "ConstantTorchKernel",
     "KalmanAdam adam+VA": "VarianceAdaptation", "KalmanAdam adaptive": "Adaptive",
+    "KalmanAdam adam [no CUDA graphs]": "AdamNoGraphs", "KalmanAdam adam+VA [no CUDA graphs]": "VarianceAdaptationNoGraphs",
+    "KalmanLAMB precision [one graph]": "LambPrecisionOneGraph", "KalmanLAMB precision [no CUDA graphs]": "LambPrecisionNoGraphs",
     "KalmanAdam adaptive, step 1k": "AdaptiveMidStartUp", "KalmanAdam adaptive, step > 10k": "AdaptiveAfterStartUp",
     "KalmanAdam innovation": "Innovation",
     "KalmanAdam innovation+VA": "InnovationVA", "KalmanAdam fitted": "Fitted", "KalmanAdam fitted+VA": "FittedVA",
@@ -27,8 +29,10 @@ FUSED_VARIANTS = {
     "KalmanLAMB precision innovation, exact mean": "LambPrecisionInnovationExact",
 }
 
-#: The precision-weighted LAMB candidates whose ratio to plain LAMB is a target (default previous mean, exact mean).
-PRECISION_WEIGHTED = ("KalmanLAMB precision", "KalmanLAMB precision, exact mean")
+#: The precision-weighted LAMB candidates whose ratio to plain LAMB is a target (default previous mean, exact mean),
+#: and the variants of the first measured beside it on a GPU (0654bb3: "[one graph]" is the default since).
+PRECISION_WEIGHTED = ("KalmanLAMB precision", "KalmanLAMB precision, exact mean", "KalmanLAMB precision [one graph]",
+                      "KalmanLAMB precision [no CUDA graphs]")
 
 
 def fused_report(device: str, bench_dir: Path) -> dict | None:
@@ -202,8 +206,8 @@ PROFILE_LINE = re.compile(r"^\s+(?P<name>\S.*?)\s+host\s+(?P<host>[\d.]+) ms\s+w
                           r"kernels\s+(?P<kernels>[\d.]+) ms in (?P<launches>\d+) per step$")
 
 
-def cuda_profile_numbers(path: Path) -> dict[str, float]:
-    """Macros FusedCudaProfile<Variant>{Host,Wall,Kernels} (milliseconds per step) from the committed output of
+def cuda_profile_numbers(path: Path, prefix: str = "FusedCudaProfile") -> dict[str, float]:
+    """Macros <prefix><Variant>{Host,Wall,Kernels} (milliseconds per step) from the committed output of
     experiments/cuda_step_profile.py (bench_cuda.sh's step profile); none if the file is absent (no GPU was lent). A
     file without a single profile line stops the build with its name."""
     path = Path(path)
@@ -213,7 +217,7 @@ def cuda_profile_numbers(path: Path) -> dict[str, float]:
     for line in path.read_text(encoding="utf-8").splitlines():
         match = PROFILE_LINE.match(line)
         if match and match["name"] in FUSED_VARIANTS:
-            key = f"FusedCudaProfile{FUSED_VARIANTS[match['name']]}"
+            key = f"{prefix}{FUSED_VARIANTS[match['name']]}"
             out.update({f"{key}Host": float(match["host"]), f"{key}Wall": float(match["wall"]),
                         f"{key}Kernels": float(match["kernels"])})
     if not out:
@@ -267,7 +271,9 @@ def fused_cuda_table(report: dict, out: FigureOutput) -> None:
         f"of {format_size(result['tensor_size'])}, median of {result['rounds']} interleaved rounds in one process; "
         "synchronized: wall time of one step alone, copy bandwidth of the same tensors "
         f"{result['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s{queued_text}. Library rows use fused=True; "
-        "[torch kernel]: modes adam/constant through torch's fused Adam kernel, their default on a CPU."))
+        "[no CUDA graphs]: the compiled kernels launched on every step, not replayed from a CUDA graph; "
+        "[one graph]: precision-weighted LAMB's step as one compiled graph, where at this commit the default row "
+        "ran it as two (the default since, two being slower)."))
 
 
 def bench_reports(bench_dir: Path) -> dict[str, dict]:

@@ -400,6 +400,15 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out.update(fused_cuda_numbers(cuda))
     out.update(fused_cuda_numbers(cuda, prefix="FusedCudaQueued", timing="queued"))
     out.update(cuda_profile_numbers(BENCH_DIR / "cuda_step_profile.log"))
+    # The third GPU session's run (bab9a84, no CUDA graphs; torch's Adam kernel beside the compiled one) and profile.
+    previous = fused_report("cuda_previous", BENCH_DIR)
+    out.update(fused_cuda_numbers(previous, prefix="FusedCudaPrevious"))
+    out.update(fused_cuda_numbers(previous, prefix="FusedCudaPreviousQueued", timing="queued"))
+    out.update(cuda_profile_numbers(BENCH_DIR / "cuda_step_profile_previous.log", prefix="FusedCudaPreviousProfile"))
+    # A/B of inductor's aggressive_fusion on the LAMB graphs (fourth session).
+    aggressive = fused_report("cuda_ab_aggressive_fusion", BENCH_DIR)
+    out.update(fused_cuda_numbers(aggressive, prefix="FusedCudaAggressive"))
+    out.update(fused_cuda_numbers(aggressive, prefix="FusedCudaAggressiveQueued", timing="queued"))
     # A/B of inductor's store-or-recompute thresholds on the LAMB graphs (forced recompute, then the defaults).
     for name, prefix in (("cuda_ab_recompute", "FusedCudaRecompute"), ("cuda_ab_default", "FusedCudaRecomputeOff")):
         for timing, suffix in (("synchronized", ""), ("queued", "Queued")):
