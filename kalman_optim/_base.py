@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from kalman_optim import cuda_graphs
 from kalman_optim import fused as fused_path
 from kalman_optim._validation import is_dtensor, validate_optimizer_hyperparameters
 from kalman_optim.functional import AdaptiveNoiseConfig, adaptive_noise_estimates, observation_noise_from_moments
@@ -119,6 +120,11 @@ class KalmanOptimizerBase(Optimizer):
     # ----------------------------------------------------------------------------------------- step
     def _collect(self) -> list[tuple[dict, list[Tensor]]]:
         """Phase 1: validate everything; return each group's parameters that have a gradient."""
+        if cuda_graphs.capturing():
+            # The per-step scalars are host values: a recorded step would replay this step's forever (torch's
+            # optimizers refuse the same without capturable=True). The fused path replays CUDA graphs of its own.
+            raise RuntimeError(f"{type(self).__name__}.step() cannot be recorded in a CUDA graph (its per-step scalars "
+                               "are computed on the host); on CUDA, fused=True replays graphs of its own kernels")
         plan = []
         states, checked = self.state, self.__dict__.setdefault("_checked_states", {})
         for group_index, group in enumerate(self.param_groups):

@@ -11,6 +11,7 @@ address (`CoefficientStaging`) that is filled before each replay.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -30,16 +31,13 @@ STAGING_SLOTS = 8
 
 
 def addresses(tensors: tuple, coefficients: Tensor) -> tuple:
-    """What a recorded graph depends on: each tensor's address, and each parameter's size (a graph's kernels are
-    specialized on it)."""
+    """What a recorded graph depends on: each tensor's address, each parameter's size and each gradient's strides (a
+    graph's kernels are specialized on them; a gradient may be assigned with other strides than its parameter's)."""
     params, grads, exp_avgs, exp_avg_sqs, extra = tensors
-    out = [coefficients.data_ptr()]
-    for p in params:
-        out.append(p.data_ptr())
-        out.append(p.numel())
-    for values in (grads, exp_avgs, exp_avg_sqs, *extra.values()):
-        out.extend(t.data_ptr() for t in values)
-    return tuple(out)
+    pointer = Tensor.data_ptr  # map over the unbound method: a generator costs as much again per tensor
+    return (coefficients.data_ptr(), *map(pointer, params), *map(Tensor.numel, params), *map(pointer, grads),
+            *map(Tensor.stride, grads), *map(pointer, exp_avgs), *map(pointer, exp_avg_sqs),
+            *(t for values in extra.values() for t in map(pointer, values)))
 
 
 @dataclass
@@ -52,16 +50,24 @@ class _Entry:
 
 
 def _record(call: Callable[[], None]):
-    """A CUDA graph of `call`'s launches (recorded, not run)."""
+    """A CUDA graph of `call`'s launches (recorded, not run), on the current device."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         call()
     return graph
 
 
-def _capturing() -> bool:
-    """Whether the caller is recording a CUDA graph of its own (a graph is not recorded inside another)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+def _on(device: torch.device | None):
+    """A context on `device` where it is a CUDA device other than the current one (a model spread over several GPUs):
+    a graph is recorded on, and replayed into a stream of, the current device."""
+    if device is None or device.type != "cuda" or device.index in (None, torch.cuda.current_device()):
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def capturing() -> bool:
+    """Whether the caller is recording a CUDA graph of its own (the optimizers refuse to step inside one)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()  # no capture before CUDA is up
 
 
 @dataclass
@@ -73,33 +79,37 @@ class StepGraphs:
     recordings: int = 0
     disabled_reason: str | None = None
 
-    def run(self, key: tuple, where: tuple, call: Callable[[], None], mutated: list[Tensor]) -> None:
+    def run(self, key: tuple, where: tuple, call: Callable[[], None], mutated: Callable[[], list[Tensor]],
+            device: torch.device | None = None) -> None:
         """Run `call` (one bucket's step) through its graph when it was recorded for the addresses `where`, else as it
-        is; record it once the same addresses have come WARMUP_STEPS times. `mutated`: the tensors the step writes,
-        whose autograd version counters a replay moves as the kernels' in-place writes do."""
+        is; record it once the same addresses have come WARMUP_STEPS times. `mutated()`: the tensors the step writes,
+        whose autograd version counters a replay moves as the kernels' in-place writes do. `device`: the bucket's."""
         entry = self.entries.setdefault(key, _Entry())
         if self.disabled_reason is None and entry.graph is not None and entry.recorded_for == where:
-            self._replay(entry.graph, mutated)
+            with _on(device):
+                self._replay(entry.graph, mutated)
             return
         if (self.disabled_reason is None and entry.last_addresses == where and entry.repeats >= WARMUP_STEPS
-                and entry.recordings < MAX_RECORDINGS and not _capturing()):
+                and entry.recordings < MAX_RECORDINGS and not capturing()):
             try:
-                graph = _record(call)
+                with _on(device):
+                    graph = _record(call)
             except Exception as error:  # nothing ran: the step runs below, and no graph is tried again
                 self.disable(f"recording failed: {type(error).__name__}: {str(error).strip()[:200]}")
             else:
                 entry.graph, entry.recorded_for = graph, where
                 entry.recordings += 1
                 self.recordings += 1
-                self._replay(graph, mutated)
+                with _on(device):
+                    self._replay(graph, mutated)
                 return
         call()
         entry.repeats = entry.repeats + 1 if entry.last_addresses == where else 1
         entry.last_addresses = where
 
-    def _replay(self, graph, mutated: list[Tensor]) -> None:
+    def _replay(self, graph, mutated: Callable[[], list[Tensor]]) -> None:
         graph.replay()
-        torch.autograd.graph.increment_version(mutated)
+        torch.autograd.graph.increment_version(mutated())
         self.replays += 1
 
     def disable(self, reason: str) -> None:

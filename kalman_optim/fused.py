@@ -725,7 +725,8 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
             if graphs is None:
                 launch()
             else:
-                graphs.run(key, cuda_graphs.addresses(tensors, coefficients), launch, _written(tensors))
+                graphs.run(key, cuda_graphs.addresses(tensors, coefficients), launch, functools.partial(_written, tensors),
+                           device)
             if job.per_tensor:  # the writes went through aliases with their own version counters
                 torch.autograd.graph.increment_version([params[j], job.tensors[2][j], job.tensors[3][j]])
         except Exception as error:

@@ -37,17 +37,17 @@ def test_a_graph_is_recorded_after_the_warm_up_and_replayed_only_at_its_addresse
     tensor = torch.zeros(3)
     call = lambda: calls.append(1)  # noqa: E731
     for _ in range(cuda_graphs.WARMUP_STEPS):
-        graphs.run("k", ("a",), call, [tensor])
+        graphs.run("k", ("a",), call, lambda: [tensor])
     assert graphs.recordings == 0 and len(calls) == cuda_graphs.WARMUP_STEPS
     version = tensor._version
-    graphs.run("k", ("a",), call, [tensor])  # recorded, then replayed
-    graphs.run("k", ("a",), call, [tensor])
+    graphs.run("k", ("a",), call, lambda: [tensor])  # recorded, then replayed
+    graphs.run("k", ("a",), call, lambda: [tensor])
     assert (graphs.recordings, graphs.replays) == (1, 2) and tensor._version == version + 2
-    graphs.run("k", ("b",), call, [tensor])  # moved tensors: the kernels as they are
+    graphs.run("k", ("b",), call, lambda: [tensor])  # moved tensors: the kernels as they are
     assert graphs.replays == 2 and len(calls) == cuda_graphs.WARMUP_STEPS + 3
-    graphs.run("k", ("a",), call, [tensor])  # back where it was recorded
+    graphs.run("k", ("a",), call, lambda: [tensor])  # back where it was recorded
     assert graphs.replays == 3
-    graphs.run("other", ("a",), call, [tensor])  # another bucket has its own graph
+    graphs.run("other", ("a",), call, lambda: [tensor])  # another bucket has its own graph
     assert graphs.replays == 3
 
 
@@ -56,7 +56,7 @@ def test_addresses_that_keep_changing_stop_recording_after_the_limit(monkeypatch
     graphs = cuda_graphs.StepGraphs()
     for where in range(cuda_graphs.MAX_RECORDINGS + 2):
         for _ in range(cuda_graphs.WARMUP_STEPS + 1):
-            graphs.run("k", (where,), lambda: None, [])
+            graphs.run("k", (where,), lambda: None, list)
     assert graphs.recordings == cuda_graphs.MAX_RECORDINGS
 
 
@@ -128,3 +128,41 @@ def test_a_failed_recording_turns_graphs_off_and_the_step_still_runs(graphs_on_d
     assert graphs.disabled_reason is not None and graphs.replays == 0
     for p, q in zip(params, reference):
         assert (p - q).abs().max() <= 1e-12 * q.abs().max()
+
+
+def test_a_step_inside_a_cuda_graph_capture_is_refused_and_changes_nothing(monkeypatch):
+    """The per-step scalars are host values: a step recorded in the caller's own CUDA graph would replay them forever."""
+    params, reference, fused, eager = _pair(KalmanAdam, dict(noise="adam", lr=1e-2))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    fused.step()
+    before = [p.detach().clone() for p in params]
+    state = [{key: value.clone() for key, value in fused.state[p].items()} for p in params]
+    monkeypatch.setattr(cuda_graphs, "capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="cannot be recorded in a CUDA graph"):
+        fused.step()
+    for p, old, old_state in zip(params, before, state):
+        assert torch.equal(p, old)
+        assert all(torch.equal(fused.state[p][key], value) for key, value in old_state.items())
+
+
+def test_a_gradient_assigned_with_other_strides_is_not_replayed_through_the_old_graph(graphs_on_device, monkeypatch):
+    """A graph's kernels are specialized on the strides they were recorded with: a gradient of the same shape at the
+    same address but transposed strides runs the compiled kernels, and the step is right."""
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(20, 30, generator=generator, dtype=torch.float64).to(DEVICE))]
+    reference = [torch.nn.Parameter(params[0].detach().clone())]
+    options = dict(noise="adam", variance_adaptation=True, lr=1e-2)
+    fused, eager = KalmanAdam(params, fused=True, **options), KalmanAdam(reference, fused=False, **options)
+    storage = torch.randn(600, generator=generator, dtype=torch.float64).to(DEVICE)
+    for step in range(6):
+        values = torch.randn(600, generator=generator, dtype=torch.float64).to(DEVICE)
+        storage.copy_(values)
+        # The same memory each step; from step 4 on read as the transpose of a (30, 20) tensor.
+        grad = storage.view(20, 30) if step < 4 else storage.view(30, 20).t()
+        params[0].grad, reference[0].grad = grad, grad.clone()
+        fused.step()
+        eager.step()
+    graphs = fused._kernel_cache(fused.param_groups[0]).graphs
+    assert graphs.replays >= 1  # steps 3 and 4 replayed before the strides changed
+    assert (params[0] - reference[0]).abs().max() <= 1e-12 * reference[0].abs().max()
