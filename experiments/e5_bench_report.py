@@ -58,13 +58,14 @@ def paired_ratio_quartiles(times: list[float], baseline: list[float]) -> tuple[f
     return quartiles[0], quartiles[2]
 
 
-def fused_numbers(report: dict | None, device: str = "cpu") -> dict[str, float | int | str]:
+def fused_numbers(report: dict | None, device: str = "cpu", prefix: str | None = None) -> dict[str, float | int | str]:
     """Macros Fused<Device><Variant>{Compiled,Bandwidth,FirstStep} at the largest N of bench_fused: ratio to compiled
-    torch AdamW, percent of the measured copy bandwidth, first (compiling) step in seconds."""
+    torch AdamW, percent of the measured copy bandwidth, first (compiling) step in seconds; `prefix` names another
+    run's macros (a second machine)."""
     if report is None:
         return {}
     result = report["results"][-1]
-    prefix = f"Fused{device.capitalize()}"
+    prefix = prefix or f"Fused{device.capitalize()}"
     out: dict[str, float | int | str] = {
         f"{prefix}Size": int(result["size"]), f"{prefix}Tensors": int(result["tensors"]),
         f"{prefix}Bandwidth": round(result["bandwidth_bytes_per_s"] / 1e9, 1),

@@ -396,6 +396,8 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         out["StateBytesAdamW"] = median_of(largest[adamw[0]], "state_bytes_per_param")
     out.update(bench_numbers(bench_reports(BENCH_DIR)))
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
+    # The same benchmark on a second two-core machine (fifteenth session): the ratios move between machines.
+    out.update(fused_numbers(fused_report("cpu_second_machine", BENCH_DIR), prefix="FusedCpuSecondMachine"))
     cuda = fused_report("cuda", BENCH_DIR)  # one read for both timings
     out.update(fused_cuda_numbers(cuda))
     out.update(fused_cuda_numbers(cuda, prefix="FusedCudaQueued", timing="queued"))
