@@ -83,17 +83,18 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
     "KalmanAdam adam": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 28),
     "KalmanAdam constant": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="constant", fused=True), 28),
     # Modes adam and constant through torch's fused Adam kernel where their default is the compiled one (CUDA).
-    "KalmanAdam adam [torch kernel]": (lambda ps: _torch_kernel(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
-                                                                           fused=True)), 28),
-    "KalmanAdam constant [torch kernel]": (lambda ps: _torch_kernel(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
-                                                                               noise="constant", fused=True)), 28),
+    "KalmanAdam adam [torch kernel]": (lambda ps: _with_cache_options(
+        KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), torch_kernel_devices=("cpu", "cuda")), 28),
+    "KalmanAdam constant [torch kernel]": (lambda ps: _with_cache_options(
+        KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="constant", fused=True),
+        torch_kernel_devices=("cpu", "cuda")), 28),
     "KalmanAdam adam+VA": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True,
                                                  fused=True), 28),
     # The compiled kernels launched as they are, not replayed from CUDA graphs (fused.GRAPH_DEVICES: CUDA).
-    "KalmanAdam adam [no CUDA graphs]": (lambda ps: _without_graphs(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
-                                                                               fused=True)), 28),
-    "KalmanAdam adam+VA [no CUDA graphs]": (lambda ps: _without_graphs(KalmanAdam(
-        ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True, fused=True)), 28),
+    "KalmanAdam adam [no CUDA graphs]": (lambda ps: _with_cache_options(
+        KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), graph_devices=()), 28),
+    "KalmanAdam adam+VA [no CUDA graphs]": (lambda ps: _with_cache_options(
+        KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, variance_adaptation=True, fused=True), graph_devices=()), 28),
     "KalmanAdam adaptive": (lambda ps: KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="adaptive", fused=True), 60),
     # Mid start-up: the factor is still computed, with y = 2 t asinh(sqrt(lambda) / 2) large for most coordinates.
     "KalmanAdam adaptive, step 1k": (lambda ps: _past_start_up(KalmanAdam(ps, lr=LR, weight_decay=WEIGHT_DECAY,
@@ -115,8 +116,8 @@ CANDIDATES: dict[str, tuple[Callable, int]] = {
     "KalmanLAMB": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, precision_weighting=False, fused=True), 40),
     # Precision weighting by default divides by the previous step's layer mean of P; "exact mean" by this step's.
     "KalmanLAMB precision": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), 40),
-    "KalmanLAMB precision [no CUDA graphs]": (lambda ps: _without_graphs(KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
-                                                                                    fused=True)), 40),
+    "KalmanLAMB precision [no CUDA graphs]": (lambda ps: _with_cache_options(
+        KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, fused=True), graph_devices=()), 40),
     "KalmanLAMB precision innovation": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY, noise="innovation",
                                                               fused=True), 48),
     "KalmanLAMB precision, exact mean": (lambda ps: KalmanLAMB(ps, lr=LR, weight_decay=WEIGHT_DECAY,
@@ -150,18 +151,13 @@ def _compiled(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
-def _torch_kernel(optimizer: KalmanAdam) -> KalmanAdam:
-    """Modes adam/constant through torch's fused Adam kernel on every device (fused.TORCH_KERNEL_DEVICES: on a CPU
-    only, by default), for the A/B against the compiled kernel they take on CUDA."""
+def _with_cache_options(optimizer, **options):
+    """`optimizer` with its param groups' kernel caches set to `options`, e.g. torch_kernel_devices=("cpu", "cuda")
+    (modes adam/constant through torch's fused Adam kernel on every device; fused.TORCH_KERNEL_DEVICES: a CPU only) or
+    graph_devices=() (the compiled kernels without CUDA graphs; fused.GRAPH_DEVICES: CUDA)."""
     for group in optimizer.param_groups:
-        optimizer._kernel_cache(group).torch_kernel_devices = ("cpu", "cuda")
-    return optimizer
-
-
-def _without_graphs(optimizer):
-    """The compiled kernels without CUDA graphs on every device (fused.GRAPH_DEVICES: CUDA, by default)."""
-    for group in optimizer.param_groups:
-        optimizer._kernel_cache(group).graph_devices = ()
+        for name, value in options.items():
+            setattr(optimizer._kernel_cache(group), name, value)
     return optimizer
 
 

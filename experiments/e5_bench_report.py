@@ -202,6 +202,13 @@ def fused_cuda_numbers(report: dict | None, prefix: str = "FusedCuda",
     return out
 
 
+def fused_cuda_timings(report: dict | None, prefix: str = "FusedCuda") -> dict[str, float | int | str]:
+    """`fused_cuda_numbers` of both timings of a GPU report: synchronized steps as <prefix>..., queued steps as
+    <prefix>Queued... (none where the report has no queued timing)."""
+    return {**fused_cuda_numbers(report, prefix=prefix),
+            **fused_cuda_numbers(report, prefix=f"{prefix}Queued", timing="queued")}
+
+
 #: A line of experiments/cuda_step_profile.py's output: name, host, wall and kernel milliseconds, kernels per step.
 PROFILE_LINE = re.compile(r"^\s+(?P<name>\S.*?)\s+host\s+(?P<host>[\d.]+) ms\s+wall\s+(?P<wall>[\d.]+) ms\s+"
                           r"kernels\s+(?P<kernels>[\d.]+) ms in (?P<launches>\d+) per step$")

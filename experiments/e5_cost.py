@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
 from experiments.e5_bench_report import (bench_reports, cpu_name, cuda_profile_numbers, fused_cuda_numbers,
-                                         fused_cuda_table, fused_numbers, fused_report, fused_table, overhead_numbers,
+                                         fused_cuda_table, fused_cuda_timings, fused_numbers, fused_report, fused_table, overhead_numbers,
                                          overhead_report,
                                          models_numbers, models_report, models_table, short_commit)
 from experiments.plotting import FigureOutput, style
@@ -398,23 +398,15 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
     # The same benchmark on a second two-core machine (fifteenth session): the ratios move between machines.
     out.update(fused_numbers(fused_report("cpu_second_machine", BENCH_DIR), prefix="FusedCpuSecondMachine"))
-    cuda = fused_report("cuda", BENCH_DIR)  # one read for both timings
-    out.update(fused_cuda_numbers(cuda))
-    out.update(fused_cuda_numbers(cuda, prefix="FusedCudaQueued", timing="queued"))
+    # GPU runs, each in both timings: the fourth session's (CUDA graphs), the third session's (bab9a84, no CUDA graphs;
+    # torch's Adam kernel beside the compiled one), the A/B of inductor's aggressive_fusion on the LAMB graphs, and the
+    # A/B of its store-or-recompute thresholds (forced recompute, then the defaults).
+    for name, prefix in (("cuda", "FusedCuda"), ("cuda_previous", "FusedCudaPrevious"),
+                         ("cuda_ab_aggressive_fusion", "FusedCudaAggressive"), ("cuda_ab_recompute", "FusedCudaRecompute"),
+                         ("cuda_ab_default", "FusedCudaRecomputeOff")):
+        out.update(fused_cuda_timings(fused_report(name, BENCH_DIR), prefix))
     out.update(cuda_profile_numbers(BENCH_DIR / "cuda_step_profile.log"))
-    # The third GPU session's run (bab9a84, no CUDA graphs; torch's Adam kernel beside the compiled one) and profile.
-    previous = fused_report("cuda_previous", BENCH_DIR)
-    out.update(fused_cuda_numbers(previous, prefix="FusedCudaPrevious"))
-    out.update(fused_cuda_numbers(previous, prefix="FusedCudaPreviousQueued", timing="queued"))
     out.update(cuda_profile_numbers(BENCH_DIR / "cuda_step_profile_previous.log", prefix="FusedCudaPreviousProfile"))
-    # A/B of inductor's aggressive_fusion on the LAMB graphs (fourth session).
-    aggressive = fused_report("cuda_ab_aggressive_fusion", BENCH_DIR)
-    out.update(fused_cuda_numbers(aggressive, prefix="FusedCudaAggressive"))
-    out.update(fused_cuda_numbers(aggressive, prefix="FusedCudaAggressiveQueued", timing="queued"))
-    # A/B of inductor's store-or-recompute thresholds on the LAMB graphs (forced recompute, then the defaults).
-    for name, prefix in (("cuda_ab_recompute", "FusedCudaRecompute"), ("cuda_ab_default", "FusedCudaRecomputeOff")):
-        for timing, suffix in (("synchronized", ""), ("queued", "Queued")):
-            out.update(fused_cuda_numbers(fused_report(name, BENCH_DIR), prefix=prefix + suffix, timing=timing))
     # The GPU session's second runs: the compiled modes with inductor's combo kernels off, and the pinned-copy rerun.
     out.update(fused_cuda_numbers(fused_report("cuda_no_combo", BENCH_DIR), prefix="FusedCudaNoCombo"))
     out.update(fused_cuda_numbers(fused_report("cuda_pinned", BENCH_DIR), prefix="FusedCudaPinned"))

@@ -83,14 +83,15 @@ class StepGraphs:
             device: torch.device | None = None) -> None:
         """Run `call` (one bucket's step) through its graph when it was recorded for the addresses `where`, else as it
         is; record it once the same addresses have come WARMUP_STEPS times. `mutated()`: the tensors the step writes,
-        whose autograd version counters a replay moves as the kernels' in-place writes do. `device`: the bucket's."""
+        whose autograd version counters a replay moves as the kernels' in-place writes do. `device`: the bucket's.
+        Never inside a caller's own capture: the optimizers refuse to step in one (`capturing`)."""
         entry = self.entries.setdefault(key, _Entry())
         if self.disabled_reason is None and entry.graph is not None and entry.recorded_for == where:
             with _on(device):
                 self._replay(entry.graph, mutated)
             return
         if (self.disabled_reason is None and entry.last_addresses == where and entry.repeats >= WARMUP_STEPS
-                and entry.recordings < MAX_RECORDINGS and not capturing()):
+                and entry.recordings < MAX_RECORDINGS):
             try:
                 with _on(device):
                     graph = _record(call)
