@@ -12,7 +12,10 @@ bucket, inductor's C++ code fuses the loops of same-sized tensors into one pass 
 measured 2-4x slower than stepping each tensor alone on the 2-core CPU (30 tensors of 1e6: ~65-95 ms against
 ~22 ms). So on a CPU LAMB calls its kernel once per tensor, each flattened to 1-D, through one graph that dynamo
 makes shape-generic when a second length comes (`Job.per_tensor`; a few more for lengths it specializes, such as
-1). On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
+1). There the kernel writes the update into a buffer the optimizer keeps (`KernelCache.update_buffer`) and returns
+-lr times the trust ratio, and `p.addcmul_(update, -lr * ratio)` takes the second pass: left to inductor, that
+pass reads an update buffer its code allocates on every call, and a fresh 4 MB allocation is fresh pages from the
+kernel (page faults and zeroing: ~1000 per 1e6-element tensor, 20-35% of plain LAMB's step measured). On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
 wrapper's host time once instead of once per tensor (`per_tensor_calls`), and a bucket's step is recorded as a CUDA
 graph and replayed (cuda_graphs): the host time of dynamo's guards and inductor's launches is paid once.
 
@@ -63,6 +66,8 @@ KERNEL_CONFIG = {"size_asserts": False, "combo_kernels": True}
 #: Device types whose buckets replay CUDA graphs of their compiled kernels (cuda_graphs; a KernelCache's
 #: `graph_devices` overrides it per param group).
 GRAPH_DEVICES = ("cuda",)
+#: The key under which a deferred-update LAMB call (CPU) passes its update buffer among the extra state tensors.
+UPDATE_BUFFER_KEY = "_update_buffer"
 #: Kernels one optimizer compiles at most (buckets x option changes); beyond, it falls back to the eager path.
 MAX_KERNELS = 16
 
@@ -120,6 +125,17 @@ class KernelCache:
         self.graph_devices: tuple[str, ...] = GRAPH_DEVICES
         self.graphs = cuda_graphs.StepGraphs()
         self.stagings: dict[tuple, cuda_graphs.CoefficientStaging] = {}
+        self.update_buffers: dict[tuple, Tensor] = {}
+
+    def update_buffer(self, like: Tensor) -> Tensor:
+        """A contiguous tensor of `like`'s shape on storage this cache keeps per device and dtype, grown to the
+        largest tensor asked for (LAMB's deferred update; its contents do not outlive a call). Not a view:
+        `_flat`'s reason."""
+        key = (like.device, like.dtype)
+        storage = self.update_buffers.get(key)
+        if storage is None or storage.numel() < like.numel():
+            storage = self.update_buffers[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return storage.new_empty(0).set_(storage.untyped_storage(), 0, like.shape, torch.empty(like.shape).stride())
 
     def stage(self, key: tuple, values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
         """`values` on `device` in the buffer of `key` (a fixed address per bucket, see cuda_graphs)."""
@@ -240,6 +256,16 @@ def moment_scalars(noise: str, step: int, *, beta1: float, beta2: float, prior_g
 # ulp per op.
 def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(flag > 0.5, a, b)
+
+
+def _computed_once(scalar: Tensor) -> Tensor:
+    """`scalar` (one element, derived from a reduction or from state) stored in a buffer of its own. Inductor's C++
+    kernels otherwise recompute such a scalar inside every iteration of each loop that reads it (LAMB's trust ratio:
+    two scalar square roots and divides per 8 elements), which the C compiler cannot hoist past the loop's stores.
+    A sum over two elements is a reduction, which inductor's CPU backend never inlines into its consumers (on a GPU
+    it is unrolled: the same code as before). Exact: scalar + 0."""
+    flat = scalar.reshape(())
+    return torch.stack([flat, torch.zeros_like(flat)]).sum().reshape(scalar.shape)
 
 
 #: Taylor coefficients of asinh(sqrt(lambda) / 2) / (sqrt(lambda) / 2) in powers of lambda (the series of
@@ -585,7 +611,7 @@ def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coeffi
     s = _unpack(coefficients, names)
     means = []
     for i, (g, m, v) in enumerate(zip(grads, exp_avgs, exp_avg_sqs)):
-        extra = {key: values[i] for key, values in extras.items()}
+        extra = {key: values[i] for key, values in extras.items() if key != UPDATE_BUFFER_KEY}
         variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize, start_up=start_up, posterior=True)[4]
         means.append(variance.mean())
     return torch.stack(means)
@@ -593,21 +619,26 @@ def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coeffi
 
 def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names, noise,
                  precision_weighting, decay, maximize, trust_clip, precision_floor, start_up=False,
-                 previous_mean=False):
+                 previous_mean=False, deferred_update=False):
     """KalmanLAMB (D5): functional.kalman_lamb. With precision weighting, `mean_variances` comes from
     `_lamb_statistics_kernel` (the layer means D5's weights divide by), or with `previous_mean` from the state
-    (the last step's means, overwritten here with this step's: one pass fewer)."""
+    (the last step's means, overwritten here with this step's: one pass fewer). With `deferred_update` the
+    parameters are not written: each tensor's update goes to its buffer `extras[UPDATE_BUFFER_KEY]`, and the kernel
+    returns -lr * trust ratio per tensor for the caller's `p.addcmul_` (`_launch`)."""
     s = _unpack(coefficients, names)
+    scales = []
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         extra = {key: values[i] for key, values in extras.items()}
         stored_mean = extra.pop(PREVIOUS_MEAN_KEY, None)
+        update_buffer = extra.pop(UPDATE_BUFFER_KEY, None)
         m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
                                                           start_up=start_up, posterior=precision_weighting)
         denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
         if precision_weighting:  # functional.precision_weighted_norm
             mean_variance = stored_mean if previous_mean else mean_variances[i]
-            inverse_mean = torch.where(mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
-                                       torch.zeros_like(mean_variance))  # 0: equal weights
+            inverse_mean = _computed_once(torch.where(
+                mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
+                torch.zeros_like(mean_variance)))  # 0: equal weights
             # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
             # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
             # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
@@ -635,11 +666,16 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
         ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
         if trust_clip is not None:
             ratio = ratio.clamp_max(trust_clip)
-        p.copy_(p + s["neg_lr"] * (update * ratio))
+        if deferred_update:
+            update_buffer.copy_(update)
+            scales.append(s["neg_lr"] * ratio)
+        else:
+            p.copy_(p + s["neg_lr"] * (update * ratio))
         m.copy_(m_new)
         v.copy_(v_new)
         for key, value in new.items():
             extra[key].copy_(value)
+    return scales if deferred_update else None
 
 
 # ------------------------------------------------------------------------------------- entry points
@@ -668,10 +704,11 @@ def _flat(tensor: Tensor) -> Tensor:
     return tensor.new_empty(0).set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
 
 
-def _single(tensors: tuple, j: int) -> tuple:
+def _single(tensors: tuple, j: int, buffers: KernelCache | None = None) -> tuple:
     """Tensor j of a bucket as a bucket of one, its per-element tensors as 1-D aliases when all are contiguous
     (else the parameter detached, same storage and version counter: dynamo compiles an nn.Parameter input for
-    its exact shape); small state (a 1-element layer mean) as it is."""
+    its exact shape); small state (a 1-element layer mean) as it is. With `buffers`, the extra state also holds
+    an update buffer of the parameter's (aliased) shape from `buffers.update_buffer`."""
     params, grads, exp_avgs, exp_avg_sqs, extra = tensors
     numel = params[j].numel()
     members = [params[j], grads[j], exp_avgs[j], exp_avg_sqs[j], *(v[j] for v in extra.values() if v[j].numel() == numel)]
@@ -679,8 +716,11 @@ def _single(tensors: tuple, j: int) -> tuple:
         flat = lambda t: _flat(t) if t.numel() == numel else t  # noqa: E731
     else:
         flat = lambda t: t.detach() if isinstance(t, torch.nn.Parameter) else t  # noqa: E731
-    return ([flat(params[j])], [flat(grads[j])], [flat(exp_avgs[j])], [flat(exp_avg_sqs[j])],
-            {key: [flat(values[j])] for key, values in extra.items()})
+    single_extra = {key: [flat(values[j])] for key, values in extra.items()}
+    param = flat(params[j])
+    if buffers is not None:
+        single_extra[UPDATE_BUFFER_KEY] = [buffers.update_buffer(param)]
+    return [param], [flat(grads[j])], [flat(exp_avgs[j])], [flat(exp_avg_sqs[j])], single_extra
 
 
 def _run(cache: KernelCache, job: Job) -> list[int]:
@@ -706,7 +746,8 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
         rows = len(params) if job.rows and device.type == "cpu" else 0
         coefficients = _pack(values, dtype, device, rows=rows)
     if job.per_tensor:  # one graph for every tensor: a multi-tensor graph of reductions fuses the tensors' loops badly
-        calls = [(("per-tensor",), _single(job.tensors, j), job.indices[j:]) for j in range(len(params))]
+        calls = [(("per-tensor",), _single(job.tensors, j, cache if job.flags.get("deferred_update") else None),
+                  job.indices[j:]) for j in range(len(params))]
     else:
         calls = [((job.indices,), job.tensors, job.indices)]
     dynamic = None if job.per_tensor else False
@@ -739,11 +780,15 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
 
 
 def _launch(tensors: tuple, coefficients: Tensor, compiled: Callable, first: Callable | None) -> None:
-    """One call's kernels: the statistics graph (if any), then the kernel."""
+    """One call's kernels: the statistics graph (if any), then the kernel, then a deferred LAMB update's
+    p += (-lr ratio) update (one pass at the copy bandwidth)."""
     if first is None:
-        compiled(*tensors, coefficients)
+        scales = compiled(*tensors, coefficients)
     else:
-        compiled(*tensors, coefficients, first(*tensors, coefficients))
+        scales = compiled(*tensors, coefficients, first(*tensors, coefficients))
+    if scales is not None:
+        for p, update, scale in zip(tensors[0], tensors[4][UPDATE_BUFFER_KEY], scales):
+            p.addcmul_(update, scale)
 
 
 def _written(tensors: tuple) -> list[Tensor]:
@@ -904,7 +949,7 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         flags = dict(noise=noise, precision_weighting=precision_weighting, decay=weight_decay != 0, maximize=maximize,
                      trust_clip=trust_clip, precision_floor=precision_floor,
                      start_up=noise == "adaptive" and start_up_kind(adaptive_config, step, key[1]),
-                     previous_mean=PREVIOUS_MEAN_KEY in tensors[4])
+                     previous_mean=PREVIOUS_MEAN_KEY in tensors[4], deferred_update=per_tensor_calls(key[0]))
         scalars = moment_scalars(noise, step, beta1=beta1, beta2=beta2, prior_gain=prior_gain, config=adaptive_config)
         scalars.update(neg_lr=-lr, eps=eps, weight_decay=weight_decay, inverse_correction1=1 / scalars["correction1"],
                        inverse_correction2=1 / scalars["correction2"],
