@@ -593,15 +593,30 @@ def _extrapolated_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficie
 
 def _lamb_moments(g, m, v, extra, s, *, noise, maximize, start_up, posterior):
     """(m_new, v_new, new extra state, bias-corrected mean, and with `posterior` the posterior variance P that D5's
-    weights need, else None) of one tensor."""
+    weights need as a pair (per-element factor, scalar factor or None), else None) of one tensor. The zero-memory
+    noise's P = gain * max(v_hat - m_hat^2, 0) / c keeps gain / c apart: D5's weights fold it into one scalar with
+    the layer mean's reciprocal (two multiplies per element fewer)."""
     g = -g if maximize else g
     m_new, v_new, new, gain, r_hat = _moments(g, m, v, extra, s, noise=noise, posterior=posterior, start_up=start_up)
     mean = m_new * s["inverse_correction1"]  # per-element multiplies, not divides: the step is near compute-bound
     if not posterior:
         return m_new, v_new, new, mean, None
     if r_hat is None:
-        r_hat = _zero_memory_noise(mean.square(), v_new, s)
-    return m_new, v_new, new, mean, gain * r_hat
+        excess = (v_new * s["excess_scale"] - mean.square()).clamp_min(0)  # _zero_memory_noise before its 1 / c
+        return m_new, v_new, new, mean, (excess, gain * s["inverse_noise_bias"])
+    return m_new, v_new, new, mean, (gain * r_hat, None)
+
+
+def _scaled(variance: tuple[Tensor, Tensor | None], scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(per-element factor, scalar factor) of `_lamb_moments`'s P times the scalar `scale`, the scalars multiplied
+    once per tensor, not per element (`_computed_once`)."""
+    elementwise, factor = variance
+    return elementwise, _computed_once(scale if factor is None else factor * scale)
+
+
+def _mean_of(variance: tuple[Tensor, Tensor | None]) -> Tensor:
+    elementwise, factor = variance
+    return elementwise.mean() if factor is None else elementwise.mean() * factor
 
 
 def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, maximize,
@@ -613,7 +628,7 @@ def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coeffi
     for i, (g, m, v) in enumerate(zip(grads, exp_avgs, exp_avg_sqs)):
         extra = {key: values[i] for key, values in extras.items() if key != UPDATE_BUFFER_KEY}
         variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize, start_up=start_up, posterior=True)[4]
-        means.append(variance.mean())
+        means.append(_mean_of(variance))
     return torch.stack(means)
 
 
@@ -636,13 +651,13 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
         denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
         if precision_weighting:  # functional.precision_weighted_norm
             mean_variance = stored_mean if previous_mean else mean_variances[i]
-            inverse_mean = _computed_once(torch.where(
-                mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
-                torch.zeros_like(mean_variance)))  # 0: equal weights
+            inverse_mean = torch.where(mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
+                                       torch.zeros_like(mean_variance))  # 0: equal weights
             # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
             # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
             # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
-            weight_denominator = variance * inverse_mean + precision_floor
+            elementwise, factor = _scaled(variance, inverse_mean)
+            weight_denominator = elementwise * factor + precision_floor
             both = (denominator * weight_denominator).reciprocal()
             update = mean * weight_denominator * both
             weights = denominator * both
@@ -660,7 +675,7 @@ def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mea
                 # Without a posterior (innovation's first step) the stored mean is still 0: equal weights, the plain
                 # norm, so no separate sum of u^2. The next step then weighs equally too.
                 update_norm = weighted_norm
-                stored_mean.copy_(_where(s["has_posterior"], variance.mean().reshape(1), torch.zeros_like(stored_mean)))
+                stored_mean.copy_(_where(s["has_posterior"], _mean_of(variance).reshape(1), torch.zeros_like(stored_mean)))
             else:
                 update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
         ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))

@@ -410,6 +410,40 @@ def test_fused_lamb_serves_many_shapes_with_few_graphs_and_bumps_versions(monkey
         assert (p - q).abs().max() <= 1e-12 * q.abs().max()
 
 
+@pytest.mark.parametrize("precision_weighting", [False, True])
+def test_lambs_deferred_update_reuses_one_buffer_per_dtype(monkeypatch, precision_weighting):
+    """LAMB's per-tensor calls write each update into one buffer the optimizer keeps per dtype (the size of the
+    largest tensor, at the same address every step) and add -lr x ratio times it to the parameter after the kernel;
+    a transposed (non-contiguous) parameter and a float64 group included, equal to the reference path."""
+    monkeypatch.setattr(fused_path, "per_tensor_calls", lambda device: True)
+    generator = torch.Generator().manual_seed(4)
+    shapes = [(300, 20), (50,), (40, 30), (7, 9)]
+    def make():
+        params = [torch.randn(shape, generator=generator) for shape in shapes]
+        params[2] = params[2].t().contiguous().t()  # strides (1, 40)
+        return [torch.nn.Parameter(p.to(DEVICE)) for p in params] + [
+            torch.nn.Parameter(torch.randn(500, generator=generator, dtype=torch.float64).to(DEVICE))]
+    params = make()
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    options = dict(lr=1e-2, weight_decay=0.1, precision_weighting=precision_weighting, noise="constant")
+    groups = lambda ps: [{"params": ps[:4]}, {"params": ps[4:], "lr": 3e-3}]  # noqa: E731
+    fused, eager = KalmanLAMB(groups(params), fused=True, **options), KalmanLAMB(groups(reference), fused=False, **options)
+    addresses = []
+    for _ in range(4):
+        for p, q in zip(params, reference):
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(DEVICE)
+            q.grad = p.grad.clone()
+        fused.step()
+        eager.step()
+        buffers = {key: buffer for cache in fused._kernel_caches.values() for key, buffer in cache.update_buffers.items()}
+        addresses.append(sorted(buffer.data_ptr() for buffer in buffers.values()))
+    assert {key[1]: buffer.numel() for key, buffer in buffers.items()} == {torch.float32: 6000, torch.float64: 500}
+    assert all(a == addresses[0] for a in addresses)
+    for p, q in zip(params, reference):
+        assert p.is_contiguous() == q.is_contiguous()
+        assert (p - q).abs().max() <= (1e-6 if p.dtype == torch.float32 else 1e-12) * q.abs().max()
+
+
 def test_a_compiler_failure_within_a_bucket_steps_the_rest_on_the_eager_path(monkeypatch):
     """KalmanLAMB calls its kernel once per tensor, and a new length can make dynamo compile again inside that call:
     when that fails, the tensors before it keep their fused step and every tensor from it on takes the eager one,
