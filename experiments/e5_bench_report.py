@@ -81,6 +81,7 @@ def fused_numbers(report: dict | None, device: str = "cpu", prefix: str | None =
             out[f"{prefix}{key}Compiled"] = round(entry["ratio_to_compiled_adamw"], 2)
             out[f"{prefix}{key}Bandwidth"] = round(100 * entry["bandwidth_fraction"])
             out[f"{prefix}{key}FirstStep"] = round(entry["first_step_s"], 1)
+            out[f"{prefix}{key}Milliseconds"] = round(1e3 * entry["median_s"], 1)
     lamb = result["candidates"].get("KalmanLAMB")
     for name in PRECISION_WEIGHTED:
         entry = result["candidates"].get(name)
@@ -127,6 +128,29 @@ def fused_numbers(report: dict | None, device: str = "cpu", prefix: str | None =
         if key in out and f"{key}AtSmallest" in out:
             out[f"{prefix}{FUSED_VARIANTS[name]}WithinTarget"] = within_phrase(out[f"{key}AtSmallest"] <= 1.1,
                                                                               out[key] <= 1.1)
+    return out
+
+
+def ab_numbers(directory: Path, prefix: str) -> dict[str, float]:
+    """Macros <prefix>{Before,After}{LambMilliseconds,LambPrecisionOverLamb}{Low,High} of an A/B directory of
+    bench_fused reports named before*.json and after*.json (runs alternated on one machine): the range over its runs
+    at the largest N of plain LAMB's step time (ms) and of precision-weighted LAMB over plain LAMB. A file that is
+    present but unreadable stops the build with its name; no files, no macros."""
+    out: dict[str, float] = {}
+    for side in ("Before", "After"):
+        lamb, ratio = [], []
+        for path in sorted(Path(directory).glob(f"{side.lower()}*.json")):
+            try:
+                result = json.loads(path.read_text(encoding="utf-8"))["results"][-1]
+                lamb.append(1e3 * result["candidates"]["KalmanLAMB"]["median_s"])
+                ratio.append(ratio_between(result, "KalmanLAMB precision", "KalmanLAMB"))
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+                raise ValueError(f"{path}: unreadable A/B benchmark ({error})") from error
+        if lamb:
+            out[f"{prefix}{side}LambMillisecondsLow"], out[f"{prefix}{side}LambMillisecondsHigh"] = (
+                round(min(lamb), 1), round(max(lamb), 1))
+            out[f"{prefix}{side}LambPrecisionOverLambLow"], out[f"{prefix}{side}LambPrecisionOverLambHigh"] = (
+                round(min(ratio), 2), round(max(ratio), 2))
     return out
 
 

@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
-from experiments.e5_bench_report import (bench_reports, cpu_name, cuda_profile_numbers, fused_cuda_numbers,
+from experiments.e5_bench_report import (ab_numbers, bench_reports, cpu_name, cuda_profile_numbers, fused_cuda_numbers,
                                          fused_cuda_table, fused_cuda_timings, fused_numbers, fused_report, fused_table, overhead_numbers,
                                          overhead_report,
                                          models_numbers, models_report, models_table, short_commit)
@@ -396,8 +396,11 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
         out["StateBytesAdamW"] = median_of(largest[adamw[0]], "state_bytes_per_param")
     out.update(bench_numbers(bench_reports(BENCH_DIR)))
     out.update(fused_numbers(fused_report("cpu", BENCH_DIR)))
-    # The same benchmark on a second two-core machine (fifteenth session): the ratios move between machines.
-    out.update(fused_numbers(fused_report("cpu_second_machine", BENCH_DIR), prefix="FusedCpuSecondMachine"))
+    # The same benchmark on the first two-core machine (dd12720: the ratios move between machines), and on this kind of
+    # machine before LAMB's deferred update (dbca612).
+    out.update(fused_numbers(fused_report("cpu_first_machine", BENCH_DIR), prefix="FusedCpuFirstMachine"))
+    out.update(fused_numbers(fused_report("cpu_before_deferred_update", BENCH_DIR), prefix="FusedCpuBefore"))
+    out.update(ab_numbers(BENCH_DIR / "fused_cpu_ab_deferred", prefix="FusedCpuAbDeferred"))
     # GPU runs, each in both timings: the fourth session's (CUDA graphs), the third session's (bab9a84, no CUDA graphs;
     # torch's Adam kernel beside the compiled one), the A/B of inductor's aggressive_fusion on the LAMB graphs, and the
     # A/B of its store-or-recompute thresholds (forced recompute, then the defaults).
