@@ -260,10 +260,11 @@ def _where(flag: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def _computed_once(scalar: Tensor) -> Tensor:
     """`scalar` (one element, derived from a reduction or from state) stored in a buffer of its own. Inductor's C++
-    kernels otherwise recompute such a scalar inside every iteration of each loop that reads it (LAMB's trust ratio:
-    two scalar square roots and divides per 8 elements), which the C compiler cannot hoist past the loop's stores.
+    kernels otherwise recompute such a scalar inside every iteration of each loop that reads it (D5's weight scale:
+    a scalar divide per 8 elements; LAMB's trust ratio, before the deferred update returned it: two square roots and
+    two divides), which the C compiler cannot hoist past the loop's stores.
     A sum over two elements is a reduction, which inductor's CPU backend never inlines into its consumers (on a GPU
-    it is unrolled: the same code as before). Exact: scalar + 0."""
+    it is unrolled: the same code as before). Exact: scalar + 0 (only a negative zero changes, to +0)."""
     flat = scalar.reshape(())
     return torch.stack([flat, torch.zeros_like(flat)]).sum().reshape(scalar.shape)
 
