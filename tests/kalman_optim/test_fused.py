@@ -51,6 +51,8 @@ CONFIGS = {
     # "-bucket": LAMB's kernels once per bucket (a multi-tensor graph, as on CUDA) instead of once per tensor.
     "lamb-bucket": (KalmanLAMB, dict(noise="adam", precision_weighting=False, trust_clip=0.5)),
     "lamb-pw-adaptive-maximize-bucket": (KalmanLAMB, dict(noise="adaptive", maximize=True)),
+    # The zero-memory noise's folded weight scale (k / c times the layer mean's reciprocal) in the bucket graph.
+    "lamb-pw-constant-bucket": (KalmanLAMB, dict(noise="constant", precision_floor=0.1)),
     "lamb-pw-current-mean-innovation-bucket": (KalmanLAMB, dict(noise="innovation", precision_mean="current")),
 }
 #: Where float32 cannot hold 1e-6 over 1000 steps (float64 holds 1e-12 everywhere): statistics that are differences of
