@@ -114,6 +114,15 @@ def _bound_with_own_code(function: Callable, flags: dict[str, Any]) -> Callable:
     return types.FunctionType(code, kernel.__globals__, function.__name__, None, kernel.__closure__)
 
 
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    """Row-major strides of `shape`, as torch.empty(shape) has them, without allocating (a size-0 dimension counts 1)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
 class KernelCache:
     """The compiled kernels of one optimizer, keyed by bucket and structure; counts graph compilations."""
 
@@ -135,7 +144,7 @@ class KernelCache:
         storage = self.update_buffers.get(key)
         if storage is None or storage.numel() < like.numel():
             storage = self.update_buffers[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-        return storage.new_empty(0).set_(storage.untyped_storage(), 0, like.shape, torch.empty(like.shape).stride())
+        return storage.new_empty(0).set_(storage.untyped_storage(), 0, like.shape, _contiguous_strides(like.shape))
 
     def stage(self, key: tuple, values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
         """`values` on `device` in the buffer of `key` (a fixed address per bucket, see cuda_graphs)."""
@@ -451,9 +460,14 @@ def _moments(g: Tensor, m: Tensor, v: Tensor, extra: dict[str, Tensor], s: dict[
     return m, v, new, gain, r_hat
 
 
+def _zero_memory_excess(mean_sq: Tensor, v: Tensor, s: dict[str, Tensor]) -> Tensor:
+    """max(v_hat (1 - 4 ulp) - m_hat^2, 0): the zero-memory noise (D3) before its 1 / c."""
+    return (v * s["excess_scale"] - mean_sq).clamp_min(0)
+
+
 def _zero_memory_noise(mean_sq: Tensor, v: Tensor, s: dict[str, Tensor]) -> Tensor:
     """functional.observation_noise_from_moments: max(v_hat (1 - 4 ulp) - m_hat^2, 0) / c (D3)."""
-    return (v * s["excess_scale"] - mean_sq).clamp_min(0) * s["inverse_noise_bias"]  # a multiply: cheaper than /
+    return _zero_memory_excess(mean_sq, v, s) * s["inverse_noise_bias"]  # a multiply: cheaper than /
 
 
 def _layout(scalars: dict[str, Any]) -> tuple[tuple[str, int], ...]:
@@ -603,8 +617,7 @@ def _lamb_moments(g, m, v, extra, s, *, noise, maximize, start_up, posterior):
     if not posterior:
         return m_new, v_new, new, mean, None
     if r_hat is None:
-        excess = (v_new * s["excess_scale"] - mean.square()).clamp_min(0)  # _zero_memory_noise before its 1 / c
-        return m_new, v_new, new, mean, (excess, gain * s["inverse_noise_bias"])
+        return m_new, v_new, new, mean, (_zero_memory_excess(mean.square(), v_new, s), gain * s["inverse_noise_bias"])
     return m_new, v_new, new, mean, (gain * r_hat, None)
 
 
@@ -616,6 +629,7 @@ def _scaled(variance: tuple[Tensor, Tensor | None], scale: Tensor) -> tuple[Tens
 
 
 def _mean_of(variance: tuple[Tensor, Tensor | None]) -> Tensor:
+    """The mean of `_lamb_moments`'s P over the tensor: the per-element factor's mean times the scalar one."""
     elementwise, factor = variance
     return elementwise.mean() if factor is None else elementwise.mean() * factor
 
