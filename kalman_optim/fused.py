@@ -15,7 +15,7 @@ makes shape-generic when a second length comes (`Job.per_tensor`; a few more for
 1). There the kernel writes the update into a buffer the optimizer keeps (`KernelCache.update_buffer`) and returns
 -lr times the trust ratio, and `p.addcmul_(update, -lr * ratio)` takes the second pass: left to inductor, that
 pass reads an update buffer its code allocates on every call, and a fresh 4 MB allocation is fresh pages from the
-kernel (page faults and zeroing: ~1000 per 1e6-element tensor, 20-35% of plain LAMB's step measured). On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
+kernel (page faults and zeroing: ~1000 per 1e6-element tensor; results/bench/fused_cpu_ab_deferred has the A/B). On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
 wrapper's host time once instead of once per tensor (`per_tensor_calls`), and a bucket's step is recorded as a CUDA
 graph and replayed (cuda_graphs): the host time of dynamo's guards and inductor's launches is paid once.
 
