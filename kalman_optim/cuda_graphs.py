@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -126,7 +126,7 @@ class CoefficientStaging:
     of pinned host buffers without waiting for the device: a copy from pageable memory blocks the host until the work
     queued before it has run, and pinning a new buffer each step costs ~40 us of host time."""
 
-    def __init__(self, values: list[float], dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, values: Sequence[float], dtype: torch.dtype, device: torch.device) -> None:
         self.device_buffer = torch.empty(len(values), dtype=dtype, device=device)
         if device.type != "cuda":  # a fixed buffer filled by a plain copy (the graph bookkeeping's tests on a CPU)
             return
@@ -137,10 +137,10 @@ class CoefficientStaging:
         self.slot = 0
         self.stream = None
 
-    def stage(self, values: list[float]) -> Tensor:
+    def stage(self, values: Sequence[float]) -> Tensor:
         """The device buffer, holding `values` once the copy queued on the current stream has run."""
         if self.device_buffer.device.type != "cuda":
-            return self.device_buffer.copy_(torch.tensor(values, dtype=self.device_buffer.dtype))
+            return self.device_buffer.copy_(torch.as_tensor(values, dtype=self.device_buffer.dtype))
         slot, self.slot = self.slot, (self.slot + 1) % STAGING_SLOTS
         if self.used[slot]:
             self.copied[slot].synchronize()  # that slot's last copy has been read

@@ -38,6 +38,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -475,22 +476,29 @@ def _layout(scalars: dict[str, Any]) -> tuple[tuple[str, int], ...]:
     return tuple((name, value.numel() if torch.is_tensor(value) else 0) for name, value in scalars.items())
 
 
-def coefficient_values(scalars: dict[str, Any]) -> list[float]:
-    """The coefficients as a list of Python floats in `_layout`'s order."""
-    flat: list[float] = []
+def coefficient_values(scalars: dict[str, Any]) -> np.ndarray:
+    """The coefficients as one float64 array in `_layout`'s order. An array, not a list of Python floats: mode
+    "fitted"'s two 401-point tables made the list's `tolist` and `torch.tensor` ~70 us of host time per step, the
+    array's concatenation ~11 us (2-core CPU)."""
+    parts: list[np.ndarray] = []
+    run: list[float] = []
     for value in scalars.values():
         if torch.is_tensor(value):
-            flat.extend(value.reshape(-1).tolist())
+            parts.append(np.array(run, dtype=np.float64))
+            parts.append(value.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy())
+            run = []
         else:
-            flat.append(float(value))
-    return flat
+            run.append(float(value))
+    parts.append(np.array(run, dtype=np.float64))
+    return np.concatenate(parts)
 
 
-def _pack(values: list[float], dtype: torch.dtype, device, rows: int = 0) -> Tensor:
+def _pack(values: np.ndarray, dtype: torch.dtype, device, rows: int = 0) -> Tensor:
     """`values` as one tensor, 1-D, or with `rows` > 0 the same row `rows` times: one host-to-device copy per bucket
     and step (repeated on the host: a repeat on the device is one more launch). On CUDA the buckets' coefficients
-    are staged through pinned buffers instead (`cuda_graphs.CoefficientStaging`)."""
-    host = torch.tensor(values, dtype=dtype)
+    are staged through pinned buffers instead (`cuda_graphs.CoefficientStaging`). Each double rounds to `dtype` as
+    torch.tensor(list, dtype) rounds it."""
+    host = torch.from_numpy(values).to(dtype, copy=True)  # a copy: the kernels must not share the caller's array
     if rows:  # a CPU repeat: 9 us for 100 rows where a nested list takes 80 us
         host = host.repeat(rows, 1)
     if device.type != "cuda":

@@ -114,6 +114,7 @@ class _Tables:
         self.history: dict[int, tuple[Tensor, Tensor, float]] = {}  # t -> (M_t, S_t, k_t), last 3 steps
         self.phi: Tensor | None = None
         self.factor = torch.ones_like(grid)
+        self.interpolation: tuple[Tensor, Tensor] | None = None  # `interpolation_table` at this step, once asked
 
     def advance(self) -> None:
         t = self.step + 1
@@ -132,6 +133,7 @@ class _Tables:
         self.history.pop(t - 3, None)
         self.phi = self.num / self.den if t >= 3 else None
         self.factor = self.error / expected
+        self.interpolation = None
         self.step = t
 
     def converged(self) -> bool:
@@ -148,14 +150,20 @@ def model_tables(beta1: float, noise_beta: float, step: int) -> tuple[Tensor | N
 
     Advanced incrementally from the last step asked for (recomputed from step 2 for an earlier step); constant
     after convergence."""
-    key = (float(beta1), float(noise_beta))
     with _LOCK:
-        tables = _CACHE.get(key)
-        if tables is None or tables.step > step and not tables.converged():
-            tables = _CACHE[key] = _Tables(*key)
-        while tables.step < step and not tables.converged():
-            tables.advance()
+        tables = _advanced_to(beta1, noise_beta, step)
         return tables.phi, tables.factor
+
+
+def _advanced_to(beta1: float, noise_beta: float, step: int) -> _Tables:
+    """The shared tables of (beta1, noise_beta) at `step` (call with _LOCK held)."""
+    key = (float(beta1), float(noise_beta))
+    tables = _CACHE.get(key)
+    if tables is None or tables.step > step and not tables.converged():
+        tables = _CACHE[key] = _Tables(*key)
+    while tables.step < step and not tables.converged():
+        tables.advance()
+    return tables
 
 
 def interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
@@ -172,8 +180,17 @@ def interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
 
 def interpolation_table(step: int, beta1: float, noise_beta: float) -> tuple[Tensor, Tensor]:
     """(xs, ys), float64: the expected lag statistic (increasing, i.e. rho decreasing) and E_t / M_t at `step`. At
-    step 2 (no lag statistic yet) ys is constant: the factor at the filter's own ratio lambda(beta1)."""
-    expected_phi, factor = model_tables(beta1, noise_beta, step)
+    step 2 (no lag statistic yet) ys is constant: the factor at the filter's own ratio lambda(beta1). Computed once
+    per step and shared (the eager path reads it per tensor); callers do not write to it."""
+    with _LOCK:
+        tables = _advanced_to(beta1, noise_beta, step)
+        if tables.interpolation is None:
+            tables.interpolation = _interpolation_of(tables.phi, tables.factor, beta1)
+        return tables.interpolation
+
+
+def _interpolation_of(expected_phi: Tensor | None, factor: Tensor, beta1: float) -> tuple[Tensor, Tensor]:
+    """`interpolation_table` from the tables' expected phi and factor."""
     if expected_phi is None:
         own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64)
         constant = interpolate(own, RATIO_GRID, factor)
@@ -276,8 +293,25 @@ def own_model_phi(step: int, beta1: float, noise_beta: float) -> float:
     expected_phi, _ = model_tables(beta1, noise_beta, step)
     if expected_phi is None:
         return 1.0
+    lower, upper, weight = _own_ratio_bracket(beta1)
+    low, high = float(expected_phi[lower]), float(expected_phi[upper])
+    return low + weight * (high - low)  # `interpolate`'s y0 + w (y1 - y0), in the same float64 operations
+
+
+@functools.lru_cache(maxsize=64)
+def _own_ratio_bracket(beta1: float) -> tuple[int, int, float]:
+    """(lower index, upper index, weight) on the table of `own_model_phi`: `interpolate`'s bracket and weight of
+    log lambda(beta1) on log RATIO_GRID[1:] (indices into the whole grid). Only the table's values change with the
+    step, so the interpolation reads two of them (a torch `interpolate` on the 400-point grid took ~150 us per step
+    on the 2-core CPU, host time of every fused and eager step in this mode)."""
+    xs = RATIO_GRID[1:].log()
+    n = xs.numel()
     own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64).log()
-    return float(interpolate(own, RATIO_GRID[1:].log(), expected_phi[1:]))
+    x = torch.minimum(torch.maximum(own, xs[0]), xs[n - 1])
+    upper = int((xs < x).sum().clamp(1, n - 1))
+    span = xs[upper] - xs[upper - 1]
+    weight = float((x - xs[upper - 1]) / span) if span > 0 else 0.0
+    return upper, upper + 1, weight
 
 
 def estimates_ratio(numel: int) -> bool:

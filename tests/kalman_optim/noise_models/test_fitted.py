@@ -249,3 +249,32 @@ def test_the_prior_pulls_to_the_own_models_expected_statistic_not_to_one():
     expected_phi, factor = fitted.model_tables(beta1, noise_beta, 10)
     index = int(np.argmin(np.abs(np.log(fitted.RATIO_GRID.numpy()[1:]) - np.log(beta_to_noise_ratio(beta1))))) + 1
     assert float(expected_phi[index]) == pytest.approx(early, rel=2e-3)
+
+
+@pytest.mark.parametrize("beta1", [0.5, 0.9, 0.99, 0.9999])
+def test_own_model_phi_is_interpolate_on_the_log_grid_bit_for_bit(beta1):
+    """own_model_phi reads two table entries at a bracket fixed per beta1; it equals `interpolate` of log lambda(beta1)
+    on the log grid exactly, at every step (also beta1 = 0.9999, whose lambda lies below the grid: clamped)."""
+    noise_beta = 0.99
+    own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64).log()
+    fitted.own_model_phi.cache_clear()
+    for step in [*range(2, 40), 100, 1000]:
+        expected_phi, _ = fitted.model_tables(beta1, noise_beta, step)
+        formula = 1.0 if expected_phi is None else float(fitted.interpolate(own, fitted.RATIO_GRID[1:].log(),
+                                                                             expected_phi[1:]))
+        assert fitted.own_model_phi(step, beta1, noise_beta) == formula
+
+
+def test_interpolation_table_is_computed_once_per_step_and_follows_the_step():
+    """Within a step every call returns the same tensors (the eager path reads them per tensor); they equal a fresh
+    computation from the tables, and the next step's differ."""
+    beta1, noise_beta = 0.9, 0.95
+    for step in (2, 3, 50):
+        first = fitted.interpolation_table(step, beta1, noise_beta)
+        again = fitted.interpolation_table(step, beta1, noise_beta)
+        assert first[0] is again[0] and first[1] is again[1]
+        expected_phi, factor = fitted.model_tables(beta1, noise_beta, step)
+        fresh = fitted._interpolation_of(expected_phi, factor, beta1)
+        assert torch.equal(first[0], fresh[0]) and torch.equal(first[1], fresh[1])
+    later = fitted.interpolation_table(51, beta1, noise_beta)
+    assert not torch.equal(later[1], fitted.interpolation_table(50, beta1, noise_beta)[1])
