@@ -154,6 +154,28 @@ def ab_numbers(directory: Path, prefix: str) -> dict[str, float]:
     return out
 
 
+def ab_step_times(directory: Path, prefix: str, candidates: tuple[str, ...]) -> dict[str, float]:
+    """Macros <prefix>{Before,After}<Variant>Microseconds{Low,High} of an A/B directory laid out as `ab_numbers`
+    reads it: the range over its runs of each candidate's median step time (us) at the largest N (host-time A/Bs,
+    where the tensors are tiny). A file that is present but unreadable, or lacks a candidate, stops the build with
+    its name; no files, no macros."""
+    out: dict[str, float] = {}
+    for side in ("Before", "After"):
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        for path in sorted(Path(directory).glob(f"{side.lower()}*.json")):
+            try:
+                result = json.loads(path.read_text(encoding="utf-8"))["results"][-1]
+                for name in candidates:
+                    times[name].append(1e6 * result["candidates"][name]["median_s"])
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+                raise ValueError(f"{path}: unreadable A/B benchmark ({error})") from error
+        for name, values in times.items():
+            if values:
+                key = f"{prefix}{side}{FUSED_VARIANTS[name]}Microseconds"
+                out[f"{key}Low"], out[f"{key}High"] = round(min(values)), round(max(values))
+    return out
+
+
 def short_commit(report: dict) -> str:
     """The benchmark's git commit, abbreviated to 7 characters ("unknown" when not recorded)."""
     return str(report.get("provenance", {}).get("git_commit") or "unknown")[:7]

@@ -46,7 +46,8 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
-from experiments.e5_bench_report import (ab_numbers, bench_reports, cpu_name, cuda_profile_numbers, fused_cuda_numbers,
+from experiments.e5_bench_report import (ab_numbers, ab_step_times, bench_reports, cpu_name, cuda_profile_numbers,
+                                         fused_cuda_numbers,
                                          fused_cuda_table, fused_cuda_timings, fused_numbers, fused_report, fused_table, overhead_numbers,
                                          overhead_report,
                                          models_numbers, models_report, models_table, short_commit)
@@ -401,6 +402,9 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out.update(fused_numbers(fused_report("cpu_first_machine", BENCH_DIR), prefix="FusedCpuFirstMachine"))
     out.update(fused_numbers(fused_report("cpu_before_deferred_update", BENCH_DIR), prefix="FusedCpuBefore"))
     out.update(ab_numbers(BENCH_DIR / "fused_cpu_ab_deferred", prefix="FusedCpuAbDeferred"))
+    # Host time of mode "fitted" before and after its table read-outs were made cheap (tiny tensors: all host time).
+    out.update(ab_step_times(BENCH_DIR / "fused_cpu_ab_fitted_host", "FusedCpuAbFittedHost",
+                             ("AdamW [fused]", "KalmanAdam innovation", "KalmanAdam fitted", "KalmanAdam fitted+VA")))
     # GPU runs, each in both timings: the fourth session's (CUDA graphs), the third session's (bab9a84, no CUDA graphs;
     # torch's Adam kernel beside the compiled one), the A/B of inductor's aggressive_fusion on the LAMB graphs, and the
     # A/B of its store-or-recompute thresholds (forced recompute, then the defaults).

@@ -312,3 +312,22 @@ def test_cuda_profile_numbers_are_read_from_the_step_profile(tmp_path):
     path.write_text("truncated")
     with pytest.raises(ValueError, match="cuda_step_profile.log"):
         e5.cuda_profile_numbers(path)
+
+
+def test_ab_step_times_are_the_range_over_runs_and_a_damaged_run_stops_the_build(tmp_path):
+    """Each side's macros span its runs' medians (us); a run without a candidate stops the build with its name."""
+    def run(name, fitted_s, innovation_s):
+        result = {"candidates": {"KalmanAdam fitted": {"median_s": fitted_s},
+                                 "KalmanAdam innovation": {"median_s": innovation_s}}}
+        (tmp_path / name).write_text(json.dumps({"results": [{"candidates": {}}, result]}))
+    run("before1.json", 900e-6, 600e-6)
+    run("before2.json", 1000e-6, 610e-6)
+    run("after1.json", 700e-6, 590e-6)
+    numbers = e5.ab_step_times(tmp_path, "Ab", ("KalmanAdam fitted", "KalmanAdam innovation"))
+    assert numbers["AbBeforeFittedMicrosecondsLow"] == 900 and numbers["AbBeforeFittedMicrosecondsHigh"] == 1000
+    assert numbers["AbAfterFittedMicrosecondsLow"] == numbers["AbAfterFittedMicrosecondsHigh"] == 700
+    assert numbers["AbBeforeInnovationMicrosecondsHigh"] == 610
+    assert e5.ab_step_times(tmp_path / "missing", "Ab", ("KalmanAdam fitted",)) == {}
+    (tmp_path / "after2.json").write_text(json.dumps({"results": [{"candidates": {"KalmanAdam fitted": {}}}]}))
+    with pytest.raises(ValueError, match="after2.json: unreadable"):
+        e5.ab_step_times(tmp_path, "Ab", ("KalmanAdam fitted",))
