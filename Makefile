@@ -4,6 +4,8 @@
 #   make test             set up .venv if missing, then run the test-suite
 #   make bench            optimizer step-time / memory benchmark -> results/bench/{step,fused}_$(BENCH_DEVICE).json
 #                         and results/bench/models_cpu.json (the step on E4's small models)
+#   make triton-bytes     the bytes per element the fused CUDA kernels move, read off inductor's Triton code for a
+#                         fake H100 (no GPU needed; installs the triton package) -> results/bench/triton_bytes.json
 #
 # Switches:
 #   PYTHON=python3        use an existing interpreter (e.g. a GPU machine's system torch, no network):
@@ -48,7 +50,7 @@ DERIVATION_SOURCES := $(sort $(wildcard derivations/d[0-9]_*.py))
 DERIVATION_TOOLS := derivations/common.py derivations/notebooks.py derivations/__main__.py
 DERIVATION_LATEX := paper/generated/derivations.tex
 
-.PHONY: help install check-python latex-tools data test derivations experiments figures paper bench reproduce clean
+.PHONY: help install check-python latex-tools data test derivations experiments figures paper bench triton-bytes reproduce clean
 
 DATA_STAMP := .make/data.ready
 EXPERIMENT_CODE := $(wildcard experiments/*.py) $(wildcard kalman_optim/*.py)
@@ -60,6 +62,7 @@ help:
 	@echo "make test        set up (if needed) and run the tests"
 	@echo "make derivations run the sympy derivations, write paper/generated/ and derivations/executed/"
 	@echo "make bench       time optimizer steps against AdamW -> results/bench/{step,fused}_$(BENCH_DEVICE).json, models_cpu.json (~25 min)"
+	@echo "make triton-bytes bytes per element of the fused CUDA kernels, from their Triton code (no GPU) -> results/bench/triton_bytes.json"
 	@echo "make experiments run the $(PROFILE) experiments -> results/$(PROFILE)/ (smoke: ~15 min on 2 CPUs)"
 	@echo "make figures     figures, tables, number macros from the results -> paper/figures, paper/generated"
 	@echo "make paper       build paper/build/paper.pdf (installs LaTeX with apt-get when root)"
@@ -130,6 +133,14 @@ bench: | $(SETUP)
 	$(PY) -m experiments.bench_fused --device $(BENCH_DEVICE) $(BENCH_OVERHEAD_ARGS) \
 	  --out results/bench/fused_$(BENCH_DEVICE)_overhead.json
 	$(PY) -m experiments.bench_models --out results/bench/models_cpu.json $(BENCH_MODELS_ARGS)
+
+# The fused CUDA kernels' memory traffic without a GPU (issue 13): inductor generates their Triton code on this CPU
+# for a fake H100 (experiments/fake_cuda.py), nothing runs; the triton package (code generation only) is installed
+# into the environment first. ~3 min on 2 CPU cores.
+TRITON_PIN ?= triton==3.9.0
+triton-bytes: | $(SETUP)
+	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install --quiet "$(TRITON_PIN)"
+	$(PY) -m experiments.triton_bytes --out results/bench/triton_bytes.json
 
 # Every experiment of the profile, every time: completed runs (results/<profile>/<experiment>/*.json) are
 # skipped in seconds, and a missing, corrupt or stale one (deleted, truncated, or from another config) is redone.

@@ -176,6 +176,25 @@ def ab_step_times(directory: Path, prefix: str, candidates: tuple[str, ...]) -> 
     return out
 
 
+def triton_bytes_numbers(path: Path, prefix: str) -> dict[str, float | str]:
+    """Macros <prefix><Variant> (bytes per element the fused CUDA kernels move, read off their Triton code by
+    `make triton-bytes`), <prefix>Tensors, <prefix>TensorSize and <prefix>Commit from its report at `path`. A
+    report that is present but unreadable stops the build with its name; no report, no macros."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        out: dict[str, float | str] = {f"{prefix}Tensors": int(report["config"]["tensors"]),
+                                       f"{prefix}TensorSize": f"{float(report['config']['tensor_size']):.0e}",
+                                       f"{prefix}Commit": short_commit(report)}
+        for name, result in report["results"].items():
+            out[f"{prefix}{FUSED_VARIANTS[name]}"] = round(float(result["bytes_per_element"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: unreadable Triton bytes report ({error}); rerun `make triton-bytes`") from error
+    return out
+
+
 def short_commit(report: dict) -> str:
     """The benchmark's git commit, abbreviated to 7 characters ("unknown" when not recorded)."""
     return str(report.get("provenance", {}).get("git_commit") or "unknown")[:7]

@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
-from experiments.e5_bench_report import (ab_numbers, ab_step_times, bench_reports, cpu_name, cuda_profile_numbers,
+from experiments.e5_bench_report import (ab_numbers, ab_step_times, bench_reports, triton_bytes_numbers, cpu_name, cuda_profile_numbers,
                                          fused_cuda_numbers,
                                          fused_cuda_table, fused_cuda_timings, fused_numbers, fused_report, fused_table, overhead_numbers,
                                          overhead_report,
@@ -402,6 +402,9 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     out.update(fused_numbers(fused_report("cpu_first_machine", BENCH_DIR), prefix="FusedCpuFirstMachine"))
     out.update(fused_numbers(fused_report("cpu_before_deferred_update", BENCH_DIR), prefix="FusedCpuBefore"))
     out.update(ab_numbers(BENCH_DIR / "fused_cpu_ab_deferred", prefix="FusedCpuAbDeferred"))
+    # Bytes per element of the fused CUDA kernels read off their Triton code: at HEAD and at the commit the GPU timed.
+    out.update(triton_bytes_numbers(BENCH_DIR / "triton_bytes.json", "TritonBytes"))
+    out.update(triton_bytes_numbers(BENCH_DIR / "triton_bytes_gpu_commit.json", "TritonBytesGpuCommit"))
     # Host time of mode "fitted" before and after its table read-outs were made cheap (tiny tensors: all host time).
     out.update(ab_step_times(BENCH_DIR / "fused_cpu_ab_fitted_host", "FusedCpuAbFittedHost",
                              ("AdamW [fused]", "KalmanAdam innovation", "KalmanAdam fitted", "KalmanAdam fitted+VA")))

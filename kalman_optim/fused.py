@@ -69,6 +69,10 @@ KERNEL_CONFIG = {"size_asserts": False, "combo_kernels": True}
 GRAPH_DEVICES = ("cuda",)
 #: The key under which a deferred-update LAMB call (CPU) passes its update buffer among the extra state tensors.
 UPDATE_BUFFER_KEY = "_update_buffer"
+#: `_row_sum`: tensors from this many elements on are summed over the rows of a (rows, n / rows) view, rows the
+#: largest divisor of n in ROW_RANGE (an H100 has 132 SMs: a few hundred rows keep them all busy).
+ROW_SPLIT_MIN_ELEMENTS = 1 << 16
+ROW_RANGE = (128, 1024)
 #: Kernels one optimizer compiles at most (buckets x option changes); beyond, it falls back to the eager path.
 MAX_KERNELS = 16
 
@@ -655,52 +659,117 @@ def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coeffi
     return torch.stack(means)
 
 
-def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, mean_variances=None, *, names, noise,
+def _row_count(numel: int) -> int:
+    """Rows of the (rows, numel / rows) view `_row_sum` reduces a tensor of `numel` elements through: the largest
+    divisor of numel in ROW_RANGE from ROW_SPLIT_MIN_ELEMENTS elements on, else 1 (one flat sum)."""
+    if numel < ROW_SPLIT_MIN_ELEMENTS:
+        return 1
+    low, high = ROW_RANGE
+    return next((rows for rows in range(min(high, numel), low - 1, -1) if numel % rows == 0), 1)
+
+
+def _row_sum(x: Tensor) -> Tensor:
+    """sum(x) as the sum of its rows' sums (`_row_count`). On CUDA inductor splits a flat sum over a large tensor
+    into a kernel of partial sums over its own blocks, an iteration space no pointwise producer shares, so it
+    stores each operand of the sum and reads it back; a sum over the rows of a view shares the producer's space,
+    which computes its operands in registers and reads only the inputs (issue 13: PW LAMB's graph stored four
+    tensors per parameter)."""
+    rows = _row_count(x.numel())
+    return x.sum() if rows == 1 else x.reshape(rows, -1).sum(1).sum()
+
+
+def _lamb_update(p, g, m, v, extra, s, mean_variance, *, noise, precision_weighting, decay, maximize,
+                 precision_floor, start_up):
+    """(m_new, v_new, new extra state, the update u before the trust ratio, D5's weights or None, the posterior
+    variance pair of `_lamb_moments` or None) of one tensor; `mean_variance`: the layer mean of P D5 divides by."""
+    m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
+                                                      start_up=start_up, posterior=precision_weighting)
+    denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
+    weights = None
+    if precision_weighting:  # functional.precision_weighted_norm
+        inverse_mean = torch.where(mean_variance > 0,
+                                   mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
+                                   torch.zeros_like(mean_variance))  # 0: equal weights
+        # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
+        # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
+        # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
+        elementwise, factor = _scaled(variance, inverse_mean)
+        weight_denominator = elementwise * factor + precision_floor
+        both = (denominator * weight_denominator).reciprocal()
+        update = mean * weight_denominator * both
+        weights = denominator * both
+    else:
+        update = mean / denominator
+    if decay:
+        update = update + s["weight_decay"] * p
+    return m_new, v_new, new, update, weights, variance
+
+
+def _lamb_sums_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, maximize,
+                      precision_floor, decay, start_up=False):
+    """The first pass of precision-weighted LAMB with the previous step's layer means, once per bucket (CUDA): a
+    graph of reductions only, per tensor (sum p^2, sum w u^2, sum w, mean of P), each a `_row_sum`. It reads p, g and
+    the moments once (16 B per fp32 element) and writes nothing; the update graph (`_lamb_kernel` with
+    `precomputed_sums`) recomputes the moments, so the step moves 44 B per element, plain LAMB's, where one graph
+    stored and re-read the weights' operands (~76 B, read off inductor's Triton code for 1e7-element tensors)."""
+    s = _unpack(coefficients, names)
+    sums = []
+    for p, g, m, v, i in zip(params, grads, exp_avgs, exp_avg_sqs, range(len(params))):
+        extra = {key: values[i] for key, values in extras.items()}
+        stored_mean = extra.pop(PREVIOUS_MEAN_KEY)
+        _, _, _, update, weights, variance = _lamb_update(
+            p, g, m, v, extra, s, stored_mean, noise=noise, precision_weighting=True, decay=decay, maximize=maximize,
+            precision_floor=precision_floor, start_up=start_up)
+        elementwise, factor = variance
+        mean_variance = _row_sum(elementwise) / elementwise.numel()
+        sums.append(torch.stack([_row_sum(p * p), _row_sum(weights * update.square()), _row_sum(weights),
+                                 mean_variance if factor is None else mean_variance * factor]))
+    return torch.stack(sums)
+
+
+def _lamb_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, statistics=None, *, names, noise,
                  precision_weighting, decay, maximize, trust_clip, precision_floor, start_up=False,
-                 previous_mean=False, deferred_update=False):
-    """KalmanLAMB (D5): functional.kalman_lamb. With precision weighting, `mean_variances` comes from
-    `_lamb_statistics_kernel` (the layer means D5's weights divide by), or with `previous_mean` from the state
-    (the last step's means, overwritten here with this step's: one pass fewer). With `deferred_update` the
-    parameters are not written: each tensor's update goes to its buffer `extras[UPDATE_BUFFER_KEY]`, and the kernel
-    returns -lr * trust ratio per tensor for the caller's `p.addcmul_` (`_launch`)."""
+                 previous_mean=False, deferred_update=False, precomputed_sums=False):
+    """KalmanLAMB (D5): functional.kalman_lamb. With precision weighting, `statistics` comes from
+    `_lamb_statistics_kernel` (the layer means D5's weights divide by), or with `previous_mean` the means come from
+    the state (the last step's means, overwritten here with this step's: one pass fewer), and with
+    `precomputed_sums` `statistics` holds `_lamb_sums_kernel`'s sums (this graph then reduces nothing). With
+    `deferred_update` the parameters are not written: each tensor's update goes to its buffer
+    `extras[UPDATE_BUFFER_KEY]`, and the kernel returns -lr * trust ratio per tensor for the caller's `p.addcmul_`
+    (`_launch`)."""
     s = _unpack(coefficients, names)
     scales = []
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         extra = {key: values[i] for key, values in extras.items()}
         stored_mean = extra.pop(PREVIOUS_MEAN_KEY, None)
         update_buffer = extra.pop(UPDATE_BUFFER_KEY, None)
-        m_new, v_new, new, mean, variance = _lamb_moments(g, m, v, extra, s, noise=noise, maximize=maximize,
-                                                          start_up=start_up, posterior=precision_weighting)
-        denominator = (v_new * s["inverse_correction2"]).sqrt() + s["eps"]
-        if precision_weighting:  # functional.precision_weighted_norm
-            mean_variance = stored_mean if previous_mean else mean_variances[i]
-            inverse_mean = torch.where(mean_variance > 0, mean_variance.clamp_min(torch.finfo(p.dtype).tiny).reciprocal(),
-                                       torch.zeros_like(mean_variance))  # 0: equal weights
-            # One vector divide for both quotients, m / denominator and D5's weight 1 / (P / mean(P) + floor), a few ulp
-            # from the reference's rounding (bench_fused, previous-mean variant over plain LAMB, 2 x 3 processes:
-            # 1.13 -> 1.08 at 1e7 parameters; 1.24 -> 1.22 at 3e7).
-            elementwise, factor = _scaled(variance, inverse_mean)
-            weight_denominator = elementwise * factor + precision_floor
-            both = (denominator * weight_denominator).reciprocal()
-            update = mean * weight_denominator * both
-            weights = denominator * both
-        else:
-            update = mean / denominator
-        if decay:
-            update = update + s["weight_decay"] * p
-        param_norm = (p * p).sum().sqrt()  # a sum of squares: inductor lowers linalg.vector_norm to a slower loop
-        plain_norm = (update * update).sum().sqrt()  # unused with a previous mean: the traced graph drops it
-        update_norm = plain_norm
+        mean_variance = None
         if precision_weighting:
-            weighted = (weights * update.square()).sum() / weights.sum()
-            weighted_norm = (weighted * update.numel()).sqrt()
-            if previous_mean:
-                # Without a posterior (innovation's first step) the stored mean is still 0: equal weights, the plain
-                # norm, so no separate sum of u^2. The next step then weighs equally too.
-                update_norm = weighted_norm
-                stored_mean.copy_(_where(s["has_posterior"], _mean_of(variance).reshape(1), torch.zeros_like(stored_mean)))
-            else:
-                update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
+            mean_variance = stored_mean if previous_mean else statistics[i]
+        m_new, v_new, new, update, weights, variance = _lamb_update(
+            p, g, m, v, extra, s, mean_variance, noise=noise, precision_weighting=precision_weighting, decay=decay,
+            maximize=maximize, precision_floor=precision_floor, start_up=start_up)
+        if precomputed_sums:
+            param_sq, weighted_sq, weight_sum, layer_mean = statistics[i].unbind()
+            param_norm = param_sq.sqrt()
+            # Without a posterior (innovation's first step) the stored mean is 0: equal weights, the plain norm.
+            update_norm = (weighted_sq / weight_sum * update.numel()).sqrt()
+            stored_mean.copy_(_where(s["has_posterior"], layer_mean.reshape(1), torch.zeros_like(stored_mean)))
+        else:
+            param_norm = (p * p).sum().sqrt()  # a sum of squares: inductor lowers linalg.vector_norm to a slower loop
+            plain_norm = (update * update).sum().sqrt()  # unused with a previous mean: the traced graph drops it
+            update_norm = plain_norm
+            if precision_weighting:
+                weighted = (weights * update.square()).sum() / weights.sum()
+                weighted_norm = (weighted * update.numel()).sqrt()
+                if previous_mean:
+                    # Without a posterior (innovation's first step) the stored mean is still 0: equal weights, the
+                    # plain norm, so no separate sum of u^2. The next step then weighs equally too.
+                    update_norm = weighted_norm
+                    stored_mean.copy_(_where(s["has_posterior"], _mean_of(variance).reshape(1),
+                                             torch.zeros_like(stored_mean)))
+                else:
+                    update_norm = _where(s["has_posterior"], weighted_norm, plain_norm)
         ratio = torch.where((param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm))
         if trust_clip is not None:
             ratio = ratio.clamp_max(trust_clip)
@@ -997,6 +1066,10 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
         if precision_weighting and not flags["previous_mean"]:  # the layer means of P first (a graph that only
             # reads), then the update
             statistics = (_lamb_statistics_kernel, dict(noise=noise, maximize=maximize, start_up=flags["start_up"]))
+        elif precision_weighting and not per_tensor_calls(key[0]):  # a bucket's sums first (`_lamb_sums_kernel`)
+            flags["precomputed_sums"] = True
+            statistics = (_lamb_sums_kernel, dict(noise=noise, maximize=maximize, start_up=flags["start_up"],
+                                                  precision_floor=precision_floor, decay=flags["decay"]))
         jobs.append(Job(_lamb_kernel, flags, scalars, ("lamb", *key), tensors, indices, statistics,
                         per_tensor=per_tensor_calls(key[0])))
     return _run_all(cache, jobs)

@@ -331,3 +331,17 @@ def test_ab_step_times_are_the_range_over_runs_and_a_damaged_run_stops_the_build
     (tmp_path / "after2.json").write_text(json.dumps({"results": [{"candidates": {"KalmanAdam fitted": {}}}]}))
     with pytest.raises(ValueError, match="after2.json: unreadable"):
         e5.ab_step_times(tmp_path, "Ab", ("KalmanAdam fitted",))
+
+
+def test_triton_bytes_macros_and_a_damaged_report_stops_the_build(tmp_path):
+    """Bytes per element per candidate from `make triton-bytes`'s report; a damaged one stops with its name."""
+    report = {"config": {"tensors": 10, "tensor_size": 10**7}, "provenance": {"git_commit": "abcdef123456"},
+              "results": {"KalmanLAMB": {"bytes_per_element": 44.0}, "KalmanLAMB precision": {"bytes_per_element": 72.4}}}
+    (tmp_path / "triton_bytes.json").write_text(json.dumps(report))
+    numbers = e5.triton_bytes_numbers(tmp_path / "triton_bytes.json", "Tb")
+    assert numbers["TbLamb"] == 44 and numbers["TbLambPrecision"] == 72 and numbers["TbCommit"] == "abcdef1"
+    assert numbers["TbTensors"] == 10 and numbers["TbTensorSize"] == "1e+07"
+    assert e5.triton_bytes_numbers(tmp_path / "missing.json", "Tb") == {}
+    (tmp_path / "triton_bytes.json").write_text('{"config": {}}')
+    with pytest.raises(ValueError, match="triton_bytes.json: unreadable.*make triton-bytes"):
+        e5.triton_bytes_numbers(tmp_path / "triton_bytes.json", "Tb")

@@ -139,12 +139,14 @@ def test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypa
         # KalmanLAMB steps each tensor, flattened, through one graph (on a CPU): dynamo compiles the first length as
         # it is, then a length-generic graph, and specializes length 1 (at most 4 per kernel: inductor also tells
         # lengths above 4096 apart); or the whole bucket through one graph. Twice for precision weighting with this
-        # step's layer means (the means' graph of reductions, then the update).
-        lamb_two_graphs = options.get("precision_weighting", True) and options.get("precision_mean") == "current"
+        # step's layer means (the means' graph of reductions, then the update), and in a bucket for precision
+        # weighting with either mean (a graph of the sums, then the update).
+        weighted = options.get("precision_weighting", True)
+        lamb_two_graphs = weighted and options.get("precision_mean") == "current"
         if fused_path.per_tensor_calls(DEVICE):
             assert 2 <= first <= 4 * (2 if lamb_two_graphs else 1)
         else:
-            assert first == (2 if lamb_two_graphs else 1)
+            assert first == (2 if weighted else 1)
     if name == "adaptive-va":
         assert start_up_ends == (dtype == torch.float32)  # both kernels are compared below
     float32 = dtype == torch.float32
@@ -579,3 +581,23 @@ def test_the_pseudo_coordinate_prior_reaches_both_paths(monkeypatch):
         assert any(not torch.equal(p, q) for p, q in zip(plain, reference)), name
         for index, (p, q) in enumerate(zip(reference, fused)):
             assert (p - q).abs().max() <= 1e-12 * p.abs().max(), f"{name}, tensor {index}"
+
+
+@pytest.mark.parametrize("numel, rows", [(100, 1), (150, 50), (2100, 60), (97 * 89, 1), (64 * 1024, 64)])
+def test_row_count_is_the_largest_divisor_in_range(numel, rows, monkeypatch):
+    monkeypatch.setattr(fused_path, "ROW_SPLIT_MIN_ELEMENTS", 101)
+    monkeypatch.setattr(fused_path, "ROW_RANGE", (4, 64))
+    assert fused_path._row_count(numel) == rows  # 100: too small; 97 * 89: no divisor in range
+    x = torch.randn(numel, dtype=torch.float64)
+    assert abs(fused_path._row_sum(x) - x.sum()) <= 1e-13 * x.abs().sum()  # the same sum in another order
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-12)], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", ["lamb-pw-constant-bucket", "lamb-pw-adaptive-maximize-bucket"])
+def test_lambs_bucket_sums_over_rows_equal_the_reference(name, dtype, tolerance, monkeypatch):
+    """The bucket's graph of sums (`_lamb_sums_kernel`) with its sums taken over rows (`_row_sum`, here from 101
+    elements on, so that tensors (6, 25) and (2100,) are summed as 50 and 60 rows): the 1000-step comparison."""
+    monkeypatch.setattr(fused_path, "ROW_SPLIT_MIN_ELEMENTS", 101)
+    monkeypatch.setattr(fused_path, "ROW_RANGE", (4, 64))
+    assert [fused_path._row_count(math.prod(shape)) for shape in SHAPES] == [1, 50, 1, 1, 60]
+    test_fused_equals_reference_over_1000_steps(name, dtype, tolerance, monkeypatch, lambda *args: None)
