@@ -186,7 +186,7 @@ def triton_bytes_numbers(path: Path, prefix: str) -> dict[str, float | str]:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
         out: dict[str, float | str] = {f"{prefix}Tensors": int(report["config"]["tensors"]),
-                                       f"{prefix}TensorSize": f"{float(report['config']['tensor_size']):.0e}",
+                                       f"{prefix}TensorSize": f"{int(report['config']['tensor_size']):,}",
                                        f"{prefix}Commit": short_commit(report)}
         for name, result in report["results"].items():
             out[f"{prefix}{FUSED_VARIANTS[name]}"] = round(float(result["bytes_per_element"]))

@@ -340,7 +340,7 @@ def test_triton_bytes_macros_and_a_damaged_report_stops_the_build(tmp_path):
     (tmp_path / "triton_bytes.json").write_text(json.dumps(report))
     numbers = e5.triton_bytes_numbers(tmp_path / "triton_bytes.json", "Tb")
     assert numbers["TbLamb"] == 44 and numbers["TbLambPrecision"] == 72 and numbers["TbCommit"] == "abcdef1"
-    assert numbers["TbTensors"] == 10 and numbers["TbTensorSize"] == "1e+07"
+    assert numbers["TbTensors"] == 10 and numbers["TbTensorSize"] == "10,000,000"
     assert e5.triton_bytes_numbers(tmp_path / "missing.json", "Tb") == {}
     (tmp_path / "triton_bytes.json").write_text('{"config": {}}')
     with pytest.raises(ValueError, match="triton_bytes.json: unreadable.*make triton-bytes"):
