@@ -15,7 +15,8 @@ makes shape-generic when a second length comes (`Job.per_tensor`; a few more for
 1). There the kernel writes the update into a buffer the optimizer keeps (`KernelCache.update_buffer`) and returns
 -lr times the trust ratio, and `p.addcmul_(update, -lr * ratio)` takes the second pass: left to inductor, that
 pass reads an update buffer its code allocates on every call, and a fresh 4 MB allocation is fresh pages from the
-kernel (page faults and zeroing: ~1000 per 1e6-element tensor; results/bench/fused_cpu_ab_deferred has the A/B). On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
+kernel (page faults and zeroing: ~1000 per 1e6-element tensor; results/bench/fused_cpu_ab_deferred has the A/B).
+On CUDA each reduction is a Triton kernel of its own either way, and one call per bucket pays dynamo's and the
 wrapper's host time once instead of once per tensor (`per_tensor_calls`), and a bucket's step is recorded as a CUDA
 graph and replayed (cuda_graphs): the host time of dynamo's guards and inductor's launches is paid once.
 
@@ -640,10 +641,12 @@ def _scaled(variance: tuple[Tensor, Tensor | None], scale: Tensor) -> tuple[Tens
     return elementwise, _computed_once(scale if factor is None else factor * scale)
 
 
-def _mean_of(variance: tuple[Tensor, Tensor | None]) -> Tensor:
-    """The mean of `_lamb_moments`'s P over the tensor: the per-element factor's mean times the scalar one."""
+def _mean_of(variance: tuple[Tensor, Tensor | None], total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """The mean of `_lamb_moments`'s P over the tensor: the per-element factor's mean times the scalar one; with
+    `total`, the per-element factor's mean is total(factor) / numel (`_row_sum`'s, in a bucket's graph of sums)."""
     elementwise, factor = variance
-    return elementwise.mean() if factor is None else elementwise.mean() * factor
+    mean = elementwise.mean() if total is None else total(elementwise) / elementwise.numel()
+    return mean if factor is None else mean * factor
 
 
 def _lamb_statistics_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients, *, names, noise, maximize,
@@ -711,19 +714,17 @@ def _lamb_sums_kernel(params, grads, exp_avgs, exp_avg_sqs, extras, coefficients
     graph of reductions only, per tensor (sum p^2, sum w u^2, sum w, mean of P), each a `_row_sum`. It reads p, g and
     the moments once (16 B per fp32 element) and writes nothing; the update graph (`_lamb_kernel` with
     `precomputed_sums`) recomputes the moments, so the step moves 44 B per element, plain LAMB's, where one graph
-    stored and re-read the weights' operands (~76 B, read off inductor's Triton code for 1e7-element tensors)."""
+    stored and re-read the weights' operands (68 B at 0654bb3: results/bench/triton_bytes_gpu_commit.md)."""
     s = _unpack(coefficients, names)
     sums = []
-    for p, g, m, v, i in zip(params, grads, exp_avgs, exp_avg_sqs, range(len(params))):
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         extra = {key: values[i] for key, values in extras.items()}
         stored_mean = extra.pop(PREVIOUS_MEAN_KEY)
         _, _, _, update, weights, variance = _lamb_update(
             p, g, m, v, extra, s, stored_mean, noise=noise, precision_weighting=True, decay=decay, maximize=maximize,
             precision_floor=precision_floor, start_up=start_up)
-        elementwise, factor = variance
-        mean_variance = _row_sum(elementwise) / elementwise.numel()
         sums.append(torch.stack([_row_sum(p * p), _row_sum(weights * update.square()), _row_sum(weights),
-                                 mean_variance if factor is None else mean_variance * factor]))
+                                 _mean_of(variance, _row_sum)]))
     return torch.stack(sums)
 
 

@@ -169,13 +169,21 @@ def _advanced_to(beta1: float, noise_beta: float, step: int) -> _Tables:
 def interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
     """Piecewise-linear y(x) through (xs, ys), xs non-decreasing, clamped at the ends (0-dim x). Written with a count
     and a gather instead of searchsorted, so that the fused path compiles the same function."""
+    upper, weight = _bracket(x, xs)
+    y0, y1 = ys.gather(0, upper - 1), ys.gather(0, upper)
+    return (y0 + weight * (y1 - y0)).reshape(())
+
+
+def _bracket(x: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
+    """(upper index as a 1-element tensor, weight) of `interpolate`: x clamped to xs's ends lies between
+    xs[upper - 1] and xs[upper], at `weight` of the way (0 across a zero-width span)."""
     n = xs.numel()
     x = torch.minimum(torch.maximum(x, xs[0]), xs[n - 1])
     upper = (xs < x).sum().clamp(1, n - 1).reshape(1)  # a gather, not x[int]: no data-dependent Python integer
-    x0, x1, y0, y1 = xs.gather(0, upper - 1), xs.gather(0, upper), ys.gather(0, upper - 1), ys.gather(0, upper)
+    x0, x1 = xs.gather(0, upper - 1), xs.gather(0, upper)
     span = x1 - x0
     weight = torch.where(span > 0, (x - x0) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
-    return (y0 + weight * (y1 - y0)).reshape(())
+    return upper, weight
 
 
 def interpolation_table(step: int, beta1: float, noise_beta: float) -> tuple[Tensor, Tensor]:
@@ -304,14 +312,9 @@ def _own_ratio_bracket(beta1: float) -> tuple[int, int, float]:
     log lambda(beta1) on log RATIO_GRID[1:] (indices into the whole grid). Only the table's values change with the
     step, so the interpolation reads two of them (a torch `interpolate` on the 400-point grid took ~150 us per step
     on the 2-core CPU, host time of every fused and eager step in this mode)."""
-    xs = RATIO_GRID[1:].log()
-    n = xs.numel()
     own = torch.tensor(float(beta_to_noise_ratio(beta1)), dtype=torch.float64).log()
-    x = torch.minimum(torch.maximum(own, xs[0]), xs[n - 1])
-    upper = int((xs < x).sum().clamp(1, n - 1))
-    span = xs[upper] - xs[upper - 1]
-    weight = float((x - xs[upper - 1]) / span) if span > 0 else 0.0
-    return upper, upper + 1, weight
+    upper, weight = _bracket(own, RATIO_GRID[1:].log())
+    return int(upper), int(upper) + 1, float(weight)
 
 
 def estimates_ratio(numel: int) -> bool:
