@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
@@ -288,6 +289,10 @@ class KalmanOptimizerBase(Optimizer):
         """Graphs compiled by the fused path so far (constant after the first steps: nothing recompiles)."""
         return sum(cache.compilations for cache in self.__dict__.get("_kernel_caches", {}).values())
 
+    # Under a caller's torch.compile the step runs as this code, not traced: its per-step scalars are Python numbers
+    # (a trace would specialize on the step count and recompile every step until dynamo's limit), and the fused path
+    # compiles its own kernels with the scalars as tensors. The caller's graph breaks here, once.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
@@ -320,9 +325,7 @@ class KalmanOptimizerBase(Optimizer):
             else:
                 work_params.append(p)
                 grads.append(p.grad)
-        counters = [s["step"] for s in states]
-        steps = [int(c.item()) + 1 for c in counters]
-        _write_counters(counters, steps)
+        steps = _advance_counters([s["step"] for s in states], self.__dict__.setdefault("_counter_views", {}))
         return work_params, grads, states, steps
 
     @staticmethod
@@ -446,6 +449,41 @@ class KalmanOptimizerBase(Optimizer):
 def _switched_innovation_mode(state: dict, noise: str) -> bool:
     """A state with a lag statistic saved in the other innovation mode (only "fitted" keeps lag_prev_sq)."""
     return noise in INNOVATION_MODELS and "lag_prev" in state and ("lag_prev_sq" in state) != (noise == "fitted")
+
+
+def _advance_counters(counters: list[Tensor], views: dict[int, tuple[Tensor, np.ndarray]]) -> list[int]:
+    """Each counter's next step (its value + 1), written to it. A plain CPU counter is read and written through a
+    NumPy view of its memory, made once per counter and kept in `views` (keyed by id, checked by identity): a torch
+    op on a 0-dim tensor costs ~2 us of host time, as much as the rest of a fused step's bookkeeping for a tensor
+    (10 counters: 22 -> 3 us; 100: 145 -> 30 us). Other counters take `_write_counters`."""
+    if len(views) > 2 * len(counters) + 64:  # counters of states since replaced (load_state_dict): forget them
+        views.clear()
+    arrays, get = [], views.get
+    for counter in counters:
+        entry = get(id(counter))
+        if entry is None or entry[0] is not counter:
+            array = _numpy_view(counter)
+            if array is None:  # before any counter is written
+                steps = [int(c.item()) + 1 for c in counters]
+                _write_counters(counters, steps)
+                return steps
+            entry = views[id(counter)] = (counter, array)
+        arrays.append(entry[1])
+    steps = [int(array) + 1 for array in arrays]  # all read before any is written, as before
+    for array, step in zip(arrays, steps):
+        array[()] = step
+    return steps
+
+
+def _numpy_view(counter: Tensor) -> np.ndarray | None:
+    """A 0-dim NumPy array on `counter`'s memory, or None where there is none (not a plain CPU tensor, or a dtype
+    NumPy lacks)."""
+    if type(counter) is not Tensor or counter.device.type != "cpu" or counter.requires_grad or counter.dim() != 0:
+        return None
+    try:
+        return counter.numpy()
+    except (TypeError, RuntimeError):
+        return None
 
 
 def _write_counters(counters: list[Tensor], steps: list[int]) -> None:

@@ -141,6 +141,7 @@ class KernelCache:
         self.graphs = cuda_graphs.StepGraphs()
         self.stagings: dict[tuple, cuda_graphs.CoefficientStaging] = {}
         self.update_buffers: dict[tuple, Tensor] = {}
+        self.state_views: dict[int, tuple[Tensor, Tensor]] = {}  # `_one_element`'s
 
     def update_buffer(self, like: Tensor) -> Tensor:
         """A contiguous tensor of `like`'s shape on storage this cache keeps per device and dtype, grown to the
@@ -478,13 +479,17 @@ def _zero_memory_noise(mean_sq: Tensor, v: Tensor, s: dict[str, Tensor]) -> Tens
 
 def _layout(scalars: dict[str, Any]) -> tuple[tuple[str, int], ...]:
     """(name, length) per coefficient: length 0 for a scalar, n for a 1-D table (mode "fitted"'s interpolation)."""
-    return tuple((name, value.numel() if torch.is_tensor(value) else 0) for name, value in scalars.items())
+    return tuple((name, value.numel() if isinstance(value, Tensor) else 0) for name, value in scalars.items())
 
 
-def coefficient_values(scalars: dict[str, Any]) -> np.ndarray:
+def coefficient_values(scalars: dict[str, Any], names: tuple[tuple[str, int], ...] | None = None) -> np.ndarray:
     """The coefficients as one float64 array in `_layout`'s order. An array, not a list of Python floats: mode
     "fitted"'s two 401-point tables made the list's `tolist` and `torch.tensor` ~70 us of host time per step, the
-    array's concatenation ~11 us (2-core CPU)."""
+    array's concatenation ~11 us (2-core CPU); without tables (`names`, `_layout`'s, says), one `np.fromiter`."""
+    if names is None:
+        names = _layout(scalars)
+    if not any(length for _, length in names):
+        return np.fromiter(scalars.values(), dtype=np.float64, count=len(scalars))
     parts: list[np.ndarray] = []
     run: list[float] = []
     for value in scalars.values():
@@ -839,7 +844,7 @@ def _run(cache: KernelCache, job: Job) -> list[int]:
     flag_key = tuple(sorted(job.flags.items()))
     params = job.tensors[0]
     device, dtype = params[0].device, params[0].dtype
-    values = coefficient_values(job.scalars)
+    values = coefficient_values(job.scalars, names)
     graphs = None
     graphed = device.type in cache.graph_devices
     if (device.type == "cuda" or graphed) and not job.per_tensor and dtype in (torch.float32, torch.float64):
@@ -918,13 +923,32 @@ def _is_compile_error(error: Exception) -> bool:
     return isinstance(error, (BackendCompilerFailed, InternalTorchDynamoError, Unsupported, CalledProcessError, OSError))
 
 
-def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states):
-    for (device, dtype, step), index in _group_by_step(steps, params).items():
-        pick = lambda values: [values[i] for i in index]  # noqa: E731
-        # 0-dim state (pooled statistics, the previous lr) enters as a 1-element view: dynamo would treat a 0-dim CPU
-        # input as a Python number and specialize the compiled graph on its value.
-        extra = {key: [t.view(1) if t.dim() == 0 else t for t in pick(values)] for key, values in (states or {}).items()}
+def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states, views: dict | None = None):
+    """(step, (device, dtype), indices, tensors) per bucket of tensors that share them. `views`: a cache of the
+    1-element views of 0-dim state (`_one_element`)."""
+    buckets = _group_by_step(steps, params)
+    views = {} if views is None else views
+    if len(views) > 4 * len(params) + 64:  # views of states since replaced: forget them
+        views.clear()
+    for (device, dtype, step), index in buckets.items():
+        if len(buckets) == 1:  # the usual case: every tensor, in order (the lists are read, never changed)
+            pick = lambda values: values  # noqa: E731
+        else:
+            pick = lambda values: [values[i] for i in index]  # noqa: E731
+        extra = {key: [_one_element(t, views) for t in pick(values)] for key, values in (states or {}).items()}
         yield step, (device, dtype), tuple(index), (pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), extra)
+
+
+def _one_element(tensor: Tensor, views: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
+    """0-dim state (pooled statistics, the previous lr) as a 1-element view, other tensors as they are: dynamo would
+    treat a 0-dim CPU input as a Python number and specialize the compiled graph on its value. A view is made once
+    per tensor and kept in `views` (keyed by id, checked by identity): a view costs ~1 us of host time per step."""
+    if tensor.dim() != 0:
+        return tensor
+    entry = views.get(id(tensor))
+    if entry is None or entry[0] is not tensor:
+        entry = views[id(tensor)] = (tensor, tensor.view(1))
+    return entry[1]
 
 
 # ------------------------------------------------------------------------- torch's own fused Adam kernel
@@ -995,7 +1019,8 @@ def fused_kalman_adam(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
     the fused path became unavailable, e.g. no compiler): the caller steps those on the eager path."""
     coupled = weight_decay != 0 and not decoupled_weight_decay
     jobs = []
-    for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
+    for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states,
+                                                        cache.state_views):
         if torch_kernel_applies(noise, variance_adaptation, tensors, cache.torch_kernel_devices):
             torch_adam_step(tensors, step, noise=noise, coupled=coupled, maximize=maximize, beta1=beta1, beta2=beta2,
                             lr=lr, weight_decay=weight_decay, eps=eps, prior_gain=prior_gain)
@@ -1053,7 +1078,8 @@ def fused_kalman_lamb(cache: KernelCache, params, grads, exp_avgs, exp_avg_sqs, 
                       precision_floor=0.01, trust_clip=None, adaptive_config=None) -> list[int]:
     """functional.kalman_lamb on the fused path (same contract as `fused_kalman_adam`)."""
     jobs = []
-    for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states):
+    for step, key, indices, tensors in _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, adaptive_states,
+                                                        cache.state_views):
         flags = dict(noise=noise, precision_weighting=precision_weighting, decay=weight_decay != 0, maximize=maximize,
                      trust_clip=trust_clip, precision_floor=precision_floor,
                      start_up=noise == "adaptive" and start_up_kind(adaptive_config, step, key[1]),

@@ -349,6 +349,41 @@ def test_state_dict_round_trip_across_paths(save_fused, noise):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("make", [lambda ps: KalmanAdam(ps, noise="innovation", fused=True, weight_decay=0.1),
+                                  lambda ps: KalmanLAMB(ps, noise="innovation", precision_mean="previous", fused=True)],
+                         ids=["innovation", "lamb-previous-mean"])
+def test_a_state_loaded_into_a_warm_optimizer_is_the_one_stepped(make):
+    """The fused path keeps views of 0-dim state and the step counters per tensor (host time); after load_state_dict
+    into the same optimizer, its kernels read and write the loaded tensors, not the replaced ones: the same steps as
+    a fresh eager optimizer loaded with the same state."""
+    params = _params(torch.float32)
+    optimizer = make(params)
+    stream = list(_gradient_stream(params, 15))
+    saved = None
+    for step, grads in enumerate(stream[:10], start=1):
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimizer.step()
+        if step == 5:
+            saved = (copy.deepcopy(optimizer.state_dict()), [p.detach().clone() for p in params])
+    state, values = saved
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    optimizer.load_state_dict(copy.deepcopy(state))
+    eager_params = [torch.nn.Parameter(v.clone()) for v in values]
+    eager = make(eager_params)
+    for group in eager.param_groups:
+        group["fused"], group["foreach"] = False, False
+    eager.load_state_dict(copy.deepcopy(state))
+    _step_side_by_side(optimizer, eager, params, eager_params, stream[10:])
+    for p, q in zip(params, eager_params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert int(optimizer.state[p]["step"]) == int(eager.state[q]["step"]) == 10
+        for key, value in optimizer.state[p].items():
+            torch.testing.assert_close(value, eager.state[q][key], rtol=1e-5, atol=1e-7, msg=key)
+
+
 def test_without_a_compiler_fused_runs_the_eager_path_with_one_warning(monkeypatch):
     monkeypatch.setattr(fused_path, "compiler_available", lambda device_type: False)
     params, reference = _params(torch.float32), _params(torch.float32)

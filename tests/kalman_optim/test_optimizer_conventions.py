@@ -312,3 +312,58 @@ def test_torch_compile_of_a_training_step_matches_eager(make):
         compiled_step(model_compiled, opt_compiled, x, y)
     for p, q in zip(model_eager.parameters(), model_compiled.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@ALL
+def test_a_compiled_training_step_or_step_compiles_once_however_many_steps(make):
+    """Under a caller's torch.compile the step is not traced (issue 13: a traced step specialized on its step count
+    and recompiled every step until dynamo's recompile limit): the frames compiled stay
+    those of the first call."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model = small_network()
+    optimizer = make(model.parameters())
+    counter = CompileCounter()
+
+    def training_step(x, y):
+        optimizer.zero_grad()
+        loss = loss_fn(model, x, y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    compiled_training_step, compiled_step = torch.compile(training_step, backend=counter), torch.compile(
+        optimizer.step, backend=counter)
+    frames = []
+    for x, y in batches(12):
+        compiled_training_step(x, y)
+        frames.append(counter.frame_count)
+    assert frames == frames[:1] * 12, frames
+    before = counter.frame_count
+    for _ in range(3):
+        compiled_step()
+    assert counter.frame_count <= before + 1
+    assert all(int(optimizer.state[p]["step"]) == 15 for p in model.parameters())
+
+
+def test_a_fused_optimizer_inside_a_compiled_training_step_runs_its_own_kernels():
+    """The fused path's kernels (per-step scalars as tensors) still run when the caller compiles the training step,
+    and the parameters follow the eager path's."""
+    torch._dynamo.reset()
+    model_eager, model_compiled = small_network(), small_network()
+    opt_eager = KalmanAdam(model_eager.parameters(), lr=1e-2, noise="innovation", fused=False)
+    opt_compiled = KalmanAdam(model_compiled.parameters(), lr=1e-2, noise="innovation", fused=True)
+
+    def training_step(model, optimizer, x, y):
+        optimizer.zero_grad()
+        loss_fn(model, x, y).backward()
+        optimizer.step()
+
+    compiled_step = torch.compile(training_step, backend="aot_eager")
+    for x, y in batches(6):
+        training_step(model_eager, opt_eager, x, y)
+        compiled_step(model_compiled, opt_compiled, x, y)
+    assert opt_compiled.fused_compilations >= 1 and opt_eager.fused_compilations == 0
+    for p, q in zip(model_eager.parameters(), model_compiled.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
