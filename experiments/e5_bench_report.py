@@ -157,16 +157,16 @@ def ab_numbers(directory: Path, prefix: str) -> dict[str, float]:
 def ab_step_times(directory: Path, prefix: str, candidates: tuple[str, ...]) -> dict[str, float]:
     """Macros <prefix>{Before,After}<Variant>Microseconds{Low,High} of an A/B directory laid out as `ab_numbers`
     reads it: the range over its runs of each candidate's median step time (us) at the largest N (host-time A/Bs,
-    where the tensors are tiny). A file that is present but unreadable, or lacks a candidate, stops the build with
-    its name; no files, no macros."""
+    where the tensors are tiny), from bench_fused's reports or bench_cuda_host's (`_median_microseconds`). A file
+    that is present but unreadable, or lacks a candidate, stops the build with its name; no files, no macros."""
     out: dict[str, float] = {}
     for side in ("Before", "After"):
         times: dict[str, list[float]] = {name: [] for name in candidates}
         for path in sorted(Path(directory).glob(f"{side.lower()}*.json")):
             try:
-                result = json.loads(path.read_text(encoding="utf-8"))["results"][-1]
+                report = json.loads(path.read_text(encoding="utf-8"))
                 for name in candidates:
-                    times[name].append(1e6 * result["candidates"][name]["median_s"])
+                    times[name].append(_median_microseconds(report, name))
             except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
                 raise ValueError(f"{path}: unreadable A/B benchmark ({error})") from error
         for name, values in times.items():
@@ -174,6 +174,14 @@ def ab_step_times(directory: Path, prefix: str, candidates: tuple[str, ...]) -> 
                 key = f"{prefix}{side}{FUSED_VARIANTS[name]}Microseconds"
                 out[f"{key}Low"], out[f"{key}High"] = round(min(values)), round(max(values))
     return out
+
+
+def _median_microseconds(report: dict, name: str) -> float:
+    """A candidate's median step time (us): bench_cuda_host's median over processes, or bench_fused's at its largest
+    N."""
+    if "summary" in report:
+        return float(report["summary"][name]["median_us"])
+    return 1e6 * report["results"][-1]["candidates"][name]["median_s"]
 
 
 def triton_bytes_numbers(path: Path, prefix: str) -> dict[str, float | str]:

@@ -408,6 +408,11 @@ def numbers(runs: list[dict]) -> dict[str, float | int | str]:
     # Host time of mode "fitted" before and after its table read-outs were made cheap (tiny tensors: all host time).
     out.update(ab_step_times(BENCH_DIR / "fused_cpu_ab_fitted_host", "FusedCpuAbFittedHost",
                              ("AdamW [fused]", "KalmanAdam innovation", "KalmanAdam fitted", "KalmanAdam fitted+VA")))
+    # Host time of the CUDA code path (bench_cuda_host: CUDA's structure on the CPU, graphs that launch nothing) before
+    # and after the eighteenth session's cuts to the per-step bookkeeping.
+    out.update(ab_step_times(BENCH_DIR / "cuda_host_ab", "CudaHostAb",
+                             ("AdamW [fused]", "KalmanAdam adam", "KalmanAdam adam+VA", "KalmanAdam adaptive",
+                              "KalmanAdam innovation", "KalmanAdam fitted", "KalmanLAMB precision")))
     # GPU runs, each in both timings: the fourth session's (CUDA graphs), the third session's (bab9a84, no CUDA graphs;
     # torch's Adam kernel beside the compiled one), the A/B of inductor's aggressive_fusion on the LAMB graphs, and the
     # A/B of its store-or-recompute thresholds (forced recompute, then the defaults).

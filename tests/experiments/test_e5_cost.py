@@ -333,6 +333,17 @@ def test_ab_step_times_are_the_range_over_runs_and_a_damaged_run_stops_the_build
         e5.ab_step_times(tmp_path, "Ab", ("KalmanAdam fitted",))
 
 
+def test_ab_step_times_read_bench_cuda_hosts_reports(tmp_path):
+    """bench_cuda_host's reports give the median over their processes; one without the candidate stops the build."""
+    for name, us in (("before1.json", 400.4), ("after1.json", 310.0), ("after2.json", 330.0)):
+        (tmp_path / name).write_text(json.dumps({"summary": {"KalmanAdam innovation": {"median_us": us}}}))
+    numbers = e5.ab_step_times(tmp_path, "Host", ("KalmanAdam innovation",))
+    assert numbers == {"HostBeforeInnovationMicrosecondsLow": 400, "HostBeforeInnovationMicrosecondsHigh": 400,
+                       "HostAfterInnovationMicrosecondsLow": 310, "HostAfterInnovationMicrosecondsHigh": 330}
+    with pytest.raises(ValueError, match="before1.json: unreadable"):
+        e5.ab_step_times(tmp_path, "Host", ("KalmanAdam fitted",))
+
+
 def test_triton_bytes_macros_and_a_damaged_report_stops_the_build(tmp_path):
     """Bytes per element per candidate from `make triton-bytes`'s report; a damaged one stops with its name."""
     report = {"config": {"tensors": 10, "tensor_size": 10**7}, "provenance": {"git_commit": "abcdef123456"},
