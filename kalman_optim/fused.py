@@ -935,8 +935,20 @@ def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states, views: dict | 
             pick = lambda values: values  # noqa: E731
         else:
             pick = lambda values: [values[i] for i in index]  # noqa: E731
-        extra = {key: [_one_element(t, views) for t in pick(values)] for key, values in (states or {}).items()}
+        extra = {key: _one_element_list(key, pick(values), views) for key, values in (states or {}).items()}
         yield step, (device, dtype), tuple(index), (pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), extra)
+
+
+def _one_element_list(key: str, values: list[Tensor], views: dict) -> list[Tensor]:
+    """[_one_element(t) for t in values], kept in `views` under `key` while the same tensors (their identities; the
+    entry holds them, so no id is reused) come again: one comparison per state key instead of a call per tensor."""
+    identities = tuple(map(id, values))
+    entry = views.get(key)
+    if entry is not None and entry[0] == identities:
+        return entry[2]
+    converted = [_one_element(t, views) for t in values]
+    views[key] = (identities, list(values), converted)
+    return converted
 
 
 def _one_element(tensor: Tensor, views: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
