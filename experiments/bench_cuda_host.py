@@ -25,9 +25,7 @@ import contextlib
 import json
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,16 +90,6 @@ def measure(names: list[str], tensors: int, tensor_size: int, rounds: int, seed:
                        times_s=times[name]) for name in names}
 
 
-def run_in_process(argv: list[str]) -> dict:
-    """One fresh process of this module (`--processes 1`), its report."""
-    with tempfile.TemporaryDirectory(prefix="bench_cuda_host_") as folder:
-        out = Path(folder) / "report.json"
-        child = bench_fused._without_option(bench_fused._without_option(argv, "--out"), "--processes")
-        subprocess.run([sys.executable, "-m", "experiments.bench_cuda_host", *child, "--processes", "1", "--out",
-                        str(out), "--no-progress"], check=True, cwd=bench_fused.REPO_ROOT, stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tensors", type=int, default=10)
@@ -131,8 +119,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tqdm(total=total, desc="optimizer steps", disable=args.no_progress, file=sys.stderr, mininterval=2.0) as bar:
             processes = [measure(names, args.tensors, args.tensor_size, args.repeats, args.seed, bar)]
     else:
-        processes = [run["processes"][0] for run in (run_in_process(argv) for _ in tqdm(
-            range(args.processes), desc="processes", disable=args.no_progress, file=sys.stderr))]
+        runs = (bench_fused.run_in_process(argv, "experiments.bench_cuda_host", options=())
+                for _ in tqdm(range(args.processes), desc="processes", disable=args.no_progress, file=sys.stderr))
+        processes = [run["processes"][0] for run in runs]
     summary = {name: dict(median_us=1e6 * statistics.median(p[name]["median_s"] for p in processes),
                           process_medians_us=[1e6 * p[name]["median_s"] for p in processes]) for name in names}
     report = dict(benchmark="host time of the fused CUDA step, emulated on a CPU (experiments/bench_cuda_host.py)",

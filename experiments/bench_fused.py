@@ -509,14 +509,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def run_in_process(argv: list[str]) -> dict:
-    """One fresh `python -m experiments.bench_fused --processes 1` with the same arguments (the same seed: the
-    same data), in the inductor cache of this run; its report."""
-    with tempfile.TemporaryDirectory(prefix="bench_fused_process_") as folder:
+def run_in_process(argv: list[str], module: str = "experiments.bench_fused",
+                   options: tuple[str, ...] = ("--warm-cache",)) -> dict:
+    """One fresh `python -m <module> --processes 1` with the same arguments (the same seed: the same data) and
+    `options`, its report. bench_fused's processes share the inductor cache of this run (`--warm-cache`: the cache
+    folder is chosen by this process, cold at first)."""
+    with tempfile.TemporaryDirectory(prefix="bench_process_") as folder:
         out = Path(folder) / "report.json"
         child = _without_option(_without_option(argv, "--out"), "--processes")
-        command = [sys.executable, "-m", "experiments.bench_fused", *child, "--processes", "1", "--out", str(out),
-                   "--no-progress", "--warm-cache"]  # the cache folder is chosen by this process (cold at first)
+        command = [sys.executable, "-m", module, *child, "--processes", "1", "--out", str(out), "--no-progress",
+                   *options]
         subprocess.run(command, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 

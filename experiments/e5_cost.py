@@ -46,11 +46,10 @@ import torch
 from tqdm import tqdm
 
 from experiments.bench_step import Candidate, bench_one, candidates, default_repeats, format_size
-from experiments.e5_bench_report import (ab_numbers, ab_step_times, bench_reports, triton_bytes_numbers, cpu_name, cuda_profile_numbers,
-                                         fused_cuda_numbers,
-                                         fused_cuda_table, fused_cuda_timings, fused_numbers, fused_report, fused_table, overhead_numbers,
-                                         overhead_report,
-                                         models_numbers, models_report, models_table, short_commit)
+from experiments.e5_bench_report import (ab_numbers, ab_step_times, bench_reports, cpu_name, cuda_profile_numbers,
+                                         fused_cuda_numbers, fused_cuda_table, fused_cuda_timings, fused_numbers,
+                                         fused_report, fused_table, models_numbers, models_report, models_table,
+                                         overhead_numbers, overhead_report, short_commit, triton_bytes_numbers)
 from experiments.plotting import FigureOutput, style
 from experiments.provenance import REPO_ROOT
 from experiments.runner import RunSpec

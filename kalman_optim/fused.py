@@ -141,7 +141,7 @@ class KernelCache:
         self.graphs = cuda_graphs.StepGraphs()
         self.stagings: dict[tuple, cuda_graphs.CoefficientStaging] = {}
         self.update_buffers: dict[tuple, Tensor] = {}
-        self.state_views: dict[int, tuple[Tensor, Tensor]] = {}  # `_one_element`'s
+        self.state_views: dict[tuple, tuple] = {}  # `_one_element_list`'s
 
     def update_buffer(self, like: Tensor) -> Tensor:
         """A contiguous tensor of `like`'s shape on storage this cache keeps per device and dtype, grown to the
@@ -925,42 +925,33 @@ def _is_compile_error(error: Exception) -> bool:
 
 def _buckets(params, grads, exp_avgs, exp_avg_sqs, steps, states, views: dict | None = None):
     """(step, (device, dtype), indices, tensors) per bucket of tensors that share them. `views`: a cache of the
-    1-element views of 0-dim state (`_one_element`)."""
+    extra state's lists as the kernels take them (`_one_element_list`)."""
     buckets = _group_by_step(steps, params)
     views = {} if views is None else views
-    if len(views) > 4 * len(params) + 64:  # views of states since replaced: forget them
+    if len(views) > 64:  # lists of bucket layouts or states since replaced: forget them
         views.clear()
     for (device, dtype, step), index in buckets.items():
         if len(buckets) == 1:  # the usual case: every tensor, in order (the lists are read, never changed)
             pick = lambda values: values  # noqa: E731
         else:
             pick = lambda values: [values[i] for i in index]  # noqa: E731
-        extra = {key: _one_element_list(key, pick(values), views) for key, values in (states or {}).items()}
-        yield step, (device, dtype), tuple(index), (pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), extra)
+        index = tuple(index)
+        extra = {key: _one_element_list((key, index), pick(values), views) for key, values in (states or {}).items()}
+        yield step, (device, dtype), index, (pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), extra)
 
 
-def _one_element_list(key: str, values: list[Tensor], views: dict) -> list[Tensor]:
-    """[_one_element(t) for t in values], kept in `views` under `key` while the same tensors (their identities; the
-    entry holds them, so no id is reused) come again: one comparison per state key instead of a call per tensor."""
+def _one_element_list(key: tuple, values: list[Tensor], views: dict) -> list[Tensor]:
+    """`values` with 0-dim state (pooled statistics, the previous lr) as 1-element views: dynamo would treat a 0-dim
+    CPU input as a Python number and specialize the compiled graph on its value. Kept in `views` under `key` (state
+    key, bucket) while the same tensors come again, compared by identity (the entry holds them, so no id is reused):
+    a view per tensor per step costs ~1 us of host time."""
     identities = tuple(map(id, values))
     entry = views.get(key)
     if entry is not None and entry[0] == identities:
         return entry[2]
-    converted = [_one_element(t, views) for t in values]
+    converted = [t.view(1) if t.dim() == 0 else t for t in values]
     views[key] = (identities, list(values), converted)
     return converted
-
-
-def _one_element(tensor: Tensor, views: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
-    """0-dim state (pooled statistics, the previous lr) as a 1-element view, other tensors as they are: dynamo would
-    treat a 0-dim CPU input as a Python number and specialize the compiled graph on its value. A view is made once
-    per tensor and kept in `views` (keyed by id, checked by identity): a view costs ~1 us of host time per step."""
-    if tensor.dim() != 0:
-        return tensor
-    entry = views.get(id(tensor))
-    if entry is None or entry[0] is not tensor:
-        entry = views[id(tensor)] = (tensor, tensor.view(1))
-    return entry[1]
 
 
 # ------------------------------------------------------------------------- torch's own fused Adam kernel
